@@ -1,0 +1,76 @@
+"""The provider interface: texts in, one float32 row per text out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from django_embeddings.exceptions import ProviderError
+from django_embeddings.typing import InputType, Matrix
+
+
+class BaseProvider:
+    """Turns texts into vectors.
+
+    Subclasses set :attr:`dimensions` and :attr:`identity` and implement
+    :meth:`embed`. Options come from the alias's ``OPTIONS`` in
+    ``DJANGO_EMBEDDINGS_PROVIDERS`` as keyword arguments.
+
+    ``identity`` names the model and its version. It is stored with every vector,
+    so vectors made by another model are found (``embeddings_backfill --stale``)
+    instead of being compared with vectors they have nothing in common with.
+    """
+
+    dimensions: int
+    identity: str
+
+    def __init__(self, **options: Any) -> None:
+        if options:
+            raise TypeError(
+                f"{type(self).__name__} got unexpected OPTIONS {sorted(options)!r}."
+            )
+
+    def embed(self, texts: Sequence[str], input_type: InputType = "document") -> Matrix:
+        """Return a float32 array of shape ``(len(texts), self.dimensions)``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.identity!r}>"
+
+
+def validate_vectors(
+    vectors: Any, *, expected_rows: int, provider: BaseProvider, target: str
+) -> Matrix:
+    """Check a provider's output before anything is stored.
+
+    ``target`` names what is being embedded (``"testapp.Article.embedding"``) so
+    the error says which field and which model failed.
+    """
+    try:
+        matrix = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ProviderError(
+            f"Provider {provider.identity!r} returned something that is not a numeric "
+            f"array for {target}."
+        ) from exc
+    if matrix.ndim != 2 or matrix.shape[0] != expected_rows:
+        raise ProviderError(
+            f"Provider {provider.identity!r} returned shape {matrix.shape!r} for "
+            f"{target}; expected ({expected_rows}, {provider.dimensions})."
+        )
+    if matrix.shape[1] != provider.dimensions:
+        raise ProviderError(
+            f"Provider {provider.identity!r} returned {matrix.shape[1]} dimensions for "
+            f"{target}; expected {provider.dimensions}."
+        )
+    if not np.isfinite(matrix).all():
+        raise ProviderError(
+            f"Provider {provider.identity!r} returned NaN or infinite values for {target}."
+        )
+    if expected_rows and not np.any(matrix, axis=1).all():
+        raise ProviderError(
+            f"Provider {provider.identity!r} returned an all-zero vector for {target}."
+        )
+    return matrix
