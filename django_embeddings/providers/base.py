@@ -28,9 +28,7 @@ class BaseProvider:
 
     def __init__(self, **options: Any) -> None:
         if options:
-            raise TypeError(
-                f"{type(self).__name__} got unexpected OPTIONS {sorted(options)!r}."
-            )
+            raise TypeError(f"{type(self).__name__} got unexpected OPTIONS {sorted(options)!r}.")
 
     def embed(self, texts: Sequence[str], input_type: InputType = "document") -> Matrix:
         """Return a float32 array of shape ``(len(texts), self.dimensions)``."""

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import AppConfig
+from django.core import checks
+from django.core.signals import setting_changed
+
+
+class DjangoEmbeddingsConfig(AppConfig):
+    name = "django_embeddings"
+    verbose_name = "Embeddings"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django_embeddings import invalidation
+        from django_embeddings.checks import check_settings
+
+        checks.register(check_settings)
+        setting_changed.connect(_reset_on_setting_change, dispatch_uid="django_embeddings.reset")
+        invalidation.start()
+
+
+def _reset_on_setting_change(*, setting: str, **kwargs: Any) -> None:
+    """Drop cached providers, stores and matrices when a test overrides our settings."""
+    if not setting.startswith("DJANGO_EMBEDDINGS_"):
+        return
+    from django_embeddings import cache, invalidation
+    from django_embeddings.fields import _store
+    from django_embeddings.providers import clear_providers
+
+    clear_providers()
+    _store.cache_clear()
+    cache.clear()
+    if setting in ("DJANGO_EMBEDDINGS_INVALIDATION", "DJANGO_EMBEDDINGS_REDIS"):
+        invalidation.restart()

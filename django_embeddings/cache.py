@@ -1,0 +1,388 @@
+"""Per-process search indexes: one normalized matrix per store, kept in step in place.
+
+A :class:`FieldIndex` is the memory-mapped snapshot plus the journal tail held in
+memory. Changes (this process's writes, a peer's published delta, or journal
+entries read on a version check) are applied in place: a replaced or deleted
+snapshot row is masked out and the new vector goes to the tail, so a write costs
+O(changed rows), never a reload of all N. This module knows nothing of Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from django_embeddings.store import Entry, State, Store, normalize
+from django_embeddings.typing import Matrix, Vector
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hit:
+    key: str
+    score: float
+
+
+class FieldIndex:
+    """The searchable, in-memory view of one store at ``version``."""
+
+    def __init__(self, store: Store, state: State) -> None:
+        self.store = store
+        self.lock = threading.RLock()
+        snap = state.snapshot
+        self.base: Matrix = snap.vectors
+        self.base_keys = snap.keys
+        self.base_alive = np.ones(len(snap), dtype=bool)
+        self.base_hashes = snap.hashes
+        self.base_identities = snap.identities
+        self.identity_names = list(snap.identity_names)
+        self.dimensions: int | None = snap.dimensions
+        self.tail: Matrix = np.zeros((0, self.dimensions or 0), dtype=np.float32)
+        self.tail_keys: list[str] = []
+        self.tail_alive = np.zeros(0, dtype=bool)
+        self.tail_rows: dict[str, int] = {}
+        self.tail_meta: dict[str, tuple[str, str]] = {}
+        self.version = snap.version
+        self.position = state.position
+        self.journal_stat = _stat(store)
+        self._valid_cache: dict[str, tuple[int, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]] = {}
+        self._changes = 0
+        self._warned_stale = False
+        self.apply(state.tail)
+
+    # -- changes -------------------------------------------------------------------
+
+    def apply(
+        self, entries: Iterable[Entry], vectors: Sequence[Vector | None] | None = None
+    ) -> bool:
+        """Apply entries newer than our version, in order.
+
+        ``vectors`` (aligned with ``entries``) spares reading the files when the
+        caller already has them. Returns ``False`` on a gap in the versions: the
+        caller must catch up from the journal instead.
+        """
+        entries = list(entries)
+        with self.lock:
+            for position, entry in enumerate(entries):
+                if entry.version <= self.version:
+                    continue
+                if entry.version != self.version + 1:
+                    return False
+                vector = vectors[position] if vectors is not None else None
+                self._apply_one(entry, vector)
+                self.version = entry.version
+        return True
+
+    def _apply_one(self, entry: Entry, vector: Vector | None) -> None:
+        row = _find(self.base_keys, entry.key)
+        if row is not None:
+            self.base_alive[row] = False
+        tail_row = self.tail_rows.get(entry.key)
+        if tail_row is not None:
+            self.tail_alive[tail_row] = False
+        self._changes += 1
+        if entry.op == "del":
+            self.tail_meta.pop(entry.key, None)
+            return
+        if vector is None:
+            vector = self.store.load_vector(entry.key)
+            if vector is None:
+                return  # deleted again since; a later entry says so
+        if self.dimensions is None:
+            self.dimensions = int(vector.shape[0])
+            self.tail = np.zeros((0, self.dimensions), dtype=np.float32)
+        if vector.shape != (self.dimensions,):
+            logger.warning("%s: ignoring row %r of another size", self.store.label, entry.key)
+            return
+        self.tail_meta[entry.key] = (entry.hash, entry.identity)
+        if tail_row is not None:
+            self.tail[tail_row] = normalize(vector)
+            self.tail_alive[tail_row] = True
+            return
+        self._append(entry.key, normalize(vector))
+
+    def _append(self, key: str, unit: Vector) -> None:
+        used = len(self.tail_keys)
+        if used == len(self.tail):
+            # Grow by doubling into new arrays, so a search holding the old ones is unaffected.
+            capacity = max(16, used * 2)
+            grown = np.zeros((capacity, self.dimensions or 0), dtype=np.float32)
+            grown[:used] = self.tail[:used]
+            alive = np.zeros(capacity, dtype=bool)
+            alive[:used] = self.tail_alive[:used]
+            self.tail, self.tail_alive = grown, alive
+        self.tail[used] = unit
+        self.tail_alive[used] = True
+        self.tail_rows[key] = used
+        self.tail_keys.append(key)
+
+    # -- reads ---------------------------------------------------------------------
+
+    def meta(self, key: str) -> tuple[str, str] | None:
+        """``(content hash, provider identity)`` of a live row, or ``None``."""
+        with self.lock:
+            if key in self.tail_meta:
+                return self.tail_meta[key]
+            row = _find(self.base_keys, key)
+            if row is None or not self.base_alive[row]:
+                return None
+            identity = self.identity_names[int(self.base_identities[row])]
+            return bytes(self.base_hashes[row]).hex(), identity
+
+    def vector(self, key: str) -> Vector | None:
+        """The normalized vector of a live row."""
+        with self.lock:
+            tail_row = self.tail_rows.get(key)
+            if tail_row is not None and self.tail_alive[tail_row]:
+                return np.array(self.tail[tail_row])
+            row = _find(self.base_keys, key)
+            if row is not None and self.base_alive[row]:
+                return np.array(self.base[row])
+        return None
+
+    def __len__(self) -> int:
+        with self.lock:
+            return int(self.base_alive.sum() + self.tail_alive[: len(self.tail_keys)].sum())
+
+    def keys(self) -> list[str]:
+        with self.lock:
+            base = [str(k) for k in np.asarray(self.base_keys)[self.base_alive]]
+            alive = self.tail_alive[: len(self.tail_keys)]
+            tail = [key for key, ok in zip(self.tail_keys, alive, strict=True) if ok]
+        return base + tail
+
+    def search(
+        self,
+        query: Vector,
+        k: int,
+        *,
+        identity: str,
+        candidates: Sequence[str] | None = None,
+        exclude: str | None = None,
+    ) -> list[Hit]:
+        """Exact top-``k`` by cosine similarity among live rows made by ``identity``.
+
+        ``candidates`` restricts the search to those keys (a filtered queryset).
+        Ties are broken by key, so the order is deterministic.
+        """
+        if k <= 0 or self.dimensions is None:
+            return []
+        if query.shape != (self.dimensions,):
+            raise ValueError(
+                f"{self.store.label}: the query has {query.shape[-1]} dimensions, "
+                f"the stored vectors {self.dimensions}."
+            )
+        unit = normalize(query)
+        with self.lock:
+            base_ok, tail_ok = self._valid(identity)
+            used = len(self.tail_keys)
+            tail, tail_keys = self.tail[:used], self.tail_keys[:used]
+        if exclude is not None:
+            base_ok, tail_ok = base_ok.copy(), tail_ok.copy()
+            _clear(base_ok, tail_ok, self.base_keys, self.tail_rows, [exclude])
+        if candidates is not None:
+            base_ok, tail_ok = self._restrict(base_ok, tail_ok, candidates)
+        scores_base, rows_base = _scores(self.base, base_ok, unit)
+        scores_tail, rows_tail = _scores(tail, tail_ok, unit)
+        scores = np.concatenate([scores_base, scores_tail])
+        if not len(scores):
+            return []
+        keys = [str(self.base_keys[r]) for r in rows_base] if len(rows_base) < 64 else None
+        top = _top_k(scores, k)
+        hits = []
+        for index in top:
+            if index < len(rows_base):
+                row = int(rows_base[index])
+                key = keys[index] if keys is not None else str(self.base_keys[row])
+            else:
+                key = tail_keys[int(rows_tail[index - len(rows_base)])]
+            hits.append(Hit(key, float(scores[index])))
+        hits.sort(key=lambda hit: (-hit.score, hit.key))
+        return hits
+
+    def _restrict(
+        self,
+        base_ok: npt.NDArray[np.bool_],
+        tail_ok: npt.NDArray[np.bool_],
+        candidates: Sequence[str],
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        base_mask = np.zeros_like(base_ok)
+        if len(self.base_keys) and len(candidates):
+            wanted = np.asarray(candidates, dtype=str)
+            rows = np.searchsorted(self.base_keys, wanted)
+            inside = rows < len(self.base_keys)
+            rows, wanted = rows[inside], wanted[inside]
+            base_mask[rows[np.asarray(self.base_keys[rows]) == wanted]] = True
+        tail_mask = np.zeros_like(tail_ok)
+        for key in candidates:
+            row = self.tail_rows.get(key)
+            if row is not None and row < len(tail_mask):
+                tail_mask[row] = True
+        return base_ok & base_mask, tail_ok & tail_mask
+
+    def _valid(self, identity: str) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """Live rows made by ``identity``: rows from another model are not comparable."""
+        cached = self._valid_cache.get(identity)
+        if cached is not None and cached[0] == self._changes:
+            return cached[1], cached[2]
+        used = len(self.tail_keys)
+        if identity in self.identity_names:
+            same = self.base_identities == self.identity_names.index(identity)
+        else:
+            same = np.zeros(len(self.base_keys), dtype=bool)
+        base_ok = self.base_alive & same
+        tail_ok = self.tail_alive[:used].copy()
+        stale = int((self.base_alive & ~same).sum())
+        for key, (_, row_identity) in self.tail_meta.items():
+            if row_identity != identity:
+                tail_ok[self.tail_rows[key]] = False
+                stale += 1
+        if stale and not self._warned_stale:
+            self._warned_stale = True
+            logger.warning(
+                "%s: %d rows were embedded by another provider than %r and are left out of "
+                "searches; run embeddings_backfill --stale.",
+                self.store.label,
+                stale,
+                identity,
+            )
+        self._valid_cache = {identity: (self._changes, base_ok, tail_ok)}
+        return base_ok, tail_ok
+
+
+def _find(keys: npt.NDArray[np.str_], key: str) -> int | None:
+    if not len(keys):
+        return None
+    row = int(np.searchsorted(keys, key))
+    if row < len(keys) and keys[row] == key:
+        return row
+    return None
+
+
+def _clear(
+    base_ok: npt.NDArray[np.bool_],
+    tail_ok: npt.NDArray[np.bool_],
+    base_keys: npt.NDArray[np.str_],
+    tail_rows: dict[str, int],
+    keys: Iterable[str],
+) -> None:
+    for key in keys:
+        row = _find(base_keys, key)
+        if row is not None:
+            base_ok[row] = False
+        tail_row = tail_rows.get(key)
+        if tail_row is not None and tail_row < len(tail_ok):
+            tail_ok[tail_row] = False
+
+
+def _scores(
+    matrix: Matrix, mask: npt.NDArray[np.bool_], unit: Vector
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]]:
+    rows = np.flatnonzero(mask)
+    if not len(rows):
+        return np.zeros(0, np.float32), rows
+    if len(rows) * 4 < len(mask):
+        return np.asarray(matrix[rows]) @ unit, rows  # few rows: gather them
+    return (matrix @ unit)[rows], rows  # most rows: one pass over the whole matrix
+
+
+def _top_k(scores: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.intp]:
+    if k >= len(scores):
+        return np.arange(len(scores))
+    # Take every row tied with the k-th best score, so the key tie-break is exact.
+    kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+    return np.flatnonzero(scores >= kth)
+
+
+def _stat(store: Store) -> tuple[int, int, int] | None:
+    try:
+        result = os.stat(store.path / "_journal")
+    except FileNotFoundError:
+        return None
+    return result.st_ino, result.st_size, result.st_mtime_ns
+
+
+# -- the process-wide registry -----------------------------------------------------
+
+_indexes: dict[str, FieldIndex] = {}
+_registry_lock = threading.Lock()
+
+
+def get(store: Store, *, check: bool = True, keep: bool = True) -> FieldIndex:
+    """The index of ``store``, loaded on a miss.
+
+    ``check`` makes it catch up with the store first (a stat of the journal, and
+    reading only new entries when it grew). ``keep=False`` builds a throwaway index
+    (fields declared with ``cache=False``).
+    """
+    if not keep:
+        return FieldIndex(store, store.read_state())
+    index = _indexes.get(store.label)
+    if index is None or index.store.path != store.path:
+        with _registry_lock:
+            index = _indexes.get(store.label)
+            if index is None or index.store.path != store.path:
+                index = FieldIndex(store, store.read_state())
+                _indexes[store.label] = index
+                logger.debug("%s: loaded %d rows", store.label, len(index))
+        return index
+    if check:
+        index = catch_up(index)
+    return index
+
+
+def catch_up(index: FieldIndex) -> FieldIndex:
+    """Bring ``index`` to the store's current version, reading only what changed."""
+    stat = _stat(index.store)
+    if stat == index.journal_stat:
+        return index
+    with index.lock:
+        tail = index.store.read_tail(index.position)
+        if tail is not None and index.apply(tail.entries):
+            index.position = tail.position
+            index.journal_stat = stat
+            return index
+    return reload(index.store)
+
+
+def reload(store: Store) -> FieldIndex:
+    """Replace the index of ``store`` with a fresh load (after a compaction or a gap)."""
+    index = FieldIndex(store, store.read_state())
+    with _registry_lock:
+        _indexes[store.label] = index
+    logger.debug("%s: reloaded %d rows", store.label, len(index))
+    return index
+
+
+def apply_delta(
+    store: Store, entries: Sequence[Entry], vectors: Sequence[Vector | None] | None = None
+) -> None:
+    """Apply a write (ours or a peer's) to the loaded index of ``store``, if any.
+
+    On a version gap the index catches up from the journal instead.
+    """
+    index = _indexes.get(store.label)
+    if index is None or index.store.path != store.path:
+        return  # not loaded here: the next search loads the current state
+    if not index.apply(entries, vectors):
+        catch_up(index)
+
+
+def loaded(label: str) -> FieldIndex | None:
+    return _indexes.get(label)
+
+
+def clear(label: str | None = None) -> None:
+    """Forget loaded indexes (all of them, or one store's)."""
+    with _registry_lock:
+        if label is None:
+            _indexes.clear()
+        else:
+            _indexes.pop(label, None)

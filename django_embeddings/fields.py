@@ -1,0 +1,257 @@
+"""``EmbeddingField``: the model field that embeds a source text on save.
+
+The column is a small nullable integer: the vector's dimension count once the row
+is embedded, NULL until then, so ``filter(embedding__isnull=True)`` finds the rows
+that still need ``embeddings_backfill``. The vector itself lives in the field's
+store (see :mod:`django_embeddings.store`), the way ``FileField`` keeps a short
+name in the column and the payload in storage.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from django.core import checks
+from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
+from django.db import models, transaction
+from django.db.models.signals import post_delete, post_save
+
+from django_embeddings.conf import conf
+from django_embeddings.store import Store
+from django_embeddings.typing import DeconstructResult
+
+Source = str | Callable[[models.Model], Any]
+
+
+class EmbeddingField(models.IntegerField):  # type: ignore[type-arg]
+    """Embeds ``source`` with a configured provider whenever the row is saved.
+
+    ``source`` is a field name, the name of a method or property of the model, or a
+    module-level function taking the instance, returning the text to embed.
+    ``provider`` is an alias of ``DJANGO_EMBEDDINGS_PROVIDERS``. With
+    ``auto_embed=False`` saves do nothing and rows are embedded only by
+    ``embeddings_backfill``. With ``cache=False`` searches read the store each time
+    instead of keeping its matrix in this process.
+    """
+
+    description = "Dimension count of the row's stored embedding (NULL: not embedded)"
+
+    def __init__(
+        self,
+        *args: Any,
+        source: Source | None = None,
+        provider: str = "default",
+        auto_embed: bool = True,
+        cache: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self.source = source
+        self.provider_alias = provider
+        self.auto_embed = auto_embed
+        self.cache = cache
+        kwargs.setdefault("null", True)
+        kwargs.setdefault("blank", True)
+        kwargs.setdefault("editable", False)
+        super().__init__(*args, **kwargs)
+
+    def deconstruct(self) -> DeconstructResult:
+        name, _, args, kwargs = super().deconstruct()
+        for option, default in (("null", True), ("blank", True), ("editable", False)):
+            if kwargs.get(option, not default) == default:
+                kwargs.pop(option, None)
+            else:
+                kwargs[option] = not default
+        kwargs["source"] = self.source
+        if self.provider_alias != "default":
+            kwargs["provider"] = self.provider_alias
+        if not self.auto_embed:
+            kwargs["auto_embed"] = False
+        if not self.cache:
+            kwargs["cache"] = False
+        return name, "django_embeddings.fields.EmbeddingField", args, kwargs
+
+    def contribute_to_class(self, cls: type[models.Model], name: str, **kwargs: Any) -> None:
+        super().contribute_to_class(cls, name, **kwargs)
+        # One receiver for every model: it finds the sender's embedding fields, so
+        # proxy models and multi-table children are embedded too.
+        post_save.connect(_on_post_save, dispatch_uid="django_embeddings.post_save")
+        post_delete.connect(_on_post_delete, dispatch_uid="django_embeddings.post_delete")
+
+    def formfield(self, **kwargs: Any) -> Any:
+        return None  # the dimension count is not for people to edit
+
+    # -- identity and storage --------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        """``app_label.ModelName.field``: unique across apps and fields."""
+        return f"{self.model._meta.label}.{self.name}"
+
+    @property
+    def store(self) -> Store:
+        directory = conf.DIR
+        if directory is None:
+            raise ImproperlyConfigured(
+                "DJANGO_EMBEDDINGS_DIR is not set; it should be the directory where "
+                f"{self.label} keeps its vectors."
+            )
+        return _store(directory, self.model._meta.label, self.name, conf.COMPACT_THRESHOLD)
+
+    def get_provider(self) -> Any:
+        from django_embeddings.providers import get_provider
+
+        return get_provider(self.provider_alias)
+
+    def key(self, pk: Any) -> str:
+        """The store's key for a primary key value (its canonical string)."""
+        return str(self.model._meta.pk.to_python(pk))
+
+    def pk_from_key(self, key: str) -> Any:
+        return self.model._meta.pk.to_python(key)
+
+    def source_text(self, instance: models.Model) -> str:
+        """The text to embed for ``instance``, cut to ``DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH``."""
+        if callable(self.source):
+            value = self.source(instance)
+        else:
+            value = getattr(instance, str(self.source))
+            if callable(value):
+                value = value()
+        text = "" if value is None else str(value)
+        return text[: conf.MAX_TEXT_LENGTH]
+
+    def source_field_names(self) -> list[str] | None:
+        """The concrete column behind ``source``, or ``None`` when it is computed."""
+        if isinstance(self.source, str):
+            try:
+                return [self.model._meta.get_field(self.source).attname]  # type: ignore[union-attr]
+            except FieldDoesNotExist:
+                return None
+        return None
+
+    # -- checks ----------------------------------------------------------------------
+
+    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+        return [
+            *super().check(**kwargs),
+            *self._check_source(),
+            *self._check_primary_key(),
+            *self._check_provider(),
+        ]
+
+    def _check_provider(self) -> list[checks.CheckMessage]:
+        providers = conf.PROVIDERS
+        if isinstance(providers, dict) and self.provider_alias not in providers:
+            return [
+                checks.Error(
+                    f"{self.label} uses provider {self.provider_alias!r}, which is not in "
+                    f"DJANGO_EMBEDDINGS_PROVIDERS ({sorted(providers)!r}).",
+                    hint="Add the alias to DJANGO_EMBEDDINGS_PROVIDERS or use another one.",
+                    obj=self,
+                    id="django_embeddings.E009",
+                )
+            ]
+        return []
+
+    def _check_source(self) -> list[checks.CheckMessage]:
+        if self.source is None:
+            return [
+                checks.Error(
+                    f"{self.label} has no source.",
+                    hint='Pass the field to embed, e.g. EmbeddingField(source="body").',
+                    obj=self,
+                    id="django_embeddings.E005",
+                )
+            ]
+        if callable(self.source):
+            return []
+        try:
+            self.model._meta.get_field(self.source)
+            return []
+        except FieldDoesNotExist:
+            pass
+        if hasattr(self.model, self.source):
+            return []
+        return [
+            checks.Error(
+                f"{self.label} has source {self.source!r}, which is neither a field nor an "
+                f"attribute of {self.model._meta.object_name}.",
+                hint="Name a text field, a property or a method of the model.",
+                obj=self,
+                id="django_embeddings.E006",
+            )
+        ]
+
+    def _check_primary_key(self) -> list[checks.CheckMessage]:
+        pk = self.model._meta.pk
+        if pk is None or getattr(pk, "primary_key", False) is False or _is_composite(pk):
+            return [
+                checks.Error(
+                    f"{self.label} needs a single-column primary key; "
+                    f"{self.model._meta.object_name} has a composite one.",
+                    hint="Give the model a single-column primary key.",
+                    obj=self,
+                    id="django_embeddings.E007",
+                )
+            ]
+        return []
+
+
+def _is_composite(pk: Any) -> bool:
+    return type(pk).__name__ == "CompositePrimaryKey"
+
+
+@functools.cache
+def _store(directory: Path, model_label: str, field_name: str, compact_threshold: int) -> Store:
+    return Store(
+        Path(directory) / model_label / field_name,
+        label=f"{model_label}.{field_name}",
+        compact_threshold=compact_threshold,
+    )
+
+
+@functools.cache
+def embedding_fields(model: type[models.Model]) -> tuple[EmbeddingField, ...]:
+    """The embedding fields of ``model``, including inherited ones."""
+    return tuple(f for f in model._meta.concrete_fields if isinstance(f, EmbeddingField))
+
+
+def _on_post_save(
+    sender: type[models.Model],
+    instance: models.Model,
+    raw: bool = False,
+    using: str = "default",
+    update_fields: frozenset[str] | None = None,
+    **kwargs: Any,
+) -> None:
+    if raw:
+        return  # fixtures: embeddings travel with embeddings_export/import or backfill
+    for field in embedding_fields(sender):
+        if not field.auto_embed:
+            continue
+        columns = field.source_field_names()
+        if update_fields is not None and columns is not None:
+            names = {field.model._meta.get_field(str(field.source)).name, *columns}
+            if not names & set(update_fields):
+                continue
+        _schedule(field, instance, using, deleted=False)
+
+
+def _on_post_delete(
+    sender: type[models.Model], instance: models.Model, using: str = "default", **kwargs: Any
+) -> None:
+    for field in embedding_fields(sender):
+        _schedule(field, instance, using, deleted=True)
+
+
+def _schedule(field: EmbeddingField, instance: models.Model, using: str, *, deleted: bool) -> None:
+    from django_embeddings import indexing
+
+    if deleted:
+        key = field.key(instance.pk)
+        transaction.on_commit(lambda: indexing.remove(field, [key]), using=using)
+    else:
+        transaction.on_commit(lambda: indexing.sync(field, [instance], using=using), using=using)

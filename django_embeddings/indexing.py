@@ -1,0 +1,161 @@
+"""Embedding rows: the write path shared by saves, backfills and tasks.
+
+``sync`` brings the store in line with the rows as the database holds them after
+commit: changed texts are embedded in one provider batch, unchanged ones (same
+content hash and provider identity) cost nothing, and rows that are gone are
+removed. After storing, it reads the source back from the database; if another
+transaction changed a text meanwhile, it goes round again. The last writer to
+finish therefore always stores the text the database ended up with, even when
+several processes save the same row at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from django.db import models
+
+from django_embeddings import cache, invalidation
+from django_embeddings.conf import conf
+from django_embeddings.exceptions import EmbeddingsError, ProviderError
+from django_embeddings.providers import validate_vectors
+
+if TYPE_CHECKING:
+    from django_embeddings.fields import EmbeddingField
+
+logger = logging.getLogger(__name__)
+
+_MAX_ROUNDS = 5
+
+
+def content_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def sync(
+    field: EmbeddingField,
+    instances: Sequence[models.Model],
+    *,
+    using: str = "default",
+    force: bool = False,
+) -> int:
+    """Embed and store ``instances``' current texts; returns how many were embedded.
+
+    ``force`` re-embeds even unchanged texts. Failures follow
+    ``DJANGO_EMBEDDINGS_ON_ERROR``: the rows are left with no embedding and the
+    error is raised or logged.
+    """
+    embedded = 0
+    rows = {field.key(obj.pk): obj for obj in instances if obj.pk is not None}
+    for _ in range(_MAX_ROUNDS):
+        if not rows:
+            break
+        try:
+            embedded += _store_rows(field, rows, using=using, force=force)
+        except EmbeddingsError as exc:
+            _fail(field, list(rows), using, exc)
+            return embedded
+        rows = _changed_since(field, rows, using)
+        force = False
+    return embedded
+
+
+def remove(field: EmbeddingField, keys: Iterable[str]) -> None:
+    """Delete the vectors of rows that were deleted."""
+    keys = list(keys)
+    store = field.store
+    entries = store.delete_many(keys)
+    cache.apply_delta(store, entries)
+    invalidation.publish(store, entries)
+
+
+def _store_rows(
+    field: EmbeddingField, rows: dict[str, models.Model], *, using: str, force: bool
+) -> int:
+    store = field.store
+    provider = field.get_provider()
+    index = cache.get(store, keep=field.cache)
+    texts = {key: field.source_text(obj) for key, obj in rows.items()}
+    empty = [key for key, text in texts.items() if not text.strip()]
+    todo = {
+        key: text
+        for key, text in texts.items()
+        if key not in empty
+        and (force or index.meta(key) != (content_hash(text), provider.identity))
+    }
+    if empty:
+        # Nothing to search by: such rows have no vector, like rows never embedded.
+        remove(field, [key for key in empty if index.meta(key) is not None])
+        _set_column(field, [rows[key] for key in empty], None, using)
+    if todo:
+        keys = list(todo)
+        target = f"{field.label} (rows {', '.join(repr(k) for k in keys[:5])})"
+        try:
+            raw = provider.embed([todo[key] for key in keys], input_type="document")
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise ProviderError(
+                f"Provider {provider.identity!r} failed to embed {target}: {exc}"
+            ) from exc
+        vectors = validate_vectors(raw, expected_rows=len(keys), provider=provider, target=target)
+        entries = store.put_many(
+            (key, vector, content_hash(todo[key]), provider.identity)
+            for key, vector in zip(keys, vectors, strict=True)
+        )
+        cache.apply_delta(store, entries, list(vectors))
+        invalidation.publish(store, entries, list(vectors))
+    stored = [obj for key, obj in rows.items() if key not in empty]
+    _set_column(field, stored, provider.dimensions, using)
+    return len(todo)
+
+
+def _changed_since(
+    field: EmbeddingField, rows: dict[str, models.Model], using: str
+) -> dict[str, models.Model]:
+    """Rows whose text in the database is no longer the text we just stored."""
+    manager = field.model._base_manager.using(using)
+    columns = field.source_field_names()
+    pks = [obj.pk for obj in rows.values()]
+    fresh_qs = manager.filter(pk__in=pks)
+    if columns is not None:
+        fresh_qs = fresh_qs.only(*columns)
+    fresh = {field.key(obj.pk): obj for obj in fresh_qs}
+    gone = [key for key in rows if key not in fresh]
+    if gone:
+        remove(field, gone)
+    return {
+        key: obj
+        for key, obj in fresh.items()
+        if field.source_text(obj) != field.source_text(rows[key])
+    }
+
+
+def _set_column(
+    field: EmbeddingField, instances: Sequence[models.Model], value: int | None, using: str
+) -> None:
+    stale = [obj for obj in instances if getattr(obj, field.attname) != value]
+    if not stale:
+        return
+    field.model._base_manager.using(using).filter(pk__in=[obj.pk for obj in stale]).update(
+        **{field.attname: value}
+    )
+    for obj in stale:
+        setattr(obj, field.attname, value)
+
+
+def _fail(field: EmbeddingField, keys: list[str], using: str, exc: Exception) -> None:
+    """Leave failed rows with no embedding, then raise or log as configured."""
+    try:
+        remove(field, keys)
+        pks: list[Any] = [field.pk_from_key(key) for key in keys]
+        field.model._base_manager.using(using).filter(pk__in=pks).update(**{field.attname: None})
+    except Exception:  # the original error matters more than the clean-up's
+        logger.exception("Could not clear the embeddings of %s after a failure", field.label)
+    if conf.ON_ERROR == "log":
+        logger.error("Embedding %s failed: %s", field.label, exc, exc_info=exc)
+        return
+    raise exc

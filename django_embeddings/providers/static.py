@@ -1,0 +1,310 @@
+"""The default provider: a static embedding table shipped inside the package.
+
+A static model keeps one vector per token. Embedding a text is a tokenizer
+call and the mean of the text's token vectors, so it needs only ``tokenizers``
+and numpy, runs offline and embeds thousands of short texts per second on one
+core. The shipped model is distilled from all-MiniLM-L6-v2 (see
+``static_model/NOTICE`` and ``scripts/distill_static_model.py``); any model in
+model2vec's folder format (``model.safetensors``, ``tokenizer.json``,
+``config.json``) can be loaded with the ``path`` option.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from django.core.exceptions import ImproperlyConfigured
+
+from django_embeddings.exceptions import ProviderError
+from django_embeddings.providers.base import BaseProvider
+from django_embeddings.typing import InputType, Matrix
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PATH = Path(__file__).resolve().parent / "static_model"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class _Metadata:
+    """What ``dimensions`` and ``identity`` need, read from ``config.json`` alone."""
+
+    name: str
+    dimensions: int
+    weights_sha256: str | None
+
+
+@dataclass(frozen=True)
+class _Model:
+    tokenizer: Any  # tokenizers.Tokenizer, imported lazily
+    embeddings: npt.NDArray[Any]  # (rows, dims); float16/32 or int8
+    weights: npt.NDArray[np.float32] | None  # per-token scale, model2vec's "weights"
+    mapping: npt.NDArray[np.int64] | None  # token id -> row, model2vec's "mapping"
+    unk_id: int | None
+    char_limit: int
+
+
+class StaticModelProvider(BaseProvider):
+    """Embeds with a static (model2vec-format) token table; the default provider.
+
+    Options:
+
+    ``path``
+        A directory holding ``model.safetensors``, ``tokenizer.json`` and
+        ``config.json``. Defaults to the model shipped in the package.
+    ``max_tokens``
+        Tokens after this many are ignored (512, like model2vec).
+
+    Constructing the provider reads nothing. ``dimensions`` and ``identity``
+    read ``config.json`` on first access; the first :meth:`embed` loads the
+    tokenizer and weights, once per provider, under a lock.
+
+    A text is tokenized without special tokens and cut to ``max_tokens``; its
+    vector is the mean of its token vectors, L2-normalised, as model2vec's
+    ``StaticModel.encode`` computes it. Unknown tokens are left out of the mean.
+    A text with no known token (empty, only whitespace or only characters the
+    vocabulary lacks, such as emoji) gets the unknown token's own vector: the
+    same non-zero vector for every such text, so it can still be stored. A
+    model without an unknown token raises :class:`ProviderError` instead.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        max_tokens: int = 512,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ImproperlyConfigured(
+                f"StaticModelProvider max_tokens should be a positive int, not {max_tokens!r}."
+            )
+        self.path = DEFAULT_PATH if path is None else Path(path)
+        self.max_tokens = max_tokens
+        self._lock = threading.Lock()
+        self._metadata: _Metadata | None = None
+        self._model: _Model | None = None
+
+    @property
+    def dimensions(self) -> int:  # type: ignore[override]
+        return self._read_metadata().dimensions
+
+    @property
+    def identity(self) -> str:  # type: ignore[override]
+        meta = self._read_metadata()
+        version = (meta.weights_sha256 or "unknown")[:12]
+        identity = f"static:{meta.name}-{meta.dimensions}d@{version}"
+        if self.max_tokens != 512:
+            # Truncation changes the vectors of long texts, so it is part of the identity.
+            identity += f";max_tokens={self.max_tokens}"
+        return identity
+
+    def __repr__(self) -> str:
+        # Without reading any file, so a repr never fails or does I/O.
+        return f"<StaticModelProvider path={str(self.path)!r} max_tokens={self.max_tokens}>"
+
+    def embed(self, texts: Sequence[str], input_type: InputType = "document") -> Matrix:
+        # Symmetric model: queries and documents are embedded alike.
+        model = self._load()
+        dims = model.embeddings.shape[1]
+        if not texts:
+            return np.zeros((0, dims), dtype=np.float32)
+        clipped = [text[: model.char_limit] for text in texts]
+        # encode_batch_fast skips offset tracking (tokenizers >= 0.21).
+        encode = getattr(model.tokenizer, "encode_batch_fast", model.tokenizer.encode_batch)
+        id_lists = [encoding.ids for encoding in encode(clipped, add_special_tokens=False)]
+        lengths = np.fromiter((len(ids) for ids in id_lists), dtype=np.int64, count=len(id_lists))
+        flat = np.fromiter(
+            (i for ids in id_lists for i in ids), dtype=np.int64, count=int(lengths.sum())
+        )
+        rows = np.repeat(np.arange(len(id_lists)), lengths)
+        if model.unk_id is not None:
+            known = flat != model.unk_id
+            flat, rows = flat[known], rows[known]
+        counts = np.bincount(rows, minlength=len(id_lists))
+
+        out = np.zeros((len(id_lists), dims), dtype=np.float32)
+        if flat.size:
+            vectors = self._lookup(model, flat)
+            filled = np.flatnonzero(counts)
+            # Rows are in order, so each text's tokens are one contiguous run.
+            starts = np.concatenate(([0], np.cumsum(counts[filled])[:-1]))
+            out[filled] = np.add.reduceat(vectors, starts, axis=0) / counts[filled, None]
+
+        empty = np.flatnonzero(counts == 0)
+        if empty.size:
+            if model.unk_id is None:
+                raise ProviderError(
+                    f"StaticModelProvider {self.identity!r} found no known token in a text of "
+                    f"{len(texts[int(empty[0])])} characters, and its model has no unknown "
+                    "token to fall back on."
+                )
+            out[empty] = self._lookup(model, np.array([model.unk_id], dtype=np.int64))
+
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        if not norms.all():
+            raise ProviderError(
+                f"StaticModelProvider {self.identity!r} produced an all-zero vector; "
+                f"the weights in {str(self.path)!r} look damaged."
+            )
+        out /= norms
+        return out
+
+    @staticmethod
+    def _lookup(model: _Model, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        rows = ids if model.mapping is None else model.mapping[ids]
+        vectors = model.embeddings[rows].astype(np.float32)
+        if model.weights is not None:
+            vectors *= model.weights[ids, None]
+        return vectors
+
+    def _read_metadata(self) -> _Metadata:
+        if self._metadata is None:
+            with self._lock:
+                if self._metadata is None:
+                    self._metadata = self._metadata_from_config()
+        return self._metadata
+
+    def _metadata_from_config(self) -> _Metadata:
+        config = self._config()
+        dimensions = config.get("hidden_dim")
+        if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1:
+            raise ImproperlyConfigured(
+                f"StaticModelProvider config {str(self.path / CONFIG_FILE)!r} should have a "
+                f"positive int 'hidden_dim', not {dimensions!r}."
+            )
+        name = config.get("model_name") or self.path.name
+        digest = config.get("weights_sha256")
+        if not isinstance(digest, str):
+            # Not one of our models: hash the weights file (no parsing), once.
+            digest = _sha256(self.path / WEIGHTS_FILE)
+        return _Metadata(name=str(name), dimensions=dimensions, weights_sha256=digest)
+
+    def _config(self) -> dict[str, Any]:
+        config_path = self.path / CONFIG_FILE
+        missing = [
+            name
+            for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
+            if not (self.path / name).is_file()
+        ]
+        if missing:
+            raise ImproperlyConfigured(
+                f"StaticModelProvider path {str(self.path)!r} should be a directory with "
+                f"{CONFIG_FILE}, {WEIGHTS_FILE} and {TOKENIZER_FILE}; missing {missing!r}."
+            )
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ProviderError(
+                f"StaticModelProvider could not read {str(config_path)!r}: {exc}"
+            ) from exc
+        if not isinstance(config, dict):
+            raise ProviderError(
+                f"StaticModelProvider config {str(config_path)!r} should hold a JSON object."
+            )
+        return config
+
+    def _load(self) -> _Model:
+        if self._model is None:
+            meta = self._read_metadata()
+            with self._lock:
+                if self._model is None:
+                    self._model = self._load_model(meta)
+        return self._model
+
+    def _load_model(self, meta: _Metadata) -> _Model:
+        from safetensors.numpy import load as load_tensors
+        from tokenizers import Tokenizer
+
+        weights_path = self.path / WEIGHTS_FILE
+        try:
+            raw = weights_path.read_bytes()
+            tensors = load_tensors(raw)
+            tokenizer = Tokenizer.from_file(str(self.path / TOKENIZER_FILE))
+        except Exception as exc:  # safetensors and tokenizers raise their own types
+            raise ProviderError(
+                f"StaticModelProvider could not load the model in {str(self.path)!r}: {exc}"
+            ) from exc
+        config = self._config()
+        if "weights_sha256" in config and hashlib.sha256(raw).hexdigest() != meta.weights_sha256:
+            raise ProviderError(
+                f"StaticModelProvider weights {str(weights_path)!r} do not match the "
+                f"weights_sha256 {meta.weights_sha256!r} in {CONFIG_FILE}; reinstall the "
+                "package or re-run the distillation."
+            )
+
+        embeddings = tensors.get("embeddings")
+        if embeddings is None or embeddings.ndim != 2 or embeddings.shape[1] != meta.dimensions:
+            raise ProviderError(
+                f"StaticModelProvider weights {str(weights_path)!r} should hold an "
+                f"'embeddings' matrix of {meta.dimensions} columns, not "
+                f"{None if embeddings is None else embeddings.shape!r}."
+            )
+        mapping = tensors.get("mapping")
+        weights = tensors.get("weights")
+        vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        rows_needed = vocab_size if mapping is None else len(mapping)
+        if (mapping is None and len(embeddings) != vocab_size) or (
+            weights is not None and len(weights) != rows_needed
+        ):
+            raise ProviderError(
+                f"StaticModelProvider model {str(self.path)!r} has {len(embeddings)} rows "
+                f"for a vocabulary of {vocab_size} tokens."
+            )
+
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(self.max_tokens)
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+        # model2vec cuts texts to max_tokens * the median token length before
+        # tokenizing: the result is the same, and a huge text is not tokenized whole.
+        median = int(np.median([len(token) for token in vocab]))
+        model = _Model(
+            tokenizer=tokenizer,
+            embeddings=embeddings,
+            weights=None if weights is None else weights.astype(np.float32),
+            mapping=None if mapping is None else mapping.astype(np.int64),
+            unk_id=_unk_id(tokenizer),
+            char_limit=self.max_tokens * max(median, 1),
+        )
+        logger.debug(
+            "Loaded static model %s (%d tokens, %d dimensions, %s) from %s",
+            meta.name,
+            vocab_size,
+            meta.dimensions,
+            embeddings.dtype,
+            self.path,
+        )
+        return model
+
+
+def _unk_id(tokenizer: Any) -> int | None:
+    """The unknown token's id, found as model2vec finds it."""
+    unk_token = getattr(tokenizer.model, "unk_token", None)
+    if unk_token is not None:
+        token_id = tokenizer.token_to_id(unk_token)
+        return None if token_id is None else int(token_id)
+    unk_id = json.loads(tokenizer.to_str())["model"].get("unk_id")  # Unigram models
+    return None if unk_id is None else int(unk_id)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise ProviderError(f"StaticModelProvider could not read {str(path)!r}: {exc}") from exc
+    return digest.hexdigest()

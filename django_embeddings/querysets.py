@@ -1,0 +1,169 @@
+"""``semantic_search`` and ``similar_to`` on querysets.
+
+The vector search runs eagerly, when the method is called: the query text is
+embedded and the top rows are found in this process's cached matrix. What comes
+back is an ordinary lazy QuerySet over those rows (``pk__in`` the hits, ordered
+by rank, annotated with ``similarity``), so it chains like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Self
+
+import numpy as np
+from django.db import models
+
+from django_embeddings import cache, invalidation
+from django_embeddings.cache import Hit
+from django_embeddings.exceptions import EmbeddingsError
+from django_embeddings.fields import EmbeddingField, embedding_fields
+from django_embeddings.providers import validate_vectors
+from django_embeddings.typing import Vector
+
+__all__ = ["EmbeddingManager", "EmbeddingQuerySet", "EmbeddingQuerySetMixin"]
+
+MAX_K = 10_000
+
+
+class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
+    """Adds semantic search to a QuerySet class of your own."""
+
+    def semantic_search(
+        self, query: str | Sequence[float] | Vector, k: int = 10, field: str | None = None
+    ) -> Self:
+        """The ``k`` rows of this queryset most similar to ``query`` (text or a vector).
+
+        Rows are ordered best first and carry ``similarity`` (cosine, in [-1, 1]).
+        Only rows this queryset selects are considered, so a filtered queryset
+        still gets exactly ``k`` rows whenever ``k`` of them are embedded.
+        """
+        embedding_field = self._embedding_field(field)
+        _check_k(k)
+        if isinstance(query, str):
+            provider = embedding_field.get_provider()
+            raw = provider.embed([query], input_type="query")
+            target = f"a search of {embedding_field.label}"
+            vector = validate_vectors(raw, expected_rows=1, provider=provider, target=target)[0]
+        else:
+            vector = np.asarray(query, dtype=np.float32)
+            if vector.ndim != 1 or not np.isfinite(vector).all():
+                raise ValueError(
+                    f"semantic_search() on {embedding_field.label} needs a text or a finite "
+                    f"1-D vector, not an array of shape {vector.shape!r}."
+                )
+        return self._search(embedding_field, vector, k, exclude=None)
+
+    def similar_to(self, obj: models.Model, k: int = 10, field: str | None = None) -> Self:
+        """The ``k`` rows most similar to ``obj``, never ``obj`` itself."""
+        embedding_field = self._embedding_field(field)
+        _check_k(k)
+        key = embedding_field.key(obj.pk)
+        index = self._index(embedding_field)
+        vector = index.vector(key)
+        if vector is None:
+            raise EmbeddingsError(
+                f"{embedding_field.label}: row pk={obj.pk!r} has no embedding yet; "
+                "save it or run embeddings_backfill."
+            )
+        return self._search(embedding_field, vector, k, exclude=key)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _embedding_field(self, name: str | None) -> EmbeddingField:
+        fields = embedding_fields(self.model)
+        if name is not None:
+            for candidate in fields:
+                if candidate.name == name:
+                    return candidate
+            raise ValueError(
+                f"{self.model._meta.label} has no EmbeddingField named {name!r}; "
+                f"it has {[f.name for f in fields]!r}."
+            )
+        if len(fields) == 1:
+            return fields[0]
+        if not fields:
+            raise ValueError(f"{self.model._meta.label} has no EmbeddingField.")
+        raise ValueError(
+            f"{self.model._meta.label} has several EmbeddingFields "
+            f"{[f.name for f in fields]!r}; pass field= to choose one."
+        )
+
+    def _index(self, field: EmbeddingField) -> cache.FieldIndex:
+        return cache.get(field.store, check=invalidation.needs_check(), keep=field.cache)
+
+    def _search(self, field: EmbeddingField, vector: Vector, k: int, exclude: str | None) -> Self:
+        if self.query.is_sliced:
+            raise TypeError("Cannot run a semantic search on a sliced queryset.")
+        index = self._index(field)
+        provider = field.get_provider()
+        candidates = None
+        if self.query.where:
+            candidates = [field.key(pk) for pk in self.values_list("pk", flat=True)]
+        hits = index.search(
+            vector, k, identity=provider.identity, candidates=candidates, exclude=exclude
+        )
+        if candidates is None:
+            hits = self._drop_missing_rows(
+                field, index, vector, k, hits, provider.identity, exclude
+            )
+        return self._ranked(field, hits)
+
+    def _drop_missing_rows(
+        self,
+        field: EmbeddingField,
+        index: cache.FieldIndex,
+        vector: Vector,
+        k: int,
+        hits: list[Hit],
+        identity: str,
+        exclude: str | None,
+    ) -> list[Hit]:
+        """Keep only hits whose row exists, fetching further until ``k`` remain.
+
+        A row deleted by raw SQL or not yet removed from the store must not make
+        an unfiltered search return fewer than ``k`` rows.
+        """
+        fetch = k
+        while True:
+            existing = {
+                field.key(pk)
+                for pk in self.filter(pk__in=[field.pk_from_key(h.key) for h in hits]).values_list(
+                    "pk", flat=True
+                )
+            }
+            kept = [hit for hit in hits if hit.key in existing]
+            if len(kept) >= k or len(hits) < fetch:
+                return kept[:k]
+            fetch *= 2
+            hits = index.search(vector, fetch, identity=identity, exclude=exclude)
+
+    def _ranked(self, field: EmbeddingField, hits: list[Hit]) -> Self:
+        pks = [field.pk_from_key(hit.key) for hit in hits]
+        if not pks:
+            return self.none()
+        similarity = models.Case(
+            *[
+                models.When(pk=pk, then=models.Value(hit.score))
+                for pk, hit in zip(pks, hits, strict=True)
+            ],
+            output_field=models.FloatField(),
+        )
+        rank = models.Case(
+            *[models.When(pk=pk, then=models.Value(position)) for position, pk in enumerate(pks)],
+            output_field=models.IntegerField(),
+        )
+        return self.filter(pk__in=pks).annotate(similarity=similarity).order_by(rank)
+
+
+class EmbeddingQuerySet(EmbeddingQuerySetMixin):
+    """A QuerySet with ``semantic_search()`` and ``similar_to()``."""
+
+
+class EmbeddingManager(models.Manager.from_queryset(EmbeddingQuerySet)):  # type: ignore[misc]
+    """``objects = EmbeddingManager()`` gives a model semantic search."""
+
+
+def _check_k(k: Any) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise ValueError(f"k should be an int between 1 and {MAX_K}, not {k!r}.")

@@ -1,0 +1,140 @@
+"""One vector per row as a ``.npy`` file, written atomically.
+
+File names are the SHA-256 of the row's key, never user text, so a key holding
+``/``, ``..`` or NUL cannot leave the store directory. Writes go to a temp file in
+the same directory and are renamed over the target, so a reader never sees half a
+file (the approach of ``django.contrib.sessions.backends.file``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from django_embeddings.exceptions import StoreError
+from django_embeddings.typing import Vector
+
+logger = logging.getLogger(__name__)
+
+TEMP_PREFIX = "tmp"
+VECTOR_NAME = re.compile(r"\A[0-9a-f]{64}\.npy\Z")
+TEMP_NAME = re.compile(r"\Atmp.*\Z")
+
+# Vectors are private data: files are created 0600 by mkstemp and directories 0700.
+DIR_MODE = 0o700
+
+
+def filename_for(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest() + ".npy"
+
+
+def ensure_dir(path: Path) -> None:
+    try:
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"Cannot create the embeddings directory {str(path)!r}: {exc}") from exc
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old or the new file, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def save_vector(directory: Path, key: str, vector: Vector) -> str:
+    """Store ``vector`` for ``key``; returns the file name."""
+    name = filename_for(key)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=".npy")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, np.ascontiguousarray(vector, dtype=np.float32), allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, directory / name)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return name
+
+
+def load_vector(directory: Path, name: str) -> Vector | None:
+    """Read one stored vector; a missing or corrupt file gives ``None`` and a warning."""
+    path = directory / name
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, EOFError) as exc:
+        logger.warning("Skipping unreadable embedding file %s: %s", path, exc)
+        return None
+    if array.ndim != 1 or array.dtype.kind != "f" or not np.isfinite(array).all():
+        logger.warning(
+            "Skipping embedding file %s: expected a finite 1-D float array, found %s %s",
+            path,
+            array.dtype,
+            array.shape,
+        )
+        return None
+    return array.astype(np.float32, copy=False)
+
+
+def delete_vector(directory: Path, name: str) -> bool:
+    try:
+        (directory / name).unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def sweep_tempfiles(directory: Path, max_age: float) -> list[str]:
+    """Remove ``tmp*`` leftovers of crashed writes older than ``max_age`` seconds."""
+    removed = []
+    cutoff = time.time() - max_age
+    for name in _listdir(directory):
+        if not TEMP_NAME.match(name):
+            continue
+        path = directory / name
+        try:
+            if path.stat().st_mtime >= cutoff:
+                continue
+            if path.is_dir():
+                for child in path.iterdir():
+                    child.unlink()
+                path.rmdir()
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            logger.warning("Could not remove temp file %s: %s", path, exc)
+            continue
+        removed.append(name)
+    return removed
+
+
+def _listdir(directory: Path) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

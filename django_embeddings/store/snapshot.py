@@ -1,0 +1,129 @@
+"""The packed snapshot: every live row's normalized vector in one matrix.
+
+A snapshot is a directory ``snapshot-<version>/`` of ``.npy`` arrays, sorted by
+key, that a cold start memory-maps instead of opening one file per row; all
+worker processes on a machine then share its pages. ``_index.json`` names the
+current snapshot and its ``_version``; it is replaced atomically, and only after
+the snapshot it names is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from django_embeddings.store.files import TEMP_PREFIX, write_atomic
+from django_embeddings.typing import Matrix
+
+logger = logging.getLogger(__name__)
+
+INDEX = "_index.json"
+FORMAT = 1
+_ARRAYS = ("vectors", "keys", "hashes", "identities")
+
+
+@dataclass
+class Snapshot:
+    """Rows sorted by key. ``hashes`` holds a 16-byte content digest per row;
+    ``identities`` indexes into ``identity_names``."""
+
+    version: int = 0
+    vectors: Matrix = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    keys: npt.NDArray[np.str_] = field(default_factory=lambda: np.array([], dtype="U1"))
+    hashes: npt.NDArray[np.uint8] = field(default_factory=lambda: np.zeros((0, 16), np.uint8))
+    identities: npt.NDArray[np.uint16] = field(
+        default_factory=lambda: np.array([], dtype=np.uint16)
+    )
+    identity_names: list[str] = field(default_factory=list)
+    name: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def dimensions(self) -> int | None:
+        return int(self.vectors.shape[1]) if len(self) else None
+
+    def find(self, key: str) -> int | None:
+        """Row of ``key`` or ``None``, by binary search over the sorted keys."""
+        if not len(self):
+            return None
+        row = int(np.searchsorted(self.keys, key))
+        if row < len(self.keys) and self.keys[row] == key:
+            return row
+        return None
+
+
+def read_index(directory: Path) -> dict[str, object]:
+    try:
+        with open(directory / INDEX, "rb") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        return {"_version": 0, "snapshot": None}
+    except ValueError as exc:
+        logger.warning("Ignoring a damaged %s in %s: %s", INDEX, directory, exc)
+        return {"_version": 0, "snapshot": None, "damaged": True}
+    if not isinstance(data, dict) or not isinstance(data.get("_version"), int):
+        logger.warning("Ignoring %s in %s: it has no integer _version", INDEX, directory)
+        return {"_version": 0, "snapshot": None, "damaged": True}
+    return data
+
+
+def load(directory: Path) -> Snapshot:
+    """Memory-map the current snapshot (an empty one when there is none)."""
+    index = read_index(directory)
+    name = index.get("snapshot")
+    version = int(index["_version"])  # type: ignore[call-overload]
+    if not isinstance(name, str) or not name.startswith("snapshot-") or "/" in name:
+        return Snapshot(version=version)
+    path = directory / name
+    with open(path / "meta.json", "rb") as handle:
+        meta = json.load(handle)
+    arrays = {
+        array: np.load(path / f"{array}.npy", mmap_mode="r", allow_pickle=False)
+        for array in _ARRAYS
+    }
+    return Snapshot(
+        version=version,
+        identity_names=[str(item) for item in meta["identities"]],
+        name=name,
+        **arrays,
+    )
+
+
+def write(directory: Path, snapshot: Snapshot) -> None:
+    """Write ``snapshot`` and point ``_index.json`` at it; the caller holds the lock."""
+    name = f"snapshot-{snapshot.version}"
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=TEMP_PREFIX))
+    try:
+        for array in _ARRAYS:
+            with open(staging / f"{array}.npy", "wb") as handle:
+                np.save(handle, getattr(snapshot, array), allow_pickle=False)
+                handle.flush()
+                os.fsync(handle.fileno())
+        meta = {"version": snapshot.version, "identities": snapshot.identity_names}
+        (staging / "meta.json").write_text(json.dumps(meta))
+        target = directory / name
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    index = {"_version": snapshot.version, "snapshot": name, "format": FORMAT}
+    write_atomic(directory / INDEX, json.dumps(index).encode("ascii"))
+
+
+def remove_unreferenced(directory: Path, keep: str | None) -> None:
+    """Delete old snapshot directories. Processes that mapped them keep their pages."""
+    for entry in os.scandir(directory):
+        if entry.name.startswith("snapshot-") and entry.name != keep and entry.is_dir():
+            shutil.rmtree(entry.path, ignore_errors=True)

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import os
+import tempfile
+
+SECRET_KEY = "tests-only-not-secret"
+DEBUG = False
+USE_TZ = True
+ROOT_URLCONF = "tests.urls"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.messages",
+    "django.contrib.sessions",
+    "django_embeddings",
+    "tests.testapp",
+    "tests.otherapp",
+]
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+# DJANGO_EMBEDDINGS_TEST_DB=postgres runs the suite on the PostgreSQL server.
+if os.environ.get("DJANGO_EMBEDDINGS_TEST_DB") == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "HOST": os.environ.get("PGHOST", "127.0.0.1"),
+            "PORT": os.environ.get("PGPORT", "5432"),
+            "USER": os.environ.get("PGUSER", "postgres"),
+            "PASSWORD": os.environ.get("PGPASSWORD", ""),
+            "NAME": "test",
+        }
+    }
+else:
+    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": os.environ.get("DJANGO_EMBEDDINGS_TEST_REDIS", "redis://127.0.0.1:6379/0"),
+    }
+}
+
+# Tests use the deterministic hashing provider unless they ask for another alias.
+DJANGO_EMBEDDINGS_PROVIDERS = {
+    "default": {"BACKEND": "tests.utils.CountingProvider", "OPTIONS": {"dimensions": 64}},
+    "static": {"BACKEND": "django_embeddings.providers.StaticModelProvider"},
+    "small": {
+        "BACKEND": "django_embeddings.providers.HashingProvider",
+        "OPTIONS": {"dimensions": 16},
+    },
+}
+# Each test gets its own directory (see conftest.py); this one catches strays.
+DJANGO_EMBEDDINGS_DIR = tempfile.mkdtemp(prefix="django-embeddings-tests-")
+DJANGO_EMBEDDINGS_INVALIDATION = "mtime"

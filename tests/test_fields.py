@@ -1,0 +1,288 @@
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+import numpy as np
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connection, transaction
+from django.db.migrations.writer import MigrationWriter
+
+from django_embeddings import EmbeddingField, cache
+from django_embeddings.exceptions import ProviderError
+from django_embeddings.indexing import content_hash
+from django_embeddings.providers import get_provider
+from tests.otherapp.models import Doc as OtherDoc
+from tests.testapp.models import (
+    Article,
+    ArticleProxy,
+    Doc,
+    ManualDoc,
+    Note,
+    Product,
+    SlugDoc,
+    UUIDDoc,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def stored_keys(field: EmbeddingField) -> set[str]:
+    return set(cache.get(field.store).keys())
+
+
+def field_of(model, name="embedding") -> EmbeddingField:  # type: ignore[no-untyped-def]
+    return model._meta.get_field(name)
+
+
+def calls() -> list[list[str]]:
+    return get_provider("default").calls  # type: ignore[attr-defined, no-any-return]
+
+
+class TestSave:
+    def test_create_embeds_and_sets_the_dimension_column(self):
+        article = Article.objects.create(title="CSV", body="Read and write comma separated files")
+        assert article.embedding == 64
+        article.refresh_from_db()
+        assert article.embedding == 64
+        field = field_of(Article)
+        assert stored_keys(field) == {str(article.pk)}
+        vector = field.store.load_vector(str(article.pk))
+        expected = get_provider().embed(["Read and write comma separated files"])[0]
+        np.testing.assert_array_equal(vector, expected)
+
+    def test_vector_file_is_private_and_named_by_hash(self, store_dir):
+        article = Article.objects.create(title="a", body="alpha beta")
+        folder = store_dir / "testapp.Article" / "embedding"
+        names = [p.name for p in folder.glob("*.npy")]
+        assert len(names) == 1
+        assert names == [hashlib.sha256(str(article.pk).encode()).hexdigest() + ".npy"]
+        assert (folder / names[0]).stat().st_mode & 0o077 == 0
+
+    def test_unchanged_text_makes_no_provider_call(self):
+        article = Article.objects.create(title="a", body="same text")
+        before = len(calls())
+        article.title = "renamed"
+        article.save()
+        Article.objects.get(pk=article.pk).save()
+        assert len(calls()) == before
+
+    def test_changed_text_is_embedded_again(self):
+        article = Article.objects.create(title="a", body="first text")
+        article.body = "second text"
+        article.save()
+        assert calls()[-1] == ["second text"]
+        vector = field_of(Article).store.load_vector(str(article.pk))
+        np.testing.assert_array_equal(vector, get_provider().embed(["second text"])[0])
+
+    def test_update_fields_without_the_source_skips_work(self):
+        article = Article.objects.create(title="a", body="body text")
+        before = len(calls())
+        article.body = "changed but not saved"
+        article.save(update_fields=["title"])
+        assert len(calls()) == before
+
+    def test_rolled_back_transaction_changes_no_embedding(self):
+        article = Article.objects.create(title="a", body="kept text")
+        before = field_of(Article).store.load_vector(str(article.pk))
+        with pytest.raises(RuntimeError), transaction.atomic():
+            article.body = "rolled back text"
+            article.save()
+            Article.objects.create(title="b", body="never committed")
+            raise RuntimeError
+        assert stored_keys(field_of(Article)) == {str(article.pk)}
+        np.testing.assert_array_equal(field_of(Article).store.load_vector(str(article.pk)), before)
+        assert ["rolled back text"] not in calls()
+
+    def test_embedding_waits_for_commit(self):
+        with transaction.atomic():
+            article = Article.objects.create(title="a", body="inside a transaction")
+            assert stored_keys(field_of(Article)) == set()
+        assert stored_keys(field_of(Article)) == {str(article.pk)}
+
+    def test_delete_removes_the_vector(self, store_dir):
+        article = Article.objects.create(title="a", body="to be deleted")
+        pk = article.pk
+        article.delete()
+        assert stored_keys(field_of(Article)) == set()
+        assert not list((store_dir / "testapp.Article" / "embedding").glob("*.npy"))
+        assert field_of(Article).store.load_vector(str(pk)) is None
+
+    def test_queryset_delete_removes_vectors(self):
+        for n in range(3):
+            Article.objects.create(title=str(n), body=f"text number {n}")
+        Article.objects.filter(title__in=["0", "1"]).delete()
+        assert stored_keys(field_of(Article)) == {str(Article.objects.get().pk)}
+
+    def test_empty_text_stores_nothing(self):
+        article = Article.objects.create(title="a", body="")
+        assert article.embedding is None
+        assert stored_keys(field_of(Article)) == set()
+        article.body = "now with words"
+        article.save()
+        article.body = "   "
+        article.save()
+        article.refresh_from_db()
+        assert article.embedding is None
+        assert stored_keys(field_of(Article)) == set()
+
+    def test_proxy_model_saves_are_embedded(self):
+        proxy = ArticleProxy.objects.create(title="p", body="saved through a proxy")
+        assert stored_keys(field_of(Article)) == {str(proxy.pk)}
+
+    def test_auto_embed_false_leaves_rows_missing(self):
+        doc = ManualDoc.objects.create(text="manual")
+        assert doc.embedding is None
+        assert stored_keys(field_of(ManualDoc)) == set()
+
+    def test_long_text_is_cut_to_the_documented_length(self, settings):
+        settings.DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH = 10
+        Article.objects.create(title="a", body="0123456789abcdef")
+        assert calls()[-1] == ["0123456789"]
+
+    def test_bulk_create_sends_no_signal(self):
+        Article.objects.bulk_create([Article(title="x", body="bulk created")])
+        assert Article.objects.filter(embedding__isnull=True).count() == 1
+        assert stored_keys(field_of(Article)) == set()
+
+
+class TestKeys:
+    def test_uuid_primary_keys(self):
+        doc = UUIDDoc.objects.create(text="uuid keyed")
+        assert stored_keys(field_of(UUIDDoc)) == {str(doc.pk)}
+        hits = UUIDDoc.objects.semantic_search("uuid keyed", k=1)
+        assert [h.pk for h in hits] == [doc.pk]
+        assert isinstance(hits[0].pk, uuid.UUID)
+
+    @pytest.mark.parametrize("slug", ["a/b", "../../etc/passwd", "ünïcødé ✓", "..", "x" * 200])
+    def test_string_keys_never_become_paths(self, slug, store_dir):
+        SlugDoc.objects.create(slug=slug, text=f"document {slug}")
+        folder = store_dir / "testapp.SlugDoc" / "embedding"
+        for path in store_dir.rglob("*"):
+            assert path.resolve().is_relative_to(store_dir.resolve())
+        assert len(list(folder.glob("*.npy"))) == 1
+        hits = SlugDoc.objects.semantic_search(f"document {slug}", k=1)
+        assert [h.pk for h in hits] == [slug]
+
+    def test_two_models_with_one_name_in_two_apps_never_collide(self):
+        ours = Doc.objects.create(text="ours")
+        theirs = OtherDoc.objects.create(text="theirs")
+        assert field_of(Doc).store.path != field_of(OtherDoc).store.path
+        assert [d.pk for d in Doc.objects.semantic_search("theirs", k=5)] == [ours.pk]
+        assert [d.pk for d in OtherDoc.objects.semantic_search("ours", k=5)] == [theirs.pk]
+
+    def test_two_fields_on_one_model_are_independent(self):
+        product = Product.objects.create(name="Lamp", description="A bright desk lamp")
+        assert product.name_embedding == 16
+        assert product.full_embedding == 64
+        name_store = field_of(Product, "name_embedding").store
+        full_store = field_of(Product, "full_embedding").store
+        assert name_store.path != full_store.path
+        np.testing.assert_array_equal(
+            full_store.load_vector(str(product.pk)),
+            get_provider().embed(["Lamp\nA bright desk lamp"])[0],
+        )
+        with pytest.raises(ValueError, match="several EmbeddingFields"):
+            Product.objects.semantic_search("lamp")
+        hits = Product.objects.semantic_search("lamp", field="name_embedding")
+        assert [h.pk for h in hits] == [product.pk]
+
+    def test_callable_source(self):
+        note = Note.objects.create(heading="Todo", content="buy milk")
+        vector = field_of(Note).store.load_vector(str(note.pk))
+        np.testing.assert_array_equal(vector, get_provider().embed(["Todo: buy milk"])[0])
+        assert [n.pk for n in Note.objects.semantic_search("milk", k=1)] == [note.pk]
+
+
+class TestFailures:
+    @pytest.fixture
+    def failing(self, settings):
+        settings.DJANGO_EMBEDDINGS_PROVIDERS = {
+            **settings.DJANGO_EMBEDDINGS_PROVIDERS,
+            "default": {"BACKEND": "tests.utils.FailingProvider"},
+        }
+
+    def test_provider_failure_raises_and_leaves_row_missing(self, failing):
+        with pytest.raises(ProviderError, match=r"testapp\.Article\.embedding"):
+            Article.objects.create(title="a", body="cannot embed")
+        article = Article.objects.get()
+        assert article.embedding is None
+        assert stored_keys(field_of(Article)) == set()
+
+    def test_failure_of_a_changed_text_drops_the_old_vector(self, settings):
+        article = Article.objects.create(title="a", body="old text")
+        settings.DJANGO_EMBEDDINGS_PROVIDERS = {
+            **settings.DJANGO_EMBEDDINGS_PROVIDERS,
+            "default": {"BACKEND": "tests.utils.FailingProvider"},
+        }
+        article.body = "new text"
+        with pytest.raises(ProviderError):
+            article.save()
+        article.refresh_from_db()
+        assert article.embedding is None
+        assert stored_keys(field_of(Article)) == set()
+
+    def test_on_error_log(self, failing, settings, caplog):
+        settings.DJANGO_EMBEDDINGS_ON_ERROR = "log"
+        Article.objects.create(title="a", body="cannot embed")
+        assert Article.objects.get().embedding is None
+        assert "Embedding testapp.Article.embedding failed" in caplog.text
+
+    def test_missing_dir_is_a_clear_error(self, settings):
+        settings.DJANGO_EMBEDDINGS_DIR = None
+        with pytest.raises(ImproperlyConfigured, match="DJANGO_EMBEDDINGS_DIR is not set"):
+            Article.objects.create(title="a", body="anything")
+
+
+class TestDeconstruct:
+    def test_defaults_are_omitted(self):
+        field = EmbeddingField(source="body")
+        name, path, args, kwargs = field.deconstruct()
+        assert path == "django_embeddings.fields.EmbeddingField"
+        assert args == []
+        assert kwargs == {"source": "body"}
+        assert EmbeddingField(*args, **kwargs).deconstruct()[3] == kwargs
+
+    def test_options_round_trip(self):
+        field = EmbeddingField(source="body", provider="small", auto_embed=False, cache=False)
+        kwargs = field.deconstruct()[3]
+        assert kwargs == {
+            "source": "body",
+            "provider": "small",
+            "auto_embed": False,
+            "cache": False,
+        }
+        clone = EmbeddingField(**kwargs)
+        assert clone.provider_alias == "small" and not clone.auto_embed and not clone.cache
+
+    def test_serializes_for_migrations_without_settings(self, settings):
+        settings.DJANGO_EMBEDDINGS_DIR = "/somewhere/else"
+        serialized, imports = MigrationWriter.serialize(field_of(Article))
+        assert serialized == "django_embeddings.fields.EmbeddingField(source='body')"
+        assert "import django_embeddings.fields" in imports
+
+    def test_callable_source_serializes_by_reference(self):
+        serialized, imports = MigrationWriter.serialize(field_of(Note))
+        assert "tests.testapp.models.note_text" in serialized
+
+    def test_formfield_is_none(self):
+        assert field_of(Article).formfield() is None
+
+    def test_column_is_a_nullable_integer(self):
+        field = field_of(Article)
+        assert field.null and field.get_internal_type() == "IntegerField"
+        assert field.db_type(connection) is not None
+
+
+def test_migrations_are_current():
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    call_command("makemigrations", "--check", "--dry-run", stdout=StringIO())
+
+
+def test_content_hash_is_stable():
+    assert content_hash("x") == content_hash("x") != content_hash("y")
+    assert len(content_hash("x")) == 32
