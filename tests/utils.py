@@ -24,3 +24,11 @@ class FailingProvider(HashingProvider):
 
     def embed(self, texts: Sequence[str], input_type: InputType = "document") -> Matrix:
         raise ConnectionError("the provider is down")
+
+
+class RetrainedProvider(HashingProvider):
+    """Same vectors, new identity: what a provider upgrade looks like to the store."""
+
+    def __init__(self, dimensions: int = 64, **options: Any) -> None:
+        super().__init__(dimensions=dimensions, **options)
+        self.identity = f"retrained-{dimensions}"

@@ -63,18 +63,42 @@ class Snapshot:
 
 
 def read_index(directory: Path) -> dict[str, object]:
+    """The contents of ``_index.json``; rebuilt from the newest snapshot if damaged."""
     try:
         with open(directory / INDEX, "rb") as handle:
             data = json.load(handle)
+        if isinstance(data, dict) and isinstance(data.get("_version"), int):
+            return data
+        problem = "it has no integer _version"
     except FileNotFoundError:
-        return {"_version": 0, "snapshot": None}
+        return _newest_snapshot(directory)
     except ValueError as exc:
-        logger.warning("Ignoring a damaged %s in %s: %s", INDEX, directory, exc)
-        return {"_version": 0, "snapshot": None, "damaged": True}
-    if not isinstance(data, dict) or not isinstance(data.get("_version"), int):
-        logger.warning("Ignoring %s in %s: it has no integer _version", INDEX, directory)
-        return {"_version": 0, "snapshot": None, "damaged": True}
-    return data
+        problem = str(exc)
+    if directory not in _warned:
+        _warned.add(directory)
+        logger.warning(
+            "%s in %s is damaged (%s); using the newest snapshot", INDEX, directory, problem
+        )
+    return _newest_snapshot(directory)
+
+
+_warned: set[Path] = set()
+
+
+def _newest_snapshot(directory: Path) -> dict[str, object]:
+    """Fall back to the newest complete snapshot directory (or none)."""
+    versions = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        prefix, _, number = name.partition("-")
+        if prefix == "snapshot" and number.isdigit() and (directory / name / "meta.json").exists():
+            versions.append(int(number))
+    if not versions:
+        return {"_version": 0, "snapshot": None}
+    return {"_version": max(versions), "snapshot": f"snapshot-{max(versions)}"}
 
 
 def load(directory: Path) -> Snapshot:

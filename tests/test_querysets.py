@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from django.db import connection
+
+from django_embeddings import EmbeddingManager, EmbeddingQuerySet
+from django_embeddings.exceptions import EmbeddingsError
+from django_embeddings.providers import get_provider
+from tests.testapp.models import Article, ManualDoc
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+WORDS = (
+    "apple banana cherry delta echo fox golf hotel india juliet kilo lima mango"
+).split()  # noqa: SIM905
+    "apple",
+    "banana",
+    "cherry",
+    "delta",
+    "echo",
+    "fox",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mango",
+]
+
+
+@pytest.fixture
+def corpus() -> list[Article]:
+    rng = np.random.default_rng(7)
+    articles = []
+    for n in range(120):
+        words = rng.choice(WORDS, size=4)
+        articles.append(
+            Article.objects.create(title=f"t{n}", body=" ".join(words), published=bool(n % 3))
+        )
+    return articles
+
+
+def brute_force(query: str, rows: list[Article], k: int) -> list[tuple[int, float]]:
+    provider = get_provider()
+    q = provider.embed([query], "query")[0]
+    q = q / np.linalg.norm(q)
+    scored = []
+    for row in rows:
+        v = provider.embed([row.body])[0]
+        scored.append((row.pk, float(v @ q / np.linalg.norm(v))))
+    # Ties broken by the store key (the pk as a string), as semantic_search does.
+    scored.sort(key=lambda item: (-round(item[1], 5), str(item[0])))
+    return scored[:k]
+
+
+class TestSemanticSearch:
+    def test_returns_the_exact_top_k(self, corpus):
+        hits = list(Article.objects.semantic_search("apple mango fox", k=10))
+        expected = brute_force("apple mango fox", corpus, 10)
+        assert [h.pk for h in hits] == [pk for pk, _ in expected]
+        for hit, (_, score) in zip(hits, expected, strict=True):
+            assert hit.similarity == pytest.approx(score, abs=1e-5)
+        assert all(-1 <= h.similarity <= 1 for h in hits)
+        assert [h.similarity for h in hits] == sorted((h.similarity for h in hits), reverse=True)
+
+    @pytest.mark.parametrize("k", [1, 5, 30, 80])
+    def test_filtered_search_is_exact_for_any_selectivity(self, corpus, k):
+        rows = [a for a in corpus if a.published]
+        hits = list(Article.objects.filter(published=True).semantic_search("cherry golf", k=k))
+        assert [h.pk for h in hits] == [pk for pk, _ in brute_force("cherry golf", rows, k)]
+        assert len(hits) == min(k, len(rows))
+
+    def test_very_selective_filter_still_returns_k(self, corpus):
+        chosen = corpus[::40]
+        qs = Article.objects.filter(pk__in=[a.pk for a in chosen])
+        hits = list(qs.semantic_search("delta", k=3))
+        assert sorted(h.pk for h in hits) == sorted(a.pk for a in chosen)
+
+    def test_result_is_a_chainable_queryset(self, corpus):
+        hits = Article.objects.semantic_search("echo hotel", k=10)
+        assert isinstance(hits, EmbeddingQuerySet)
+        titles = list(hits.values_list("title", flat=True))
+        assert len(titles) == 10
+        narrowed = hits.filter(published=True)
+        assert set(narrowed.values_list("pk", flat=True)) <= set(hits.values_list("pk", flat=True))
+        assert hits.count() == 10
+        assert list(hits.order_by("pk").values_list("pk", flat=True)) == sorted(
+            hits.values_list("pk", flat=True)
+        )
+
+    def test_search_with_a_vector(self, corpus):
+        vector = get_provider().embed(["india juliet"], "query")[0]
+        by_vector = [a.pk for a in Article.objects.semantic_search(vector, k=5)]
+        by_text = [a.pk for a in Article.objects.semantic_search("india juliet", k=5)]
+        assert by_vector == by_text
+        assert [a.pk for a in Article.objects.semantic_search(list(map(float, vector)), k=5)] == (
+            by_text
+        )
+
+    def test_ties_are_ordered_deterministically(self):
+        twins = [Article.objects.create(title=str(n), body="identical words") for n in range(5)]
+        first = [a.pk for a in Article.objects.semantic_search("identical words", k=3)]
+        again = [a.pk for a in Article.objects.semantic_search("identical words", k=3)]
+        assert first == again
+        assert first == sorted((a.pk for a in twins), key=str)[:3]
+
+    def test_deleted_rows_never_appear(self, corpus):
+        top = Article.objects.semantic_search("banana kilo", k=5)[0]
+        top.delete()
+        hits = list(Article.objects.semantic_search("banana kilo", k=5))
+        assert top.pk not in [h.pk for h in hits]
+        assert len(hits) == 5
+
+    def test_rows_removed_by_raw_sql_do_not_shrink_results(self, corpus):
+        best = [a.pk for a in Article.objects.semantic_search("lima", k=5)]
+        with connection.cursor() as cursor:
+            table = Article._meta.db_table
+            cursor.execute(f"DELETE FROM {table} WHERE id IN ({best[0]}, {best[1]})")
+        hits = [a.pk for a in Article.objects.semantic_search("lima", k=5)]
+        assert len(hits) == 5
+        assert best[0] not in hits and best[1] not in hits
+
+    def test_k_larger_than_the_table(self, corpus):
+        assert Article.objects.semantic_search("apple", k=1000).count() == len(corpus)
+
+    def test_empty_store(self):
+        assert list(Article.objects.semantic_search("nothing here")) == []
+
+    def test_rows_never_embedded_are_not_returned(self):
+        ManualDoc.objects.create(text="manual text")
+        assert list(ManualDoc.objects.semantic_search("manual text")) == []
+
+    @pytest.mark.parametrize("k", [0, -1, 10_001, "3", 2.0, True])
+    def test_bad_k(self, k):
+        with pytest.raises(ValueError, match="k should be an int"):
+            Article.objects.semantic_search("x", k=k)
+
+    def test_bad_vector(self):
+        with pytest.raises(ValueError, match="finite 1-D vector"):
+            Article.objects.semantic_search([[1.0, 2.0]])
+        with pytest.raises(ValueError, match="finite 1-D vector"):
+            Article.objects.semantic_search([float("nan")] * 64)
+
+    def test_sliced_queryset_is_refused(self, corpus):
+        with pytest.raises(TypeError, match="sliced"):
+            Article.objects.all()[:5].semantic_search("x")
+
+    def test_unknown_field(self):
+        with pytest.raises(ValueError, match="no EmbeddingField named 'nope'"):
+            Article.objects.semantic_search("x", field="nope")
+
+    def test_rows_of_another_provider_are_left_out(self, corpus, settings, caplog):
+        settings.DJANGO_EMBEDDINGS_PROVIDERS = {
+            **settings.DJANGO_EMBEDDINGS_PROVIDERS,
+            "default": {"BACKEND": "tests.utils.RetrainedProvider"},
+        }
+        fresh = Article.objects.create(title="new", body="apple banana")
+        hits = list(Article.objects.semantic_search("apple banana", k=10))
+        assert [h.pk for h in hits] == [fresh.pk]
+        assert "embedded by another provider" in caplog.text
+
+
+class TestSimilarTo:
+    def test_never_returns_the_row_itself(self, corpus):
+        article = corpus[3]
+        hits = list(Article.objects.similar_to(article, k=5))
+        assert article.pk not in [h.pk for h in hits]
+        assert len(hits) == 5
+        others = [a for a in corpus if a.pk != article.pk]
+        assert [h.pk for h in hits] == [pk for pk, _ in brute_force(article.body, others, 5)]
+
+    def test_filtered(self, corpus):
+        article = corpus[0]
+        hits = list(Article.objects.filter(published=False).similar_to(article, k=4))
+        assert all(not h.published for h in hits)
+        assert article.pk not in [h.pk for h in hits]
+
+    def test_row_without_embedding(self):
+        doc = ManualDoc.objects.create(text="not embedded")
+        with pytest.raises(EmbeddingsError, match=r"testapp\.ManualDoc\.embedding.*no embedding"):
+            ManualDoc.objects.similar_to(doc)
+
+
+def test_manager_is_the_queryset_as_manager():
+    assert isinstance(Article.objects, EmbeddingManager)
+    assert isinstance(Article.objects.all(), EmbeddingQuerySet)
