@@ -14,20 +14,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 WORDS = (
     "apple banana cherry delta echo fox golf hotel india juliet kilo lima mango"
 ).split()  # noqa: SIM905
-    "apple",
-    "banana",
-    "cherry",
-    "delta",
-    "echo",
-    "fox",
-    "golf",
-    "hotel",
-    "india",
-    "juliet",
-    "kilo",
-    "lima",
-    "mango",
-]
 
 
 @pytest.fixture
