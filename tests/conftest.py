@@ -20,6 +20,22 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without a reachable PostgreSQL, a PostgreSQL run skips (and fails under CI=true)."""
+    if os.environ.get("DJANGO_EMBEDDINGS_TEST_DB") != "postgres":
+        return
+    host = os.environ.get("PGHOST", "127.0.0.1")
+    port = int(os.environ.get("PGPORT", "5432"))
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        reason = f"PostgreSQL is not reachable on {host}:{port}"
+        if ON_CI:
+            raise pytest.UsageError(f"{reason} (CI=true: PostgreSQL tests must run)") from None
+        for item in items:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.fixture(autouse=True)
 def store_dir(tmp_path: Path, settings) -> Path:  # type: ignore[no-untyped-def]
     """Every test gets an empty store directory (and fresh caches, via setting_changed)."""

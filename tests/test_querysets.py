@@ -29,24 +29,29 @@ def corpus() -> list[Article]:
 
 def brute_force(query: str, rows: list[Article], k: int) -> list[tuple[int, float]]:
     provider = get_provider()
-    q = provider.embed([query], "query")[0]
-    q = q / np.linalg.norm(q)
+    q = provider.embed([query], "query")[0].astype(np.float64)
+    q /= np.linalg.norm(q)
     scored = []
     for row in rows:
-        v = provider.embed([row.body])[0]
+        v = provider.embed([row.body])[0].astype(np.float64)
         scored.append((row.pk, float(v @ q / np.linalg.norm(v))))
-    # Ties broken by the store key (the pk as a string), as semantic_search does.
-    scored.sort(key=lambda item: (-round(item[1], 5), str(item[0])))
+    scored.sort(key=lambda item: -item[1])
     return scored[:k]
+
+
+def assert_ranking(hits: list[Article], expected: list[tuple[int, float]]) -> None:
+    """Same scores in the same order; rows with equal scores may come in any order
+    (the tie-break order is tested on its own)."""
+    assert [h.similarity for h in hits] == pytest.approx([s for _, s in expected], abs=1e-5)
+    cut = expected[-1][1] if expected else 0.0
+    above = {pk for pk, score in expected if score > cut + 1e-5}
+    assert above <= {h.pk for h in hits}
 
 
 class TestSemanticSearch:
     def test_returns_the_exact_top_k(self, corpus):
         hits = list(Article.objects.semantic_search("apple mango fox", k=10))
-        expected = brute_force("apple mango fox", corpus, 10)
-        assert [h.pk for h in hits] == [pk for pk, _ in expected]
-        for hit, (_, score) in zip(hits, expected, strict=True):
-            assert hit.similarity == pytest.approx(score, abs=1e-5)
+        assert_ranking(hits, brute_force("apple mango fox", corpus, 10))
         assert all(-1 <= h.similarity <= 1 for h in hits)
         assert [h.similarity for h in hits] == sorted((h.similarity for h in hits), reverse=True)
 
@@ -54,8 +59,9 @@ class TestSemanticSearch:
     def test_filtered_search_is_exact_for_any_selectivity(self, corpus, k):
         rows = [a for a in corpus if a.published]
         hits = list(Article.objects.filter(published=True).semantic_search("cherry golf", k=k))
-        assert [h.pk for h in hits] == [pk for pk, _ in brute_force("cherry golf", rows, k)]
+        assert_ranking(hits, brute_force("cherry golf", rows, k))
         assert len(hits) == min(k, len(rows))
+        assert all(h.published for h in hits)
 
     def test_very_selective_filter_still_returns_k(self, corpus):
         chosen = corpus[::40]
@@ -154,7 +160,7 @@ class TestSimilarTo:
         assert article.pk not in [h.pk for h in hits]
         assert len(hits) == 5
         others = [a for a in corpus if a.pk != article.pk]
-        assert [h.pk for h in hits] == [pk for pk, _ in brute_force(article.body, others, 5)]
+        assert_ranking(hits, brute_force(article.body, others, 5))
 
     def test_filtered(self, corpus):
         article = corpus[0]
