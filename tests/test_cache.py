@@ -1,0 +1,125 @@
+"""The per-process index: deltas applied in place must equal a fresh load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from django_embeddings import cache
+from django_embeddings.store import Store
+
+
+def vec(seed: int, dims: int = 16) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
+
+
+def put(store: Store, key: str, seed: int, identity: str = "m1"):  # type: ignore[no-untyped-def]
+    return store.put_many([(key, vec(seed), f"{seed:032x}", identity)])
+
+
+def ranking(index: cache.FieldIndex, query: np.ndarray, k: int = 50, **kwargs):  # type: ignore[no-untyped-def]
+    return [(h.key, round(h.score, 5)) for h in index.search(query, k, identity="m1", **kwargs)]
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():  # type: ignore[no-untyped-def]
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "s", label="app.M.f", compact_threshold=1000)
+
+
+def test_deltas_equal_a_fresh_load(store):
+    for n in range(30):
+        put(store, str(n), n)
+    store.compact()
+    index = cache.get(store)
+    rng = np.random.default_rng(0)
+    for step in range(200):
+        key = str(int(rng.integers(0, 45)))
+        if rng.random() < 0.3:
+            entries = store.delete_many([key])
+            cache.apply_delta(store, entries)
+        else:
+            seed = int(rng.integers(0, 10_000))
+            entries = put(store, key, seed)
+            cache.apply_delta(store, entries, [vec(seed)])
+        if step % 50 == 0:
+            store.compact()
+    query = vec(123456)
+    fresh = cache.FieldIndex(store, store.read_state())
+    assert index is cache.loaded(store.label)
+    assert sorted(index.keys()) == sorted(fresh.keys())
+    assert ranking(index, query) == ranking(fresh, query)
+
+
+def test_catch_up_reads_only_new_entries(store):
+    put(store, "a", 1)
+    index = cache.get(store)
+    writer = Store(store.path, label=store.label)  # another process's view
+    put(writer, "b", 2)
+    writer.delete("a")
+    same = cache.get(store, check=False)
+    assert same is index and sorted(index.keys()) == ["a"]  # not checked: not seen
+    checked = cache.get(store, check=True)
+    assert checked is index  # caught up in place, no reload
+    assert sorted(index.keys()) == ["b"]
+
+
+def test_catch_up_after_a_peer_compacted(store):
+    put(store, "a", 1)
+    index = cache.get(store)
+    writer = Store(store.path, label=store.label)
+    put(writer, "b", 2)
+    writer.compact()
+    put(writer, "c", 3)
+    checked = cache.get(store)
+    assert sorted(checked.keys()) == ["a", "b", "c"]
+    assert checked.version == writer.version()
+    assert index is not checked  # a compaction replaces the snapshot: reloaded
+
+
+def test_a_version_gap_catches_up_from_the_journal(store):
+    put(store, "a", 1)
+    index = cache.get(store)
+    put(store, "b", 2)  # never applied: a lost message
+    entries = put(store, "c", 3)
+    cache.apply_delta(store, entries, [vec(3)])
+    assert sorted(cache.loaded(store.label).keys()) == ["a", "b", "c"]
+    assert cache.loaded(store.label) is index and index.version == 3
+
+
+def test_replayed_or_old_deltas_are_ignored(store):
+    entries = put(store, "a", 1)
+    index = cache.get(store)
+    cache.apply_delta(store, entries, [vec(999)])  # already applied: must not overwrite
+    np.testing.assert_allclose(index.vector("a"), vec(1) / np.linalg.norm(vec(1)), rtol=1e-6)
+
+
+def test_search_excludes_and_restricts(store):
+    for n in range(10):
+        put(store, str(n), n)
+    index = cache.get(store)
+    query = vec(3)
+    assert index.search(query, 1, identity="m1")[0].key == "3"
+    assert "3" not in [h.key for h in index.search(query, 10, identity="m1", exclude="3")]
+    hits = index.search(query, 10, identity="m1", candidates=["1", "7", "missing"])
+    assert sorted(h.key for h in hits) == ["1", "7"]
+
+
+def test_query_of_another_size_is_a_clear_error(store):
+    put(store, "a", 1)
+    with pytest.raises(ValueError, match="the query has 8 dimensions, the stored vectors 16"):
+        cache.get(store).search(vec(1, 8), 1, identity="m1")
+
+
+def test_throwaway_index_is_not_kept(store):
+    put(store, "a", 1)
+    cache.get(store, keep=False)
+    assert cache.loaded(store.label) is None
