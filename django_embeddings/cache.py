@@ -338,10 +338,14 @@ def get(store: Store, *, check: bool = True, keep: bool = True) -> FieldIndex:
     return index
 
 
-def catch_up(index: FieldIndex) -> FieldIndex:
-    """Bring ``index`` to the store's current version, reading only what changed."""
+def catch_up(index: FieldIndex, *, force: bool = False) -> FieldIndex:
+    """Bring ``index`` to the store's current version, reading only what changed.
+
+    ``force`` skips the stat pre-check, for callers that know a newer version
+    exists (a peer said so) while the stat may not show it yet (NFS attribute caching).
+    """
     stat = _stat(index.store)
-    if stat == index.journal_stat:
+    if stat == index.journal_stat and not force:
         return index
     with index.lock:
         tail = index.store.read_tail(index.position)
@@ -377,6 +381,12 @@ def apply_delta(
 
 def loaded(label: str) -> FieldIndex | None:
     return _indexes.get(label)
+
+
+def loaded_indexes() -> list[FieldIndex]:
+    """Every index this process holds (to catch them all up after missed news)."""
+    with _registry_lock:
+        return list(_indexes.values())
 
 
 def clear(label: str | None = None) -> None:

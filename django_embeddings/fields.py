@@ -73,8 +73,10 @@ class EmbeddingField(models.IntegerField):  # type: ignore[type-arg]
             kwargs["cache"] = False
         return name, "django_embeddings.fields.EmbeddingField", args, kwargs
 
-    def contribute_to_class(self, cls: type[models.Model], name: str, **kwargs: Any) -> None:
-        super().contribute_to_class(cls, name, **kwargs)
+    def contribute_to_class(
+        self, cls: type[models.Model], name: str, private_only: bool = False
+    ) -> None:
+        super().contribute_to_class(cls, name, private_only=private_only)
         # One receiver for every model: it finds the sender's embedding fields, so
         # proxy models and multi-table children are embedded too.
         post_save.connect(_on_post_save, dispatch_uid="django_embeddings.post_save")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -16,4 +17,4 @@ Matrix = npt.NDArray[np.float32]
 InputType = Literal["document", "query"]
 """What a text is embedded as; asymmetric models embed queries differently."""
 
-DeconstructResult = tuple[str, str, list[Any], dict[str, Any]]
+DeconstructResult = tuple[str, str, Sequence[Any], dict[str, Any]]

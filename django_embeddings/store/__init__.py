@@ -24,7 +24,7 @@ from django_embeddings.store.journal import Entry, Position, Tail
 from django_embeddings.store.snapshot import Snapshot
 from django_embeddings.typing import Matrix, Vector
 
-__all__ = ["Entry", "GarbageReport", "Position", "Snapshot", "State", "Store", "Tail"]
+__all__ = ["Entry", "GarbageReport", "Position", "Snapshot", "State", "Stats", "Store", "Tail"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,20 @@ class GarbageReport:
     entries: list[str] = field(default_factory=list)  # keys whose index entry was removed
     files: list[str] = field(default_factory=list)  # vector files removed with no entry
     skipped_recent: int = 0  # orphans younger than the age guard
+
+
+@dataclass
+class Stats:
+    """What :meth:`Store.stats` counts; read-only, for ``embeddings_status``."""
+
+    version: int = 0  # newest version (snapshot plus journal)
+    snapshot_version: int = 0
+    vectors: int = 0  # live index entries
+    journal_entries: int = 0  # entries past the snapshot, folded in by compact()
+    dimensions: int | None = None
+    identities: dict[str, int] = field(default_factory=dict)  # live vectors per identity
+    temp_files: int = 0  # tmp* leftovers of interrupted writes, any age
+    unindexed_files: int = 0  # vector files with no index entry (garbage collection removes)
 
 
 def normalize(matrix: Matrix) -> Matrix:
@@ -125,9 +139,7 @@ class Store:
 
     def version(self) -> int:
         """The newest version: one small read of the journal's end."""
-        last = journal.last_version(self.path)
-        base = snapshot.read_index(self.path)["_version"]
-        return max(last if last is not None else 0, base)  # type: ignore[type-var]
+        return self._last_version()
 
     def read_state(self) -> State:
         """Load the snapshot (memory-mapped) and the journal entries after it.
@@ -159,6 +171,46 @@ class Store:
 
     def load_vector(self, key: str) -> Vector | None:
         return files.load_vector(self.path, files.filename_for(key))
+
+    def stats(self) -> Stats:
+        """Counts for a status report; reads, never writes (or creates) anything."""
+        if not self.path.is_dir():
+            return Stats()
+        state = self.read_state()
+        snap = state.snapshot
+        latest: dict[str, str | None] = {}  # key -> identity after the tail; None: deleted
+        for entry in state.tail:
+            latest[entry.key] = entry.identity if entry.op == "put" else None
+        base_alive = np.ones(len(snap), dtype=bool)
+        for key in latest:
+            row = snap.find(key)
+            if row is not None:
+                base_alive[row] = False
+        identities: dict[str, int] = {}
+        if len(snap):
+            counts = np.bincount(
+                np.asarray(snap.identities)[base_alive], minlength=len(snap.identity_names)
+            )
+            for name, count in zip(snap.identity_names, counts, strict=False):
+                if count:
+                    identities[name] = identities.get(name, 0) + int(count)
+        for identity in latest.values():
+            if identity is not None:
+                identities[identity] = identities.get(identity, 0) + 1
+        known = {files.filename_for(key) for key in _live_keys(state)}
+        names = os.listdir(self.path)
+        return Stats(
+            version=state.version,
+            snapshot_version=snap.version,
+            vectors=sum(identities.values()),
+            journal_entries=len(state.tail),
+            dimensions=self._stored_dimensions(),
+            identities=identities,
+            temp_files=sum(1 for name in names if files.TEMP_NAME.match(name)),
+            unindexed_files=sum(
+                1 for name in names if files.VECTOR_NAME.match(name) and name not in known
+            ),
+        )
 
     # -- maintenance ---------------------------------------------------------------
 
@@ -266,7 +318,7 @@ class Store:
             return None
 
     def _index_version(self) -> int:
-        return int(snapshot.read_index(self.path)["_version"])  # type: ignore[call-overload]
+        return snapshot.index_version(self.path)
 
     def _last_version(self) -> int:
         last = journal.last_version(self.path)

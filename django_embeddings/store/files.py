@@ -91,7 +91,8 @@ def load_vector(directory: Path, name: str) -> Vector | None:
             array.shape,
         )
         return None
-    return array.astype(np.float32, copy=False)
+    vector: Vector = array.astype(np.float32, copy=False)
+    return vector
 
 
 def delete_vector(directory: Path, name: str) -> bool:

@@ -101,11 +101,17 @@ def _newest_snapshot(directory: Path) -> dict[str, object]:
     return {"_version": max(versions), "snapshot": f"snapshot-{max(versions)}"}
 
 
+def index_version(directory: Path) -> int:
+    version = read_index(directory)["_version"]
+    return version if isinstance(version, int) else 0
+
+
 def load(directory: Path) -> Snapshot:
     """Memory-map the current snapshot (an empty one when there is none)."""
     index = read_index(directory)
     name = index.get("snapshot")
-    version = int(index["_version"])  # type: ignore[call-overload]
+    version = index["_version"]
+    assert isinstance(version, int)  # read_index() returns an int _version or none at all
     if not isinstance(name, str) or not name.startswith("snapshot-") or "/" in name:
         return Snapshot(version=version)
     path = directory / name
