@@ -54,6 +54,7 @@ class FieldIndex:
         self.journal_stat = _stat(store)
         self._valid_cache: dict[str, tuple[int, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]] = {}
         self._changes = 0
+        self._length = (-1, 0)
         self._warned_stale = False
         self.apply(state.tail)
 
@@ -148,8 +149,13 @@ class FieldIndex:
         return None
 
     def __len__(self) -> int:
+        """Live rows (of any provider identity)."""
         with self.lock:
-            return int(self.base_alive.sum() + self.tail_alive[: len(self.tail_keys)].sum())
+            if self._length[0] != self._changes:
+                alive = np.count_nonzero(self.base_alive)
+                alive += np.count_nonzero(self.tail_alive[: len(self.tail_keys)])
+                self._length = (self._changes, int(alive))
+            return self._length[1]
 
     def keys(self) -> list[str]:
         with self.lock:
@@ -189,23 +195,13 @@ class FieldIndex:
             _clear(base_ok, tail_ok, self.base_keys, self.tail_rows, [exclude])
         if candidates is not None:
             base_ok, tail_ok = self._restrict(base_ok, tail_ok, candidates)
-        scores_base, rows_base = _scores(self.base, base_ok, unit)
-        scores_tail, rows_tail = _scores(tail, tail_ok, unit)
-        scores = np.concatenate([scores_base, scores_tail])
-        if not len(scores):
-            return []
-        keys = [str(self.base_keys[r]) for r in rows_base] if len(rows_base) < 64 else None
-        top = _top_k(scores, k)
-        hits = []
-        for index in top:
-            if index < len(rows_base):
-                row = int(rows_base[index])
-                key = keys[index] if keys is not None else str(self.base_keys[row])
-            else:
-                key = tail_keys[int(rows_tail[index - len(rows_base)])]
-            hits.append(Hit(key, float(scores[index])))
+        hits = [
+            Hit(str(self.base_keys[row]), score)
+            for row, score in _best(self.base, base_ok, unit, k)
+        ]
+        hits += [Hit(tail_keys[row], score) for row, score in _best(tail, tail_ok, unit, k)]
         hits.sort(key=lambda hit: (-hit.score, hit.key))
-        return hits
+        return hits[:k]
 
     def _restrict(
         self,
@@ -282,23 +278,29 @@ def _clear(
             tail_ok[tail_row] = False
 
 
-def _scores(
-    matrix: Matrix, mask: npt.NDArray[np.bool_], unit: Vector
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]]:
-    rows = np.flatnonzero(mask)
-    if not len(rows):
-        return np.zeros(0, np.float32), rows
-    if len(rows) * 4 < len(mask):
-        return np.asarray(matrix[rows]) @ unit, rows  # few rows: gather them
-    return (matrix @ unit)[rows], rows  # most rows: one pass over the whole matrix
-
-
-def _top_k(scores: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.intp]:
-    if k >= len(scores):
-        return np.arange(len(scores))
-    # Take every row tied with the k-th best score, so the key tie-break is exact.
-    kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-    return np.flatnonzero(scores >= kth)
+def _best(
+    matrix: Matrix, mask: npt.NDArray[np.bool_], unit: Vector, k: int
+) -> list[tuple[int, float]]:
+    """``(row, score)`` of the ``k`` best rows where ``mask`` is set, plus any rows tied
+    with the ``k``-th, so that the caller's tie-break by key is exact."""
+    count = int(np.count_nonzero(mask))
+    if not count:
+        return []
+    if count * 4 < len(mask):
+        rows = np.flatnonzero(mask)  # few rows: score only those
+        scores = np.asarray(matrix[rows]) @ unit
+    else:
+        rows = None  # most rows: one pass over the matrix, masking the rest
+        scores = np.asarray(matrix @ unit)
+        if count < len(mask):
+            scores[~mask] = -np.inf
+    if k < count:
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        top = np.flatnonzero(scores >= kth)
+    else:
+        top = np.flatnonzero(scores > -np.inf) if rows is None else np.arange(len(scores))
+    found = top if rows is None else rows[top]
+    return [(int(row), float(scores[i])) for row, i in zip(found, top, strict=True)]
 
 
 def _stat(store: Store) -> tuple[int, int, int] | None:

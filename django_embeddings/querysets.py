@@ -8,6 +8,7 @@ by rank, annotated with ``similarity``), so it chains like any other.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Self
 
@@ -24,6 +25,9 @@ from django_embeddings.typing import Vector
 __all__ = ["EmbeddingManager", "EmbeddingQuerySet", "EmbeddingQuerySetMixin"]
 
 MAX_K = 10_000
+# A filter selecting at least 1/DENSE_FILTER of the stored rows is verified after an
+# over-fetched search; a narrower one sends its primary keys to the vector search.
+DENSE_FILTER = 20
 
 
 class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
@@ -96,47 +100,50 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         if self.query.is_sliced:
             raise TypeError("Cannot run a semantic search on a sliced queryset.")
         index = self._index(field)
-        provider = field.get_provider()
-        candidates = None
-        if self.query.where:
-            candidates = [field.key(pk) for pk in self.values_list("pk", flat=True)]
-        hits = index.search(
-            vector, k, identity=provider.identity, candidates=candidates, exclude=exclude
-        )
-        if candidates is None:
-            hits = self._drop_missing_rows(
-                field, index, vector, k, hits, provider.identity, exclude
+        identity = field.get_provider().identity
+        if not self.query.where:
+            hits = self._verified_top(field, index, vector, k, identity, exclude, fetch=k)
+            return self._ranked(field, hits)
+        matching = self.count()
+        stored = max(len(index), 1)
+        if matching * DENSE_FILTER >= stored:
+            # A broad filter: search everything, over-fetching by the filter's
+            # selectivity, and keep the hits the filter accepts.
+            fetch = min(stored, math.ceil(k * stored / max(matching, 1) * 2) + k)
+            hits = self._verified_top(field, index, vector, k, identity, exclude, fetch=fetch)
+        else:
+            # A narrow filter: score only the rows it selects.
+            candidates = [str(pk) for pk in self.values_list("pk", flat=True)]
+            hits = index.search(
+                vector, k, identity=identity, candidates=candidates, exclude=exclude
             )
         return self._ranked(field, hits)
 
-    def _drop_missing_rows(
+    def _verified_top(
         self,
         field: EmbeddingField,
         index: cache.FieldIndex,
         vector: Vector,
         k: int,
-        hits: list[Hit],
         identity: str,
         exclude: str | None,
+        *,
+        fetch: int,
     ) -> list[Hit]:
-        """Keep only hits whose row exists, fetching further until ``k`` remain.
+        """The best ``k`` hits whose rows this queryset selects, fetching more until found.
 
-        A row deleted by raw SQL or not yet removed from the store must not make
-        an unfiltered search return fewer than ``k`` rows.
+        Exact: any selected row outside the best ``fetch`` scores no higher than
+        every row inside it. Also drops rows deleted behind the store's back (raw
+        SQL), so that an unfiltered search still returns ``k`` rows.
         """
-        fetch = k
         while True:
-            existing = {
-                field.key(pk)
-                for pk in self.filter(pk__in=[field.pk_from_key(h.key) for h in hits]).values_list(
-                    "pk", flat=True
-                )
-            }
-            kept = [hit for hit in hits if hit.key in existing]
+            hits = index.search(vector, fetch, identity=identity, exclude=exclude)
+            pks = [field.pk_from_key(hit.key) for hit in hits]
+            selected = {str(pk) for pk in self.filter(pk__in=pks).values_list("pk", flat=True)}
+            kept = [hit for hit in hits if hit.key in selected]
             if len(kept) >= k or len(hits) < fetch:
                 return kept[:k]
-            fetch *= 2
-            hits = index.search(vector, fetch, identity=identity, exclude=exclude)
+            fetch *= 4
 
     def _ranked(self, field: EmbeddingField, hits: list[Hit]) -> Self:
         pks = [field.pk_from_key(hit.key) for hit in hits]

@@ -64,8 +64,9 @@ def save_vector(directory: Path, key: str, vector: Vector) -> str:
     try:
         with os.fdopen(fd, "wb") as handle:
             np.save(handle, np.ascontiguousarray(vector, dtype=np.float32), allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
+        # No fsync: the rename is atomic for every process on the machine, which is
+        # what crash safety needs; a power loss can lose the newest files, and those
+        # rows then read as missing for embeddings_backfill (see "Reliability").
         os.replace(tmp, directory / name)
     except BaseException:
         _unlink_quietly(tmp)
