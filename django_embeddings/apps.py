@@ -32,5 +32,9 @@ def _reset_on_setting_change(*, setting: str, **kwargs: Any) -> None:
     clear_providers()
     _store.cache_clear()
     cache.clear()
-    if setting in ("DJANGO_EMBEDDINGS_INVALIDATION", "DJANGO_EMBEDDINGS_REDIS"):
+    if setting in (
+        "DJANGO_EMBEDDINGS_INVALIDATION",
+        "DJANGO_EMBEDDINGS_REDIS",
+        "DJANGO_EMBEDDINGS_CHANNEL",
+    ):
         invalidation.restart()

@@ -51,6 +51,11 @@ class Settings:
         return str(getattr(settings, "DJANGO_EMBEDDINGS_CHANNEL", "django_embeddings"))
 
     @property
+    def SIGNING_KEYS(self) -> list[str]:
+        """``SECRET_KEY`` then its fallbacks: pub/sub messages are signed with the first."""
+        return [str(settings.SECRET_KEY), *map(str, settings.SECRET_KEY_FALLBACKS)]
+
+    @property
     def ON_ERROR(self) -> str:
         """What a failed provider call does after commit: ``raise`` or ``log``."""
         return str(getattr(settings, "DJANGO_EMBEDDINGS_ON_ERROR", "raise"))
@@ -64,6 +69,14 @@ class Settings:
     def COMPACT_THRESHOLD(self) -> int:
         """Journal entries past the snapshot that make a writer compact the store."""
         return int(getattr(settings, "DJANGO_EMBEDDINGS_COMPACT_THRESHOLD", 10_000))
+
+    @property
+    def DEFER(self) -> bool:
+        """Embed after commit in a task (Django's tasks framework) instead of in the request.
+
+        ``EmbeddingField(defer=...)`` wins over this default.
+        """
+        return bool(getattr(settings, "DJANGO_EMBEDDINGS_DEFER", False))
 
 
 conf = Settings()

@@ -34,7 +34,9 @@ class EmbeddingField(models.IntegerField):  # type: ignore[type-arg]
     ``provider`` is an alias of ``DJANGO_EMBEDDINGS_PROVIDERS``. With
     ``auto_embed=False`` saves do nothing and rows are embedded only by
     ``embeddings_backfill``. With ``cache=False`` searches read the store each time
-    instead of keeping its matrix in this process.
+    instead of keeping its matrix in this process. With ``defer=True`` (default:
+    the ``DJANGO_EMBEDDINGS_DEFER`` setting) saves enqueue a task after commit
+    instead of calling the provider; the row stays missing until the task ran.
     """
 
     description = "Dimension count of the row's stored embedding (NULL: not embedded)"
@@ -46,12 +48,14 @@ class EmbeddingField(models.IntegerField):  # type: ignore[type-arg]
         provider: str = "default",
         auto_embed: bool = True,
         cache: bool = True,
+        defer: bool | None = None,
         **kwargs: Any,
     ) -> None:
         self.source = source
         self.provider_alias = provider
         self.auto_embed = auto_embed
         self.cache = cache
+        self.defer = defer
         kwargs.setdefault("null", True)
         kwargs.setdefault("blank", True)
         kwargs.setdefault("editable", False)
@@ -71,6 +75,8 @@ class EmbeddingField(models.IntegerField):  # type: ignore[type-arg]
             kwargs["auto_embed"] = False
         if not self.cache:
             kwargs["cache"] = False
+        if self.defer is not None:
+            kwargs["defer"] = self.defer
         return name, "django_embeddings.fields.EmbeddingField", args, kwargs
 
     def contribute_to_class(
@@ -101,6 +107,11 @@ class EmbeddingField(models.IntegerField):  # type: ignore[type-arg]
                 f"{self.label} keeps its vectors."
             )
         return _store(directory, self.model._meta.label, self.name, conf.COMPACT_THRESHOLD)
+
+    @property
+    def deferred(self) -> bool:
+        """Do saves enqueue a task instead of embedding after commit?"""
+        return conf.DEFER if self.defer is None else self.defer
 
     def get_provider(self) -> Any:
         from django_embeddings.providers import get_provider
@@ -255,5 +266,10 @@ def _schedule(field: EmbeddingField, instance: models.Model, using: str, *, dele
     if deleted:
         key = field.key(instance.pk)
         transaction.on_commit(lambda: indexing.remove(field, [key]), using=using)
+    elif field.deferred:
+        from django_embeddings import tasks
+
+        key = field.key(instance.pk)
+        transaction.on_commit(lambda: tasks.enqueue(field, [key], using=using), using=using)
     else:
         transaction.on_commit(lambda: indexing.sync(field, [instance], using=using), using=using)

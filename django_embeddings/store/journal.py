@@ -104,7 +104,7 @@ def append(directory: Path, entries: list[Entry]) -> None:
         if _ends_without_newline(fd):
             # A writer killed mid-line left a fragment: close it so ours stays parseable.
             payload = b"\n" + payload
-        os.write(fd, payload)  # one write: concurrent readers see whole lines or none
+        os.write(fd, payload)  # one write per batch; readers stop at the last full line
     finally:
         os.close(fd)
 
