@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from django_embeddings.store import Entry, State, Store, normalize
+from django_embeddings.store import keys as row_keys
 from django_embeddings.typing import Matrix, Vector
 
 logger = logging.getLogger(__name__)
@@ -210,12 +211,8 @@ class FieldIndex:
         candidates: Sequence[str],
     ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
         base_mask = np.zeros_like(base_ok)
-        if len(self.base_keys) and len(candidates):
-            wanted = np.asarray(candidates, dtype=str)
-            rows = np.searchsorted(self.base_keys, wanted)
-            inside = rows < len(self.base_keys)
-            rows, wanted = rows[inside], wanted[inside]
-            base_mask[rows[np.asarray(self.base_keys[rows]) == wanted]] = True
+        rows = row_keys.rows_of(self.base_keys, candidates)
+        base_mask[rows[rows >= 0]] = True
         tail_mask = np.zeros_like(tail_ok)
         for key in candidates:
             row = self.tail_rows.get(key)
@@ -253,19 +250,14 @@ class FieldIndex:
         return base_ok, tail_ok
 
 
-def _find(keys: npt.NDArray[np.str_], key: str) -> int | None:
-    if not len(keys):
-        return None
-    row = int(np.searchsorted(keys, key))
-    if row < len(keys) and keys[row] == key:
-        return row
-    return None
+def _find(keys: row_keys.Keys, key: str) -> int | None:
+    return row_keys.find(keys, key)
 
 
 def _clear(
     base_ok: npt.NDArray[np.bool_],
     tail_ok: npt.NDArray[np.bool_],
-    base_keys: npt.NDArray[np.str_],
+    base_keys: row_keys.Keys,
     tail_rows: dict[str, int],
     keys: Iterable[str],
 ) -> None:

@@ -226,9 +226,13 @@ def _store(directory: Path, model_label: str, field_name: str, compact_threshold
     )
 
 
-@functools.cache
 def embedding_fields(model: type[models.Model]) -> tuple[EmbeddingField, ...]:
     """The embedding fields of ``model``, including inherited ones."""
+    return _embedding_fields(model)
+
+
+@functools.cache
+def _embedding_fields(model: Any) -> tuple[EmbeddingField, ...]:
     return tuple(f for f in model._meta.concrete_fields if isinstance(f, EmbeddingField))
 
 

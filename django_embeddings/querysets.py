@@ -75,7 +75,7 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
     # -- internals -------------------------------------------------------------------
 
     def _embedding_field(self, name: str | None) -> EmbeddingField:
-        fields = embedding_fields(self.model)  # type: ignore[arg-type]
+        fields = embedding_fields(self.model)
         if name is not None:
             for candidate in fields:
                 if candidate.name == name:

@@ -20,6 +20,7 @@ import numpy as np
 
 from django_embeddings.exceptions import StoreError
 from django_embeddings.store import files, journal, snapshot
+from django_embeddings.store import keys as row_keys
 from django_embeddings.store.journal import Entry, Position, Tail
 from django_embeddings.store.snapshot import Snapshot
 from django_embeddings.typing import Matrix, Vector
@@ -365,12 +366,12 @@ class Store:
                 normalize(np.array(new_vectors, np.float32).reshape(-1, dims)),
             ]
         )
-        keys = np.concatenate([np.asarray(snap.keys[keep]), np.array(new_keys, dtype=str)])
-        order = np.argsort(keys, kind="stable")
+        all_keys = row_keys.concat(np.asarray(snap.keys[keep]), row_keys.pack(new_keys))
+        order = np.argsort(all_keys, kind="stable")
         merged = Snapshot(
             version=state.version,
             vectors=np.ascontiguousarray(vectors[order]),
-            keys=keys[order],
+            keys=all_keys[order],
             hashes=np.concatenate(
                 [
                     np.asarray(snap.hashes[keep]).reshape(-1, 16),
@@ -382,7 +383,7 @@ class Store:
             )[order],
             identity_names=identity_names,
         )
-        logger.debug("%s: compacting %d rows at version %d", self.label, len(keys), state.version)
+        logger.debug("%s: compacting %d rows at version %d", self.label, len(order), state.version)
         return self._install(merged)
 
     def _install(self, snap: Snapshot) -> int:

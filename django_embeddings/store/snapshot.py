@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from django_embeddings.store import keys
 from django_embeddings.store.files import TEMP_PREFIX, write_atomic
 from django_embeddings.typing import Matrix
 
@@ -37,7 +38,7 @@ class Snapshot:
 
     version: int = 0
     vectors: Matrix = field(default_factory=lambda: np.zeros((0, 0), np.float32))
-    keys: npt.NDArray[np.str_] = field(default_factory=lambda: np.array([], dtype="U1"))
+    keys: keys.Keys = field(default_factory=lambda: np.array([], dtype=np.int64))
     hashes: npt.NDArray[np.uint8] = field(default_factory=lambda: np.zeros((0, 16), np.uint8))
     identities: npt.NDArray[np.uint16] = field(
         default_factory=lambda: np.array([], dtype=np.uint16)
@@ -54,12 +55,7 @@ class Snapshot:
 
     def find(self, key: str) -> int | None:
         """Row of ``key`` or ``None``, by binary search over the sorted keys."""
-        if not len(self):
-            return None
-        row = int(np.searchsorted(self.keys, key))
-        if row < len(self.keys) and self.keys[row] == key:
-            return row
-        return None
+        return keys.find(self.keys, key)
 
 
 def read_index(directory: Path) -> dict[str, object]:

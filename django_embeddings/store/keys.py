@@ -1,0 +1,67 @@
+"""Row keys as a sorted array: int64 when every key is a canonical integer, else unicode.
+
+Integer keys (the common ``AutoField`` case) take 8 bytes each, sort and search fast,
+and map a million rows in a blink; any other key (UUIDs, slugs) is kept as text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Keys = npt.NDArray[np.int64] | npt.NDArray[np.str_]
+
+_INT64 = np.iinfo(np.int64)
+
+
+def as_int(key: str) -> int | None:
+    """``int(key)`` if ``key`` is exactly how that integer prints, else ``None``."""
+    digits = key[1:] if key.startswith("-") else key
+    if not (digits.isascii() and digits.isdigit()) or len(key) > 20:
+        return None
+    value = int(key)
+    if str(value) != key or not _INT64.min <= value <= _INT64.max:
+        return None
+    return value
+
+
+def pack(keys: Sequence[str]) -> Keys:
+    """An array of ``keys`` (unsorted), integer-typed when they all allow it."""
+    numbers = [as_int(key) for key in keys]
+    if all(number is not None for number in numbers):
+        return np.array(numbers, dtype=np.int64)
+    return np.array(keys, dtype=str)
+
+
+def concat(first: npt.NDArray[Any], second: Keys) -> Keys:
+    if first.dtype.kind == second.dtype.kind == "i":
+        return np.concatenate([first, second])
+    return np.concatenate([first.astype(str), second.astype(str)])
+
+
+def rows_of(keys: Keys, wanted: Sequence[str]) -> npt.NDArray[np.intp]:
+    """Rows of ``wanted`` in the sorted ``keys``; -1 for keys not there."""
+    if not len(keys) or not len(wanted):
+        return np.full(len(wanted), -1, dtype=np.intp)
+    if keys.dtype.kind == "i":
+        numbers = [as_int(key) for key in wanted]
+        known = np.array([n is not None for n in numbers], dtype=bool)
+        probe: npt.NDArray[np.generic] = np.array(
+            [n if n is not None else 0 for n in numbers], dtype=np.int64
+        )
+    else:
+        known = np.ones(len(wanted), dtype=bool)
+        probe = np.asarray(wanted, dtype=str)
+    rows = np.searchsorted(keys, probe)
+    inside = rows < len(keys)
+    found = np.zeros(len(wanted), dtype=bool)
+    found[inside] = np.asarray(keys[rows[inside]]) == probe[inside]
+    return np.where(found & known, rows, -1)
+
+
+def find(keys: Keys, key: str) -> int | None:
+    row = int(rows_of(keys, [key])[0])
+    return None if row < 0 else row
