@@ -50,7 +50,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -339,6 +338,7 @@ def main() -> None:
     torch.manual_seed(0)
     teacher = model_dir()
     full = SentenceTransformer(str(teacher), device="cpu")
+
     def encode_full(texts: list[str]) -> Any:
         return full.encode(texts, normalize_embeddings=True)
 
@@ -383,7 +383,6 @@ def main() -> None:
     )
     print(f"max |model2vec - StaticModelProvider| = {parity:.2e}")
     print(f"throughput: {rate:,.0f} docs/s ({len(docs)} two-sentence docs, one thread)")
-    shutil.rmtree(args.output / "__pycache__", ignore_errors=True)
 
     if total > MAX_TOTAL_BYTES:
         raise SystemExit(f"Output is {total:,d} bytes; the limit is {MAX_TOTAL_BYTES:,d}.")

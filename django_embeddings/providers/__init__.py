@@ -68,6 +68,10 @@ def get_provider(alias: str = "default") -> BaseProvider:
 def clear_providers() -> None:
     """Forget built providers (``setting_changed`` calls this)."""
     with _lock:
+        for provider in _providers.values():
+            close = getattr(provider, "close", None)
+            if callable(close):
+                close()  # release HTTP connections instead of leaving them to the GC
         _providers.clear()
 
 

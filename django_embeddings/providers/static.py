@@ -35,6 +35,7 @@ DEFAULT_PATH = Path(__file__).resolve().parent / "static_model"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "config.json"
+_CHUNK_TOKENS = 32_768  # token vectors gathered at once: 32 MB at 256 float32 dimensions
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class _Metadata:
 
     name: str
     dimensions: int
-    weights_sha256: str | None
+    weights_sha256: str
+    recorded: bool  # the hash comes from config.json, so the weights can be checked
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,7 @@ class StaticModelProvider(BaseProvider):
     @property
     def identity(self) -> str:  # type: ignore[override]
         meta = self._read_metadata()
-        version = (meta.weights_sha256 or "unknown")[:12]
-        identity = f"static:{meta.name}-{meta.dimensions}d@{version}"
+        identity = f"static:{meta.name}-{meta.dimensions}d@{meta.weights_sha256[:12]}"
         if self.max_tokens != 512:
             # Truncation changes the vectors of long texts, so it is part of the identity.
             identity += f";max_tokens={self.max_tokens}"
@@ -136,12 +137,22 @@ class StaticModelProvider(BaseProvider):
         counts = np.bincount(rows, minlength=len(id_lists))
 
         out = np.zeros((len(id_lists), dims), dtype=np.float32)
-        if flat.size:
-            vectors = self._lookup(model, flat)
-            filled = np.flatnonzero(counts)
-            # Rows are in order, so each text's tokens are one contiguous run.
-            starts = np.concatenate(([0], np.cumsum(counts[filled])[:-1]))
-            out[filled] = np.add.reduceat(vectors, starts, axis=0) / counts[filled, None]
+        # Each text's tokens are one contiguous run of ``flat``. Texts are summed in
+        # chunks of about _CHUNK_TOKENS tokens, so a large batch of long texts
+        # never gathers more than that many token vectors at once.
+        bounds = np.concatenate(([0], np.cumsum(counts)))
+        first = 0
+        while first < len(id_lists):
+            limit = bounds[first] + _CHUNK_TOKENS
+            last = max(first + 1, int(np.searchsorted(bounds, limit, side="right")) - 1)
+            chunk_counts = counts[first:last]
+            filled = np.flatnonzero(chunk_counts)
+            if filled.size:
+                vectors = self._lookup(model, flat[bounds[first] : bounds[last]])
+                starts = np.concatenate(([0], np.cumsum(chunk_counts[filled])[:-1]))
+                sums = np.add.reduceat(vectors, starts, axis=0)
+                out[first + filled] = sums / chunk_counts[filled, None]
+            first = last
 
         empty = np.flatnonzero(counts == 0)
         if empty.size:
@@ -187,10 +198,13 @@ class StaticModelProvider(BaseProvider):
             )
         name = config.get("model_name") or self.path.name
         digest = config.get("weights_sha256")
+        recorded = isinstance(digest, str)
         if not isinstance(digest, str):
             # Not one of our models: hash the weights file (no parsing), once.
             digest = _sha256(self.path / WEIGHTS_FILE)
-        return _Metadata(name=str(name), dimensions=dimensions, weights_sha256=digest)
+        return _Metadata(
+            name=str(name), dimensions=dimensions, weights_sha256=digest, recorded=recorded
+        )
 
     def _config(self) -> dict[str, Any]:
         config_path = self.path / CONFIG_FILE
@@ -237,8 +251,7 @@ class StaticModelProvider(BaseProvider):
             raise ProviderError(
                 f"StaticModelProvider could not load the model in {str(self.path)!r}: {exc}"
             ) from exc
-        config = self._config()
-        if "weights_sha256" in config and hashlib.sha256(raw).hexdigest() != meta.weights_sha256:
+        if meta.recorded and hashlib.sha256(raw).hexdigest() != meta.weights_sha256:
             raise ProviderError(
                 f"StaticModelProvider weights {str(weights_path)!r} do not match the "
                 f"weights_sha256 {meta.weights_sha256!r} in {CONFIG_FILE}; reinstall the "

