@@ -122,7 +122,9 @@ def _changed_since(
     pks = [obj.pk for obj in rows.values()]
     fresh_qs = manager.filter(pk__in=pks)
     if columns is not None:
-        fresh_qs = fresh_qs.only(*columns)
+        # The column too: _set_column reads it, and a deferred read of a row deleted
+        # meanwhile would raise DoesNotExist out of an unrelated save.
+        fresh_qs = fresh_qs.only(*columns, field.attname)
     fresh = {field.key(obj.pk): obj for obj in fresh_qs}
     gone = [key for key in rows if key not in fresh]
     if gone:

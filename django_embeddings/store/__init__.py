@@ -88,24 +88,36 @@ class Store:
     def put_many(self, items: Iterable[tuple[str, Vector, str, str]]) -> list[Entry]:
         """Store vectors: files first, then one journal append for the batch.
 
-        A crash after the files land but before the journal append leaves files
-        with no entry, which garbage collection removes; never an entry with no file.
+        Files are written to temp files outside the lock, then renamed into place
+        under it, just before the append: so the file of a key always holds the
+        vector of the key's newest entry, even when processes store one key at once.
+        A crash after the renames but before the append leaves files with no entry
+        (garbage collection removes them) or a newer vector under an older entry
+        (whose hash no longer matches the row's text: ``embeddings_backfill --stale``);
+        never an entry with no file.
         """
         items = list(items)
         if not items:
             return []
         self._prepare()
         dimensions = self._check_dimensions(items)
-        for key, vector, _, _ in items:
-            self._write_file(key, vector)
-        with journal.locked(self.path):
-            version = self._last_version()
-            entries = [
-                Entry(version + offset, "put", key, content_hash, identity)
-                for offset, (key, _, content_hash, identity) in enumerate(items, start=1)
-            ]
-            journal.append(self.path, entries)
-            self._maybe_compact(entries[-1].version)
+        staged: list[tuple[str, str]] = []
+        try:
+            for key, vector, _, _ in items:
+                staged.append((key, self._stage_file(key, vector)))
+            with journal.locked(self.path):
+                for key, tmp in staged:
+                    self._install_file(key, tmp)
+                version = self._last_version()
+                entries = [
+                    Entry(version + offset, "put", key, content_hash, identity)
+                    for offset, (key, _, content_hash, identity) in enumerate(items, start=1)
+                ]
+                journal.append(self.path, entries)
+                self._maybe_compact(entries[-1].version)
+        finally:
+            for _, tmp in staged:
+                files.discard(tmp)  # only the ones an error left behind still exist
         logger.debug("%s: stored %d vectors of %d dimensions", self.label, len(items), dimensions)
         return entries
 
@@ -283,13 +295,22 @@ class Store:
                 if not (self.path / journal.JOURNAL).exists():
                     journal.create(self.path, self._index_version())
 
-    def _write_file(self, key: str, vector: Vector) -> None:
+    def _stage_file(self, key: str, vector: Vector) -> str:
         if "\0" in key:
             # numpy's fixed-width strings drop trailing NULs, so such a key could not
             # be found again in a snapshot; no database keeps NUL in a key in practice.
             raise StoreError(f"{self.label}: row key {key!r} contains a NUL character.")
         try:
-            files.save_vector(self.path, key, vector)
+            return files.stage_vector(self.path, vector)
+        except OSError as exc:
+            raise StoreError(
+                f"Cannot write the embedding of {self.label} row {key!r} to "
+                f"{str(self.path)!r}: {exc}"
+            ) from exc
+
+    def _install_file(self, key: str, tmp: str) -> None:
+        try:
+            files.install_vector(self.path, key, tmp)
         except OSError as exc:
             raise StoreError(
                 f"Cannot write the embedding of {self.label} row {key!r} to "

@@ -59,19 +59,43 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def save_vector(directory: Path, key: str, vector: Vector) -> str:
     """Store ``vector`` for ``key``; returns the file name."""
-    name = filename_for(key)
+    tmp = stage_vector(directory, vector)
+    try:
+        return install_vector(directory, key, tmp)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def stage_vector(directory: Path, vector: Vector) -> str:
+    """Write ``vector`` to a new temp file in ``directory``; returns its path.
+
+    :func:`install_vector` renames it into place. Writers stage outside the
+    store's lock and install under it, so files change in journal order.
+    """
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=".npy")
     try:
         with os.fdopen(fd, "wb") as handle:
             np.save(handle, np.ascontiguousarray(vector, dtype=np.float32), allow_pickle=False)
-        # No fsync: the rename is atomic for every process on the machine, which is
-        # what crash safety needs; a power loss can lose the newest files, and those
-        # rows then read as missing for embeddings_backfill (see "Reliability").
-        os.replace(tmp, directory / name)
     except BaseException:
         _unlink_quietly(tmp)
         raise
+    return tmp
+
+
+def install_vector(directory: Path, key: str, tmp: str) -> str:
+    """Rename a staged file to the vector file of ``key``; returns the file name."""
+    name = filename_for(key)
+    # No fsync: the rename is atomic for every process on the machine, which is
+    # what crash safety needs; a power loss can lose the newest files, and those
+    # rows then read as missing for embeddings_backfill (see "Reliability").
+    os.replace(tmp, directory / name)
     return name
+
+
+def discard(tmp: str) -> None:
+    """Remove a staged file that was not installed (no error if it was)."""
+    _unlink_quietly(tmp)
 
 
 def load_vector(directory: Path, name: str) -> Vector | None:

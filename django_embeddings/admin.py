@@ -1,0 +1,316 @@
+"""``SemanticSearchAdminMixin``: search the Django admin by meaning.
+
+Mix it into a ``ModelAdmin`` of a model with an EmbeddingField::
+
+    @admin.register(Article)
+    class ArticleAdmin(SemanticSearchAdminMixin, admin.ModelAdmin):
+        search_fields = ["title", "body"]
+
+- The changelist's search box ranks rows by meaning (the
+  ``semantic_search_k`` most similar, best first, with a similarity column).
+  A link under the box switches to Django's usual word search (``?semantic=0``)
+  and back; provider failures fall back to word search with a warning.
+- The change page gets a "Similar items" link (``?similar_to=<pk>`` on the
+  changelist), and the changelist a "Show similar items" action.
+- The EmbeddingField column (the dimension count; empty: not embedded yet) is
+  shown read-only, never as an input.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.utils import quote, unquote
+from django.contrib.admin.views.main import ORDER_VAR, SEARCH_VAR, ChangeList
+from django.core import checks
+from django.db import models
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
+from django.utils.translation import gettext, gettext_lazy
+
+from django_embeddings.exceptions import EmbeddingsError
+from django_embeddings.fields import EmbeddingField, embedding_fields
+from django_embeddings.querysets import EmbeddingQuerySetMixin
+
+__all__ = ["SEMANTIC_VAR", "SIMILAR_VAR", "SemanticSearchAdminMixin"]
+
+logger = logging.getLogger(__name__)
+
+SEMANTIC_VAR = "semantic"  # "0": search by words, as Django does
+SIMILAR_VAR = "similar_to"  # a quoted primary key: rank rows by similarity to it
+
+if TYPE_CHECKING:
+    _Base = admin.ModelAdmin[Any]
+else:
+    _Base = object
+
+
+class SemanticChangeList(ChangeList):
+    """A ChangeList that keeps our query parameters out of its field lookups.
+
+    They stay in ``self.params``, so pagination, sorting and filter links keep them.
+    """
+
+    def get_filters_params(self, params: Any = None) -> Any:
+        lookup_params = super().get_filters_params(params)
+        for name in (SEMANTIC_VAR, SIMILAR_VAR):
+            lookup_params.pop(name, None)
+        return lookup_params
+
+    def get_ordering_field_columns(self) -> Any:
+        # Ranked results are in no column's order: mark no header as sorted.
+        if ORDER_VAR not in self.params and _ranked(self.params):
+            return {}
+        return super().get_ordering_field_columns()
+
+
+class SemanticSearchAdminMixin(_Base):
+    """Adds search by meaning, "similar items" and a read-only embedding column."""
+
+    semantic_search_field: str | None = None
+    """The EmbeddingField to search; needed only when the model has several."""
+
+    semantic_search_k: int = 100
+    """How many of the most similar rows a search by meaning lists."""
+
+    actions: Any = ["show_similar_items"]
+    """Keep ``"show_similar_items"`` in the list when you set ``actions`` yourself."""
+
+    change_list_template = "admin/django_embeddings/change_list.html"
+    change_form_template = "admin/django_embeddings/change_form.html"
+
+    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+        errors = list(super().check(**kwargs))
+        fields = embedding_fields(self.model)
+        names = [field.name for field in fields]
+        name = self.semantic_search_field
+        problem = None
+        if not fields:
+            problem = f"{self.model._meta.label} has no EmbeddingField"
+        elif name is None and len(fields) > 1:
+            problem = f"{self.model._meta.label} has several EmbeddingFields {names!r}"
+        elif name is not None and name not in names:
+            problem = (
+                f"semantic_search_field is {name!r}, but {self.model._meta.label} has "
+                f"EmbeddingFields {names!r}"
+            )
+        if problem:
+            errors.append(
+                checks.Error(
+                    f"{type(self).__name__} searches by meaning, but {problem}.",
+                    hint="Set semantic_search_field to the name of one EmbeddingField.",
+                    obj=type(self),
+                    id="django_embeddings.E101",
+                )
+            )
+        return errors
+
+    # -- changelist --------------------------------------------------------------------
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return SemanticChangeList
+
+    def get_search_fields(self, request: HttpRequest) -> Any:
+        fields = super().get_search_fields(request)
+        if fields:
+            return fields
+        # Without search fields Django shows no search box: offer the source column,
+        # or the model's text columns when the source is computed.
+        source = self._embedding_field().source
+        if isinstance(source, str) and self._is_column(source):
+            return [source]
+        return [
+            field.name
+            for field in self.model._meta.concrete_fields
+            if isinstance(field, models.CharField | models.TextField) and not field.choices
+        ]
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: models.QuerySet[Any], search_term: str
+    ) -> tuple[models.QuerySet[Any], bool]:
+        if not self._is_changelist(request):
+            return super().get_search_results(request, queryset, search_term)
+        similar = request.GET.get(SIMILAR_VAR)
+        if similar:
+            ranked = self._similar(request, queryset, similar)
+            if ranked is not None:
+                # A search term then narrows the similar rows by words.
+                narrowed, duplicates = super().get_search_results(request, ranked, search_term)
+                return self._keep_sort(request, queryset, narrowed), duplicates
+        if not search_term.strip() or not self._semantic_enabled(request):
+            return super().get_search_results(request, queryset, search_term)
+        try:
+            ranked = _searchable(queryset).semantic_search(
+                search_term, k=self.semantic_search_k, field=self.semantic_search_field
+            )
+        except Exception as exc:  # any provider failure: the admin must stay usable
+            logger.warning(
+                "Search by meaning failed in the admin of %s: %s",
+                self.opts.label,
+                exc,
+                exc_info=exc,
+            )
+            messages.warning(
+                request,
+                gettext("Search by meaning failed (%(error)s); showing word search results.")
+                % {"error": exc},
+            )
+            return super().get_search_results(request, queryset, search_term)
+        return self._keep_sort(request, queryset, ranked), False
+
+    def get_list_display(self, request: HttpRequest) -> Any:
+        display = super().get_list_display(request)
+        if self._is_ranked(request) and "semantic_similarity" not in display:
+            return [*display, "semantic_similarity"]
+        return display
+
+    @admin.display(description=gettext_lazy("similarity"))
+    def semantic_similarity(self, obj: models.Model) -> str:
+        score = getattr(obj, "similarity", None)
+        return "" if score is None else f"{score:.3f}"
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        enabled = self._semantic_enabled(request)
+        params = request.GET.copy()
+        params.pop("p", None)  # the page number means nothing in the other mode
+        if enabled:
+            params[SEMANTIC_VAR] = "0"
+        else:
+            params.pop(SEMANTIC_VAR, None)
+        similar = request.GET.copy()
+        similar.pop(SIMILAR_VAR, None)
+        similar.pop("p", None)
+        context = {
+            "semantic_search": {
+                "enabled": enabled,
+                "toggle_url": "?" + params.urlencode(),
+                "similar_to": request.GET.get(SIMILAR_VAR) or None,
+                "clear_similar_url": "?" + similar.urlencode(),
+            },
+            **(extra_context or {}),
+        }
+        return super().changelist_view(request, context)
+
+    # -- change page -------------------------------------------------------------------
+
+    def get_readonly_fields(self, request: HttpRequest, obj: models.Model | None = None) -> Any:
+        readonly = list(super().get_readonly_fields(request, obj))
+        for field in embedding_fields(self.model):
+            if field.name not in readonly:
+                readonly.append(field.name)
+        return readonly
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: models.Model | None = None,
+    ) -> HttpResponse:
+        if change and obj is not None:
+            field = self._embedding_field()
+            if getattr(obj, field.attname) is not None:
+                context["similar_items_url"] = self._similar_url(obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    # -- actions -----------------------------------------------------------------------
+
+    @admin.action(description=gettext_lazy("Show items similar to the selected one"))
+    def show_similar_items(
+        self, request: HttpRequest, queryset: models.QuerySet[Any]
+    ) -> HttpResponse | None:
+        selected = list(queryset[:2])
+        if len(selected) != 1:
+            messages.warning(request, gettext("Select exactly one item to see similar ones."))
+            return None
+        return HttpResponseRedirect(self._similar_url(selected[0]))
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _embedding_field(self) -> EmbeddingField:
+        fields = embedding_fields(self.model)
+        for field in fields:
+            if self.semantic_search_field in (None, field.name):
+                return field
+        raise EmbeddingsError(
+            f"{type(self).__name__}.semantic_search_field is {self.semantic_search_field!r}, "
+            f"but {self.model._meta.label} has EmbeddingFields {[f.name for f in fields]!r}."
+        )
+
+    def _is_column(self, name: str) -> bool:
+        try:
+            self.model._meta.get_field(name)
+        except Exception:
+            return False
+        return True
+
+    def _is_changelist(self, request: HttpRequest) -> bool:
+        """Rank only on the changelist (autocomplete searches stay word searches)."""
+        match = getattr(request, "resolver_match", None)
+        name = f"{self.opts.app_label}_{self.opts.model_name}_changelist"
+        return match is not None and match.url_name == name
+
+    def _semantic_enabled(self, request: HttpRequest) -> bool:
+        return request.GET.get(SEMANTIC_VAR, "1") != "0"
+
+    def _is_ranked(self, request: HttpRequest) -> bool:
+        return _ranked(request.GET)
+
+    def _similar_url(self, obj: models.Model) -> str:
+        name = f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist"
+        url = reverse(name, current_app=self.admin_site.name)
+        return f"{url}?{SIMILAR_VAR}={quote(obj.pk)}"
+
+    def _similar(
+        self, request: HttpRequest, queryset: models.QuerySet[Any], value: str
+    ) -> models.QuerySet[Any] | None:
+        obj = self.get_object(request, unquote(value))
+        if obj is None:
+            messages.warning(request, gettext("The item to compare with does not exist."))
+            return None
+        try:
+            return _searchable(queryset).similar_to(
+                obj, k=self.semantic_search_k, field=self.semantic_search_field
+            )
+        except EmbeddingsError as exc:
+            messages.warning(request, str(exc))
+            return None
+
+    def _keep_sort(
+        self,
+        request: HttpRequest,
+        original: models.QuerySet[Any],
+        ranked: models.QuerySet[Any],
+    ) -> models.QuerySet[Any]:
+        """Best first, unless the user sorted by a column header."""
+        if request.GET.get(ORDER_VAR):
+            return ranked.order_by(*original.query.order_by)
+        return ranked
+
+
+def _ranked(params: Any) -> bool:
+    """Do these changelist parameters list rows by similarity?"""
+    if params.get(SIMILAR_VAR):
+        return True
+    return bool(params.get(SEARCH_VAR, "").strip()) and params.get(SEMANTIC_VAR, "1") != "0"
+
+
+_mixed: dict[type[models.QuerySet[Any]], type[EmbeddingQuerySetMixin]] = {}
+
+
+def _searchable(queryset: models.QuerySet[Any]) -> EmbeddingQuerySetMixin:
+    """``queryset`` with ``semantic_search()``, even if its manager does not provide it."""
+    if isinstance(queryset, EmbeddingQuerySetMixin):
+        return queryset
+    cls = type(queryset)
+    if cls not in _mixed:
+        _mixed[cls] = type(f"Embedding{cls.__name__}", (EmbeddingQuerySetMixin, cls), {})
+    clone = queryset._chain()  # type: ignore[attr-defined]
+    clone.__class__ = _mixed[cls]
+    return clone  # type: ignore[no-any-return]

@@ -1,0 +1,123 @@
+"""``manage.py embeddings_status``: how far each field's store is from its table.
+
+Per field: rows in the table; rows embedded by the current provider; rows
+missing (NULL column or no vector: never embedded, failed, or a deferred task
+that has not run yet); rows stale (embedded by another provider identity);
+orphans (vectors of rows that no longer exist, and vector files with no index
+entry); temp files; the store's version, journal length and dimensions.
+Nothing is written. Rows whose text changed behind the ORM's back are not
+counted as stale here (that needs every text): ``embeddings_backfill --stale
+--dry-run`` counts them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandParser
+
+from django_embeddings import cache
+from django_embeddings.exceptions import EmbeddingsError
+from django_embeddings.fields import EmbeddingField
+from django_embeddings.management.commands._common import add_database, add_labels, fields_for
+
+BATCH = 2000
+
+
+class Command(BaseCommand):
+    help = "Show, per EmbeddingField, how many rows are embedded, missing or stale."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        add_labels(parser)
+        parser.add_argument("--json", action="store_true", help="Print JSON, keyed by label.")
+        add_database(parser)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        labels: list[str] = options["labels"]
+        using = options["database"]
+        report = {field.label: field_status(field, using) for field in fields_for(labels)}
+        if options["json"]:
+            self.stdout.write(json.dumps(report, indent=2, sort_keys=True))
+            return
+        for label, status in report.items():
+            self.stdout.write(label)
+            provider = status["provider"]
+            if status["identity"] is not None:
+                provider += f" ({status['identity']})"
+            else:
+                provider += f" (unavailable: {status['provider_error']})"
+            dimensions = str(status["dimensions"])
+            if status["stored_dimensions"] not in (None, status["dimensions"]):
+                dimensions += f" (store: {status['stored_dimensions']})"
+            lines = [
+                ("rows", status["rows"]),
+                ("embedded", status["embedded"]),
+                ("missing", status["missing"]),
+                ("stale", status["stale"]),
+                ("orphans", status["orphans"]),
+                ("temp files", status["temp_files"]),
+                ("version", status["version"]),
+                ("journal", status["journal_entries"]),
+                ("provider", provider),
+                ("dimensions", dimensions),
+                ("deferred", "yes" if status["deferred"] else "no"),
+            ]
+            for name, value in lines:
+                self.stdout.write(f"  {name:<12}{value}")
+
+
+def field_status(field: EmbeddingField, using: str = "default") -> dict[str, Any]:
+    """The counts ``embeddings_status`` prints for ``field``, as a JSON-ready dict."""
+    identity: str | None = None
+    dimensions: int | None = None
+    error: str | None = None
+    try:
+        provider = field.get_provider()
+        identity, dimensions = provider.identity, provider.dimensions
+    except (ImproperlyConfigured, EmbeddingsError, ImportError) as exc:
+        error = str(exc)
+    store = field.store
+    stats = store.stats()
+    index = cache.get(store, keep=False)
+    rows = embedded = missing = stale = indexed_rows = 0
+    manager = field.model._base_manager.using(using)
+    last: Any = None
+    while True:
+        page = manager.all() if last is None else manager.filter(pk__gt=last)
+        batch = list(page.order_by("pk").values_list("pk", field.attname)[:BATCH])
+        if not batch:
+            break
+        last = batch[-1][0]
+        for pk, column in batch:
+            rows += 1
+            meta = index.meta(field.key(pk))
+            if meta is not None:
+                indexed_rows += 1
+            if meta is None or column is None:
+                missing += 1
+            elif identity is not None and meta[1] != identity:
+                stale += 1
+            else:
+                embedded += 1
+    return {
+        "rows": rows,
+        "embedded": embedded,
+        "missing": missing,
+        "stale": stale,
+        # Counted from the same read as the rows, so a concurrent write cannot skew it.
+        "orphans": max(0, len(index) - indexed_rows) + stats.unindexed_files,
+        "temp_files": stats.temp_files,
+        "version": stats.version,
+        "snapshot_version": stats.snapshot_version,
+        "journal_entries": stats.journal_entries,
+        "vectors": stats.vectors,
+        "identities": stats.identities,
+        "provider": field.provider_alias,
+        "identity": identity,
+        "provider_error": error,
+        "dimensions": dimensions,
+        "stored_dimensions": stats.dimensions,
+        "deferred": field.deferred,
+    }

@@ -1,0 +1,213 @@
+"""Moving a field's vectors between stores: one portable ``.npz`` file per field.
+
+``dumpdata``/``loaddata`` carry the rows (and the column: the dimension count),
+but not the vectors, which live in the store. :func:`export_field` writes them
+to ``<app_label>.<ModelName>.<field>.npz``; :func:`import_file` stores them in
+another deployment, for the rows that exist there, so nothing is embedded
+again. Files hold only numeric and string arrays and are read with
+``np.load(..., allow_pickle=False)``:
+
+- ``keys`` (str, n): the rows' primary keys as strings;
+- ``vectors`` (float32, n x d): the vectors as the provider returned them;
+- ``hashes`` (str, n): content hashes of the texts they were made from;
+- ``identities`` (uint16, n), indexing ``identity_names`` (str): provider identities;
+- ``meta`` (a JSON string): ``format``, ``label``, ``dimensions``, ``count``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from django_embeddings import __version__, cache, invalidation
+from django_embeddings.backfill import existing_keys
+from django_embeddings.exceptions import EmbeddingsError
+from django_embeddings.fields import EmbeddingField
+from django_embeddings.labels import LabelError, resolve_one
+
+__all__ = ["FORMAT", "ImportResult", "TransferError", "export_field", "import_file"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+IMPORT_CHUNK = 1000
+
+
+class TransferError(EmbeddingsError):
+    """An export file is not one this version can import."""
+
+
+@dataclass
+class ImportResult:
+    label: str
+    total: int  # vectors in the file
+    imported: int = 0
+    skipped: int = 0  # rows that do not exist in this database
+    other_identity: int = 0  # imported, but made by another provider than the field's
+
+
+def filename_for(field: EmbeddingField) -> str:
+    return f"{field.label}.npz"
+
+
+def export_field(field: EmbeddingField, path: Path) -> int:
+    """Write every stored vector of ``field`` to ``path``; returns how many.
+
+    The file is written to a temp file and renamed, so a reader never sees half.
+    """
+    index = cache.get(field.store, keep=False)
+    keys = sorted(index.keys())
+    store = field.store
+    kept: list[str] = []
+    vectors: list[Any] = []
+    hashes: list[str] = []
+    identity_ids: list[int] = []
+    identity_names: list[str] = []
+    for key in keys:
+        meta = index.meta(key)
+        vector = store.load_vector(key)
+        if meta is None or vector is None:
+            logger.warning("%s: the vector of row %r is unreadable; not exported", field.label, key)
+            continue
+        content_hash, identity = meta
+        if identity not in identity_names:
+            identity_names.append(identity)
+        kept.append(key)
+        vectors.append(vector)
+        hashes.append(content_hash)
+        identity_ids.append(identity_names.index(identity))
+    dimensions = len(vectors[0]) if vectors else 0
+    meta_json = json.dumps(
+        {
+            "format": FORMAT,
+            "label": field.label,
+            "dimensions": dimensions,
+            "count": len(kept),
+            "version": __version__,
+        }
+    )
+    arrays = {
+        "keys": np.array(kept, dtype=str),
+        "vectors": np.array(vectors, dtype=np.float32).reshape(len(kept), dimensions),
+        "hashes": np.array(hashes, dtype=str),
+        "identities": np.array(identity_ids, dtype=np.uint16),
+        "identity_names": np.array(identity_names, dtype=str),
+        "meta": np.array(meta_json),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            # Only numeric and str arrays: nothing here is ever pickled.
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(kept)
+
+
+def import_file(path: Path, *, using: str = "default") -> ImportResult:
+    """Store the vectors of an export file for the rows that exist in ``using``.
+
+    Sets the rows' column and tells peer processes, as a save does. Rows that do
+    not exist are skipped. Vectors made by another provider are imported all the
+    same; searches leave them out until ``embeddings_backfill --stale``.
+    """
+    data = _read(Path(path))
+    try:
+        field = resolve_one(data["label"])
+    except LabelError as exc:
+        raise TransferError(f"{str(path)!r} is for a field not found here: {exc}") from exc
+    keys: list[str] = data["keys"]
+    vectors = data["vectors"]
+    result = ImportResult(field.label, total=len(keys))
+    provider_identity = _provider_identity(field)
+    store = field.store
+    manager = field.model._base_manager.using(using)
+    for start in range(0, len(keys), IMPORT_CHUNK):
+        chunk = keys[start : start + IMPORT_CHUNK]
+        live = existing_keys(field, chunk, using=using)
+        rows = [start + offset for offset, key in enumerate(chunk) if key in live]
+        result.skipped += len(chunk) - len(rows)
+        if not rows:
+            continue
+        identities = [data["identity_names"][data["identities"][row]] for row in rows]
+        entries = store.put_many(
+            (keys[row], vectors[row], data["hashes"][row], identity)
+            for row, identity in zip(rows, identities, strict=True)
+        )
+        chunk_vectors = [vectors[row] for row in rows]
+        cache.apply_delta(store, entries, chunk_vectors)
+        invalidation.publish(store, entries, chunk_vectors)
+        manager.filter(pk__in=[field.pk_from_key(keys[row]) for row in rows]).update(
+            **{field.attname: int(vectors.shape[1])}
+        )
+        result.imported += len(rows)
+        if provider_identity is not None:
+            result.other_identity += sum(1 for i in identities if i != provider_identity)
+    return result
+
+
+def _provider_identity(field: EmbeddingField) -> str | None:
+    try:
+        return str(field.get_provider().identity)
+    except Exception:  # an unconfigured provider must not stop an import of finished vectors
+        logger.warning("%s: cannot build its provider to compare identities", field.label)
+        return None
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """Load and validate an export file; ``TransferError`` says what is wrong."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise TransferError(f"{str(path)!r} is not an embeddings export file: {exc}") from exc
+    wanted = ("keys", "vectors", "hashes", "identities", "identity_names", "meta")
+    absent = [name for name in wanted if name not in arrays]
+    if absent:
+        raise TransferError(f"{str(path)!r} is not an embeddings export file: no {absent!r}.")
+    try:
+        meta = json.loads(str(arrays["meta"][()]))
+    except ValueError as exc:
+        raise TransferError(f"{str(path)!r} has unreadable metadata: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        raise TransferError(f"{str(path)!r} has export format {found!r}; expected {FORMAT}.")
+    keys, vectors = arrays["keys"], arrays["vectors"]
+    hashes, identities, names = arrays["hashes"], arrays["identities"], arrays["identity_names"]
+    count = len(keys)
+    if (
+        keys.ndim != 1
+        or keys.dtype.kind != "U"
+        or vectors.ndim != 2
+        or vectors.dtype.kind != "f"
+        or len(vectors) != count
+        or hashes.shape != (count,)
+        or identities.shape != (count,)
+        or identities.dtype.kind != "u"
+        or (count and int(identities.max()) >= len(names))
+    ):
+        raise TransferError(f"{str(path)!r} has arrays of inconsistent shapes or types.")
+    if count and (vectors.shape[1] == 0 or not np.isfinite(vectors).all()):
+        raise TransferError(f"{str(path)!r} holds empty, NaN or infinite vectors.")
+    label = meta.get("label")
+    if not isinstance(label, str):
+        raise TransferError(f"{str(path)!r} names no field (label {label!r}).")
+    return {
+        "label": label,
+        "keys": [str(key) for key in keys],
+        "vectors": vectors.astype(np.float32, copy=False),
+        "hashes": [str(value) for value in hashes],
+        "identities": [int(value) for value in identities],
+        "identity_names": [str(name) for name in names],
+    }
