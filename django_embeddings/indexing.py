@@ -22,6 +22,8 @@ from django_embeddings import cache, invalidation
 from django_embeddings.conf import conf
 from django_embeddings.exceptions import EmbeddingsError, ProviderError
 from django_embeddings.providers import validate_vectors
+from django_embeddings.store import Entry, Store
+from django_embeddings.typing import Vector
 
 if TYPE_CHECKING:
     from django_embeddings.fields import EmbeddingField
@@ -65,11 +67,16 @@ def sync(
 
 def remove(field: EmbeddingField, keys: Iterable[str]) -> None:
     """Delete the vectors of rows that were deleted."""
-    keys = list(keys)
     store = field.store
-    entries = store.delete_many(keys)
-    cache.apply_delta(store, entries)
-    invalidation.publish(store, entries)
+    announce(store, store.delete_many(list(keys)))
+
+
+def announce(
+    store: Store, entries: Sequence[Entry], vectors: Sequence[Vector] | None = None
+) -> None:
+    """Apply a committed store change to this process's index and tell the peers."""
+    cache.apply_delta(store, entries, vectors)
+    invalidation.publish(store, entries, vectors)
 
 
 def _store_rows(
@@ -106,8 +113,7 @@ def _store_rows(
             (key, vector, content_hash(todo[key]), provider.identity)
             for key, vector in zip(keys, vectors, strict=True)
         )
-        cache.apply_delta(store, entries, list(vectors))
-        invalidation.publish(store, entries, list(vectors))
+        announce(store, entries, list(vectors))
     stored = [obj for key, obj in rows.items() if key not in empty]
     _set_column(field, stored, provider.dimensions, using)
     return len(todo)

@@ -17,7 +17,7 @@ from django.db import models
 
 from django_embeddings import cache, invalidation
 from django_embeddings.cache import Hit
-from django_embeddings.exceptions import EmbeddingsError
+from django_embeddings.exceptions import EmbeddingsError, ProviderError
 from django_embeddings.fields import EmbeddingField, embedding_fields
 from django_embeddings.providers import validate_vectors
 from django_embeddings.typing import Vector
@@ -46,8 +46,15 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         _check_k(k)
         if isinstance(query, str):
             provider = embedding_field.get_provider()
-            raw = provider.embed([query], input_type="query")
             target = f"a search of {embedding_field.label}"
+            try:
+                raw = provider.embed([query], input_type="query")
+            except ProviderError:
+                raise
+            except Exception as exc:
+                raise ProviderError(
+                    f"Provider {provider.identity!r} failed to embed {target}: {exc}"
+                ) from exc
             vector = validate_vectors(raw, expected_rows=1, provider=provider, target=target)[0]
         else:
             vector = np.asarray(query, dtype=np.float32)

@@ -26,10 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from django_embeddings import __version__, cache, invalidation
+from django_embeddings import __version__, cache
 from django_embeddings.backfill import existing_keys
 from django_embeddings.exceptions import EmbeddingsError
 from django_embeddings.fields import EmbeddingField
+from django_embeddings.indexing import announce
 from django_embeddings.labels import LabelError, resolve_one
 
 __all__ = ["FORMAT", "ImportResult", "TransferError", "export_field", "import_file"]
@@ -146,8 +147,7 @@ def import_file(path: Path, *, using: str = "default") -> ImportResult:
             for row, identity in zip(rows, identities, strict=True)
         )
         chunk_vectors = [vectors[row] for row in rows]
-        cache.apply_delta(store, entries, chunk_vectors)
-        invalidation.publish(store, entries, chunk_vectors)
+        announce(store, entries, chunk_vectors)
         manager.filter(pk__in=[field.pk_from_key(keys[row]) for row in rows]).update(
             **{field.attname: int(vectors.shape[1])}
         )

@@ -5,7 +5,7 @@ import pytest
 from django.db import connection
 
 from django_embeddings import EmbeddingManager, EmbeddingQuerySet
-from django_embeddings.exceptions import EmbeddingsError
+from django_embeddings.exceptions import EmbeddingsError, ProviderError
 from django_embeddings.providers import get_provider
 from tests.testapp.models import Article, ManualDoc
 
@@ -151,6 +151,15 @@ class TestSemanticSearch:
         hits = list(Article.objects.semantic_search("apple banana", k=10))
         assert [h.pk for h in hits] == [fresh.pk]
         assert "embedded by another provider" in caplog.text
+
+
+def test_a_failing_provider_is_a_provider_error(corpus, settings):
+    settings.DJANGO_EMBEDDINGS_PROVIDERS = {
+        **settings.DJANGO_EMBEDDINGS_PROVIDERS,
+        "default": {"BACKEND": "tests.utils.FailingProvider"},
+    }
+    with pytest.raises(ProviderError, match=r"a search of testapp\.Article\.embedding"):
+        Article.objects.semantic_search("anything")
 
 
 class TestSimilarTo:

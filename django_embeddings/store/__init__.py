@@ -48,6 +48,7 @@ class GarbageReport:
     entries: list[str] = field(default_factory=list)  # keys whose index entry was removed
     files: list[str] = field(default_factory=list)  # vector files removed with no entry
     skipped_recent: int = 0  # orphans younger than the age guard
+    journal: list[Entry] = field(default_factory=list)  # the deletions written, to announce
 
 
 @dataclass
@@ -268,7 +269,7 @@ class Store:
         if dry_run:
             return report
         if dead:
-            self.delete_many(dead)
+            report.journal = self.delete_many(dead)
         for name in report.files:
             files.delete_vector(self.path, name)
         return report

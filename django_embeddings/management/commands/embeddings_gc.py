@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_embeddings.backfill import existing_keys
 from django_embeddings.fields import EmbeddingField
+from django_embeddings.indexing import announce
 from django_embeddings.management.commands._common import add_database, add_labels, fields_for
 
 # A store this large next to an empty table more likely means the wrong database
@@ -60,6 +61,7 @@ class Command(BaseCommand):
                 min_age=min_age,
                 dry_run=dry_run,
             )
+            announce(field.store, report.journal)
             removed = len(report.entries) + len(report.files)
             if options["verbosity"] >= 1:
                 verb = "Would remove" if dry_run else "Removed"
