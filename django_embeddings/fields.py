@@ -153,7 +153,23 @@ class EmbeddingField(models.IntegerField):  # type: ignore[type-arg]
             *self._check_source(),
             *self._check_primary_key(),
             *self._check_provider(),
+            *self._check_tasks(),
         ]
+
+    def _check_tasks(self) -> list[checks.CheckMessage]:
+        from django_embeddings.tasks import framework
+
+        if self.deferred and framework is None:
+            return [
+                checks.Error(
+                    f"{self.label} defers embedding, but no tasks framework is installed.",
+                    hint="Use Django 6.0+ (django.tasks), or pip install django-tasks and add "
+                    '"django_tasks" to INSTALLED_APPS.',
+                    obj=self,
+                    id="django_embeddings.E010",
+                )
+            ]
+        return []
 
     def _check_provider(self) -> list[checks.CheckMessage]:
         providers = conf.PROVIDERS

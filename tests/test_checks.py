@@ -106,3 +106,11 @@ def test_checks_are_registered(settings):
     settings.DJANGO_EMBEDDINGS_DIR = None
     with pytest.raises(SystemCheckError, match="django_embeddings.E002"):
         call_command("check", stdout=StringIO(), stderr=StringIO())
+
+
+def test_deferred_field_passes_with_a_tasks_framework(settings):
+    settings.DJANGO_EMBEDDINGS_DEFER = True
+    field = EmbeddingField(source="body")
+    field.set_attributes_from_name("vec")
+    field.model = Article
+    assert field.check() == []  # django.tasks (6.x) or django-tasks (5.2) is installed
