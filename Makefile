@@ -27,5 +27,51 @@ $(TOX):
 test: $(TOX)
 	$(TOX) run -e $(TOX_ENVS)
 
+# make demo: the example project (example_project/README.md) with the documentation of
+# Python's standard library, embedded by the built-in model, served on http://$(DEMO_ADDR)/.
+# A second run reuses the virtualenv, the database and the vectors, and starts in seconds.
+DEMO_VENV := .venv-demo
+DEMO_PYTHON := $(DEMO_VENV)/bin/python
+DEMO_MANAGE := $(DEMO_PYTHON) example_project/manage.py
+DEMO_ADDR ?= 127.0.0.1:8000
+
+$(DEMO_VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "make demo needs Python 3.11 or newer, e.g. make demo PYTHON=python3.12")'
+	@echo "==> Creating $(DEMO_VENV) and installing django_embeddings into it (pip install -e .)"
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_PYTHON) -m pip install --quiet --disable-pip-version-check -e .
+	@touch $@
+
+demo: $(DEMO_VENV)/.installed
+	@echo "==> Migrating the SQLite database (example_project/db.sqlite3)"
+	@$(DEMO_MANAGE) migrate --noinput --verbosity 0
+	@echo "==> Loading the documentation of Python's standard library"
+	@$(DEMO_MANAGE) load_stdlib_docs
+	@echo "==> Embedding the documents with the built-in local model"
+	@$(DEMO_MANAGE) embeddings_backfill docs.Document
+	@$(DEMO_MANAGE) embeddings_compact docs.Document
+	@$(DEMO_MANAGE) demo_user
+	@echo "==> Search: http://$(DEMO_ADDR)/  Admin: http://$(DEMO_ADDR)/admin/  API: http://$(DEMO_ADDR)/api/search?q=read+a+csv+file"
+	@$(DEMO_MANAGE) runserver $(DEMO_ADDR)
+
+# make bench: django_embeddings side by side with popoto, numpy and FAISS (bench/run.py), in a
+# virtualenv of its own. `make bench QUICK=1` runs small corpora in about two minutes; the full
+# run builds 1M-row corpora (tens of minutes, ~15 GB of temp disk). Results: bench/results/.
+# OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE (set on some machines for old OpenBLAS builds) slow a
+# current numpy, so they are unset for this command alone; the report names the BLAS kernel run.
+BENCH_VENV := .venv-bench
+BENCH_PYTHON := $(BENCH_VENV)/bin/python
+BENCH_ARGS ?=
+
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PYTHON) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BENCH_PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[bench,test]'
+	@touch $@
+
+bench: $(BENCH_VENV)/.installed
+	@env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BENCH_PYTHON) -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
+
 clean:
-	rm -rf $(TOOLS) .tox build dist *.egg-info
+	rm -rf $(TOOLS) $(DEMO_VENV) $(BENCH_VENV) .tox build dist *.egg-info
+	rm -rf example_project/db.sqlite3 example_project/embeddings

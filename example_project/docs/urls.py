@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from example_project.docs import views
+
+app_name = "docs"
+
+urlpatterns = [
+    path("", views.search, name="search"),
+    path("doc/<int:pk>/", views.document, name="document"),
+    path("api/search", views.api_search, name="api-search"),
+]
