@@ -49,7 +49,6 @@ demo: $(DEMO_VENV)/.installed
 	@$(DEMO_MANAGE) load_stdlib_docs
 	@echo "==> Embedding the documents with the built-in local model"
 	@$(DEMO_MANAGE) embeddings_backfill docs.Document
-	@$(DEMO_MANAGE) embeddings_compact docs.Document
 	@$(DEMO_MANAGE) demo_user
 	@echo "==> Search: http://$(DEMO_ADDR)/  Admin: http://$(DEMO_ADDR)/admin/  API: http://$(DEMO_ADDR)/api/search?q=read+a+csv+file"
 	@$(DEMO_MANAGE) runserver $(DEMO_ADDR)

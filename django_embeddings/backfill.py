@@ -167,6 +167,10 @@ def _embed_field(
         result.seconds = time.monotonic() - started
         if progress is not None:
             progress(result)
+    if result.embedded:
+        # A bulk load leaves a long journal: fold it now, so that cold starts map
+        # one matrix instead of reading a file per row.
+        field.store.compact()
     result.seconds = time.monotonic() - started
     logger.info(
         "%s: backfill (%s) embedded %d of %d rows in %.1f s",
