@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.apps import AppConfig
-from django.core.checks import CheckMessage, Error
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning
 from django.utils.module_loading import import_string
 
 from django_embeddings.conf import INVALIDATION_MODES, ON_ERROR_CHOICES, conf
@@ -21,7 +22,13 @@ DOCS = "https://pypi.org/project/django-embedding-field/#system-checks"
 def check_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    return [*_check_providers(), *_check_dir(), *_check_invalidation(), *_check_on_error()]
+    return [
+        *_check_providers(),
+        *_check_dir(),
+        *_check_invalidation(),
+        *_check_on_error(),
+        *_check_redis(),
+    ]
 
 
 def _check_providers() -> list[CheckMessage]:
@@ -107,3 +114,43 @@ def _check_on_error() -> list[CheckMessage]:
             )
         ]
     return []
+
+
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _check_redis() -> list[CheckMessage]:
+    """``pubsub`` needs DJANGO_EMBEDDINGS_REDIS to be a redis URL or a django-redis cache."""
+    if conf.INVALIDATION != "pubsub":
+        return []
+    target = conf.REDIS
+    if target.startswith(REDIS_URL_SCHEMES):
+        return []
+    caches = getattr(settings, "CACHES", {})
+    config = caches.get(target) if isinstance(caches, dict) else None
+    if not isinstance(config, dict):
+        problem = "is neither a redis://, rediss:// or unix:// URL nor an alias in CACHES"
+    elif not str(config.get("BACKEND", "")).startswith("django_redis."):
+        problem = f"names a cache with BACKEND {config.get('BACKEND')!r}, not django-redis"
+    else:
+        options = config.get("OPTIONS") or {}
+        if isinstance(options, dict) and options.get("SOCKET_TIMEOUT") is None:
+            return [
+                Warning(
+                    f"DJANGO_EMBEDDINGS_REDIS names the cache {target!r}, which has no "
+                    "SOCKET_TIMEOUT: a Redis that stops answering would block every write "
+                    "while it publishes the change.",
+                    hint="Set CACHES[...]['OPTIONS']['SOCKET_TIMEOUT'] (and "
+                    f"SOCKET_CONNECT_TIMEOUT), e.g. to 5 seconds. See {DOCS}",
+                    id="django_embeddings.W001",
+                )
+            ]
+        return []
+    return [
+        Error(
+            f"DJANGO_EMBEDDINGS_REDIS {target!r} {problem}.",
+            hint="Point it at a CACHES alias served by django_redis.cache.RedisCache, or at a "
+            "redis:// URL; or set DJANGO_EMBEDDINGS_INVALIDATION to 'mtime' or 'none'.",
+            id="django_embeddings.E011",
+        )
+    ]

@@ -33,8 +33,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import redis
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
+from django_redis import get_redis_connection
 
 from django_embeddings import cache, messages
 from django_embeddings.conf import conf
@@ -42,6 +44,7 @@ from django_embeddings.store import Entry, Store
 from django_embeddings.typing import Vector
 
 __all__ = [
+    "announce",
     "handle_message",
     "listener_healthy",
     "mode",
@@ -105,18 +108,41 @@ def publish(
         secret=conf.SIGNING_KEYS[0],
         channel=conf.CHANNEL,
     )
-    _send(store, payload, entries[-1].version)
+    _send(store, payload)
 
 
-def start() -> None:
-    """Start this process's listener if the mode asks for one (``AppConfig.ready``).
+def announce(store: Store) -> None:
+    """Tell peers that ``store`` changed in a way no journal entries describe
+    (``Store.clear()``, an import): they re-read it. ``pubsub`` mode only."""
+    if mode() != "pubsub":
+        return
+    _current_listener()
+    payload = messages.encode(
+        store.label,
+        _state.sender,
+        store.version(),
+        [],
+        None,
+        secret=conf.SIGNING_KEYS[0],
+        channel=conf.CHANNEL,
+    )
+    _send(store, payload)
 
-    Idempotent. Forked children do not inherit it: they start their own on first use.
+
+def start(*, now: bool = False) -> None:
+    """Ask for this process's listener if the mode wants one (``AppConfig.ready``).
+
+    The thread starts on first use (the first search, write or health check), or
+    at once with ``now=True``. Starting late keeps ``ready()`` free of threads and
+    network, and keeps a pre-fork server's master (gunicorn ``--preload``, a
+    Celery prefork pool) from forking while the thread is halfway through
+    something. Idempotent. Forked children never inherit a listener: they start
+    their own on first use.
     """
     with _state.lock:
         _check_pid()
         _state.wanted = mode() == "pubsub"
-        if not _state.wanted:
+        if not _state.wanted or not now:
             return
         if _state.listener is not None and _state.listener.is_alive():
             return
@@ -207,7 +233,7 @@ def store_for_label(label: str) -> Store | None:
         model = apps.get_model(app_label, model_name)
     except LookupError:
         return None
-    for field in embedding_fields(model):  # type: ignore[arg-type]
+    for field in embedding_fields(model):
         if field.name == field_name and field.label == label and field.cache:
             try:
                 return field.store
@@ -244,10 +270,13 @@ def _reconcile() -> None:
         index = cache.loaded(store.label)
         if index is not None and index.store.path == store.path:
             if index.version >= version:
-                del _state.latest[key]
+                _state.latest.pop(key, None)
                 continue
             with _state.apply_lock:
-                cache.catch_up(index, force=True)
+                try:
+                    cache.catch_up(index, force=True)
+                except Exception:
+                    logger.debug("Could not catch up %s", store.label, exc_info=True)
         if now > until:
             _state.latest.pop(key, None)
 
@@ -265,7 +294,7 @@ def _catch_up_everything() -> None:
 # -- sending -----------------------------------------------------------------------------
 
 
-def _send(store: Store, payload: bytes, version: int) -> None:
+def _send(store: Store, payload: bytes) -> None:
     try:
         client = _client()
         client.publish(conf.CHANNEL, payload)
@@ -291,20 +320,9 @@ def _resend() -> None:
     """Send a hint for each store whose publish failed, so peers read its journal."""
     for store in list(_state.unsent.values()):
         try:
-            version = store.version()
+            announce(store)
         except Exception:
             logger.debug("Cannot read the version of %s", store.label, exc_info=True)
-            continue
-        payload = messages.encode(
-            store.label,
-            _state.sender,
-            version,
-            [],
-            None,
-            secret=conf.SIGNING_KEYS[0],
-            channel=conf.CHANNEL,
-        )
-        _send(store, payload, version)
 
 
 def _client() -> Any:
@@ -313,16 +331,12 @@ def _client() -> Any:
     if "://" in target:
         cached = _state.clients.get(target)
         if cached is None:
-            import redis
-
             # Timeouts keep a hung Redis from blocking a write; the URL's own options win.
             cached = redis.Redis.from_url(
                 target, socket_timeout=5, socket_connect_timeout=2, health_check_interval=0
             )
             _state.clients[target] = cached
         return cached
-    from django_redis import get_redis_connection
-
     try:
         return get_redis_connection(target)
     except NotImplementedError as exc:
@@ -378,19 +392,23 @@ class _Listener(threading.Thread):
         last_ping = last_heard = time.monotonic()
         while not self._stop_event.is_set():
             message = pubsub.get_message(timeout=POLL_SECONDS)
-            now = time.monotonic()
             if message is not None:
-                last_heard = now
                 kind = message.get("type")
                 if kind == "subscribe":
                     # The first confirmation, or redis-py silently reconnected and
                     # re-subscribed: either way we may have missed messages.
                     self.healthy = False
-                    ready_at = now + GRACE_SECONDS
+                    ready_at = time.monotonic() + GRACE_SECONDS
                 elif kind == "message":
-                    handle_message(message.get("data"))
+                    try:
+                        handle_message(message.get("data"))
+                    except Exception:  # a broken store, not a broken connection
+                        logger.exception("Could not apply a change published by a peer")
                 elif kind == "unsubscribe":
                     raise ConnectionError("unsubscribed by the server")
+                # Measured after handling, so a slow catch-up is not taken for silence.
+                last_heard = time.monotonic()
+            now = time.monotonic()
             if ready_at is not None and now >= ready_at:
                 ready_at = None
                 _catch_up_everything()
@@ -469,7 +487,7 @@ def _current_listener() -> _Listener | None:
         _after_fork_in_child()
     listener = _state.listener
     if listener is None and _state.wanted:
-        start()
+        start(now=True)
         listener = _state.listener
     return listener
 
