@@ -49,6 +49,9 @@ if os.environ.get("DJANGO_EMBEDDINGS_TEST_DB") == "postgres":
             "USER": os.environ.get("PGUSER", "postgres"),
             "PASSWORD": os.environ.get("PGPASSWORD", ""),
             "NAME": "test",
+            # A database per run, so that runs in parallel (tox environments, a
+            # developer's run beside CI) never drop each other's tables.
+            "TEST": {"NAME": f"test_django_embeddings_{os.getpid()}"},
         }
     }
 else:
