@@ -285,7 +285,7 @@ def _schedule(field: EmbeddingField, instance: models.Model, using: str, *, dele
 
     if deleted:
         key = field.key(instance.pk)
-        transaction.on_commit(lambda: indexing.remove(field, [key]), using=using)
+        transaction.on_commit(lambda: indexing.remove(field, [key], using=using), using=using)
     elif field.deferred:
         from django_embeddings import tasks
 

@@ -65,10 +65,20 @@ def sync(
     return embedded
 
 
-def remove(field: EmbeddingField, keys: Iterable[str]) -> None:
-    """Delete the vectors of rows that were deleted."""
+def remove(field: EmbeddingField, keys: Iterable[str], *, using: str | None = None) -> None:
+    """Delete the vectors of rows that were deleted.
+
+    With ``using``, rows that exist again once their vectors are gone (deleted, then
+    created again by another process whose own save finished first) are embedded
+    again, so the last writer to finish leaves what the database holds.
+    """
+    keys = list(keys)
     store = field.store
-    announce(store, store.delete_many(list(keys)))
+    announce(store, store.delete_many(keys))
+    if using is not None:
+        back = list(_rows(field, keys, using))
+        if back:
+            sync(field, back, using=using)
 
 
 def announce(
@@ -132,14 +142,24 @@ def _changed_since(
         # meanwhile would raise DoesNotExist out of an unrelated save.
         fresh_qs = fresh_qs.only(*columns, field.attname)
     fresh = {field.key(obj.pk): obj for obj in fresh_qs}
-    gone = [key for key in rows if key not in fresh]
-    if gone:
-        remove(field, gone)
-    return {
+    changed = {
         key: obj
         for key, obj in fresh.items()
         if field.source_text(obj) != field.source_text(rows[key])
     }
+    gone = [key for key in rows if key not in fresh]
+    if gone:
+        remove(field, gone)
+        # Created again while we removed it: its own save may have stored it before
+        # our removal, so the next round stores it again.
+        changed.update((field.key(obj.pk), obj) for obj in _rows(field, gone, using))
+    return changed
+
+
+def _rows(field: EmbeddingField, keys: Sequence[str], using: str) -> Iterable[models.Model]:
+    """The rows of ``keys`` that exist in ``using``."""
+    pks = [field.pk_from_key(key) for key in keys]
+    return field.model._base_manager.using(using).filter(pk__in=pks)
 
 
 def _set_column(
@@ -156,13 +176,21 @@ def _set_column(
 
 
 def _fail(field: EmbeddingField, keys: list[str], using: str, exc: Exception) -> None:
-    """Leave failed rows with no embedding, then raise or log as configured."""
+    """Leave failed rows with no embedding, then raise or log as configured.
+
+    The column is cleared first and on its own: when the store is what failed (a
+    read-only or full disk), removing the old vectors fails too, and the NULL column
+    is what makes ``embeddings_backfill --missing`` find the rows again.
+    """
+    pks: list[Any] = [field.pk_from_key(key) for key in keys]
+    try:
+        field.model._base_manager.using(using).filter(pk__in=pks).update(**{field.attname: None})
+    except Exception as cleanup:  # the original error matters more than the clean-up's
+        logger.warning("Could not mark the rows of %s as missing: %s", field.label, cleanup)
     try:
         remove(field, keys)
-        pks: list[Any] = [field.pk_from_key(key) for key in keys]
-        field.model._base_manager.using(using).filter(pk__in=pks).update(**{field.attname: None})
-    except Exception:  # the original error matters more than the clean-up's
-        logger.exception("Could not clear the embeddings of %s after a failure", field.label)
+    except Exception as cleanup:
+        logger.warning("Could not remove the old vectors of %s: %s", field.label, cleanup)
     if conf.ON_ERROR == "log":
         logger.error("Embedding %s failed: %s", field.label, exc, exc_info=exc)
         return

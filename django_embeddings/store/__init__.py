@@ -9,12 +9,14 @@ leaves a store that loads consistently, plus temp files or orphans that
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -65,6 +67,25 @@ class Stats:
     unindexed_files: int = 0  # vector files with no index entry (garbage collection removes)
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _writes(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concatenate[Store, _P], _R]:
+    """Report an OS error of a write (read-only or full disk) as a StoreError naming the store."""
+
+    @functools.wraps(method)
+    def wrapper(self: Store, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            raise StoreError(
+                f"Cannot write to the store of {self.label} at {str(self.path)!r}: {exc}"
+            ) from exc
+
+    return wrapper
+
+
 def normalize(matrix: Matrix) -> Matrix:
     """Rows scaled to unit length, so a dot product is the cosine similarity."""
     matrix = np.asarray(matrix, dtype=np.float32)
@@ -86,6 +107,7 @@ class Store:
     def put(self, key: str, vector: Vector, *, content_hash: str, identity: str) -> Entry:
         return self.put_many([(key, vector, content_hash, identity)])[0]
 
+    @_writes
     def put_many(self, items: Iterable[tuple[str, Vector, str, str]]) -> list[Entry]:
         """Store vectors: files first, then one journal append for the batch.
 
@@ -125,6 +147,7 @@ class Store:
     def delete(self, key: str) -> Entry:
         return self.delete_many([key])[0]
 
+    @_writes
     def delete_many(self, keys: Iterable[str]) -> list[Entry]:
         keys = list(keys)
         if not keys or not self.path.is_dir():
@@ -141,6 +164,7 @@ class Store:
             self._maybe_compact(entries[-1].version)
         return entries
 
+    @_writes
     def compact(self) -> int:
         """Fold the journal into a new snapshot now; returns the snapshot's version."""
         if not self.path.is_dir():
@@ -165,11 +189,21 @@ class Store:
                 snap = snapshot.load(self.path)
             except FileNotFoundError:
                 continue  # the snapshot named by _index.json was just replaced
-            except (OSError, ValueError, KeyError) as exc:
-                raise StoreError(f"Cannot read the snapshot of {self.label}: {exc}") from exc
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                snap = self._damaged_snapshot(exc)
             tail = journal.read(self.path)
             if tail is None:
                 if not (self.path / journal.JOURNAL).exists():
+                    return State(snap, [], Position(0, 0), snap.version)
+                if journal.unreadable(self.path):
+                    # Not a race: journals are swapped whole. The next append heals it.
+                    if (self.path, -1) not in _damaged:
+                        _damaged.add((self.path, -1))
+                        logger.warning(
+                            "%s: the journal in %s has no readable line; using the snapshot",
+                            self.label,
+                            self.path,
+                        )
                     return State(snap, [], Position(0, 0), snap.version)
                 continue
             if tail.base > snap.version:
@@ -277,6 +311,7 @@ class Store:
     def sweep_tempfiles(self, max_age: float = 3600) -> list[str]:
         return files.sweep_tempfiles(self.path, max_age)
 
+    @_writes
     def clear(self) -> None:
         """Delete every vector (``embeddings_backfill --reset``)."""
         if not self.path.is_dir():
@@ -290,7 +325,10 @@ class Store:
     # -- internals -----------------------------------------------------------------
 
     def _prepare(self) -> None:
-        files.ensure_dir(self.path)
+        try:
+            files.ensure_dir(self.path)
+        except StoreError as exc:
+            raise StoreError(f"{self.label}: {exc}") from exc
         if not (self.path / journal.JOURNAL).exists():
             with journal.locked(self.path):
                 if not (self.path / journal.JOURNAL).exists():
@@ -347,9 +385,35 @@ class Store:
         last = journal.last_version(self.path)
         return max(last if last is not None else 0, self._index_version())
 
+    def _damaged_snapshot(self, exc: Exception) -> Snapshot:
+        """An empty stand-in for a snapshot that cannot be read (truncated, not arrays).
+
+        Searches go on with the rows written since; the snapshot's rows read as
+        missing, so ``embeddings_backfill`` embeds them again, and the next compaction
+        replaces the damaged snapshot.
+        """
+        version = self._index_version()
+        if (self.path, version) not in _damaged:
+            _damaged.add((self.path, version))
+            logger.warning(
+                "%s: the snapshot of version %d in %s is damaged (%s); its rows are left "
+                "out until `manage.py embeddings_backfill %s` embeds them again.",
+                self.label,
+                version,
+                self.path,
+                exc,
+                self.label,
+            )
+        return Snapshot(version=version)
+
     def _maybe_compact(self, version: int) -> None:
         if version - self._index_version() >= self.compact_threshold:
-            self._compact_locked()
+            try:
+                self._compact_locked()
+            except (OSError, StoreError) as exc:
+                # The write that got us here is in the journal already: failing it now
+                # (a full disk) would report a stored vector as lost. A later write retries.
+                logger.warning("%s: could not compact the store: %s", self.label, exc)
 
     def _compact_locked(self) -> int:
         state = self.read_state()
@@ -368,10 +432,20 @@ class Store:
                 fresh.pop(entry.key, None)
         identity_names = list(snap.identity_names)
         new_keys, new_vectors, new_hashes, new_ids = [], [], [], []
+        expected = snap.dimensions or self._stored_dimensions()
         for key, (content_hash, identity) in fresh.items():
             vector = self.load_vector(key)
             if vector is None:
                 logger.warning("%s: the file of row %r is missing; dropping it", self.label, key)
+                continue
+            if expected is not None and vector.shape != (expected,):
+                logger.warning(
+                    "%s: the file of row %r holds %d values, not %d; dropping it",
+                    self.label,
+                    key,
+                    vector.shape[0],
+                    expected,
+                )
                 continue
             if identity not in identity_names:
                 identity_names.append(identity)
@@ -414,6 +488,9 @@ class Store:
         journal.create(self.path, snap.version)
         snapshot.remove_unreferenced(self.path, f"snapshot-{snap.version}")
         return snap.version
+
+
+_damaged: set[tuple[Path, int]] = set()  # snapshots already reported as damaged
 
 
 def _live_keys(state: State) -> set[str]:

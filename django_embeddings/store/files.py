@@ -37,8 +37,16 @@ def filename_for(key: str) -> str:
 
 
 def ensure_dir(path: Path) -> None:
+    # Every directory we create is private, not only the last: Path.mkdir(parents=True)
+    # would create DJANGO_EMBEDDINGS_DIR and the model's directory with the umask's mode.
+    missing = []
+    parent = path
+    while not parent.is_dir() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
     try:
-        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        for directory in reversed(missing):
+            directory.mkdir(mode=DIR_MODE, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"Cannot create the embeddings directory {str(path)!r}: {exc}") from exc
 

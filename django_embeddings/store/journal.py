@@ -104,7 +104,12 @@ def append(directory: Path, entries: list[Entry]) -> None:
         if _ends_without_newline(fd):
             # A writer killed mid-line left a fragment: close it so ours stays parseable.
             payload = b"\n" + payload
-        os.write(fd, payload)  # one write per batch; readers stop at the last full line
+        # One write per batch; readers stop at the last full line. A full disk can take
+        # part of it: write on until the rest fails, so the caller learns of it (a short
+        # write taken as complete would hand out versions the journal does not hold).
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
 
@@ -166,6 +171,15 @@ def read(directory: Path, position: Position | None = None) -> Tail | None:
             continue
         entries.append(entry)
     return Tail(base, entries, Position(inode, offset + end))
+
+
+def unreadable(directory: Path) -> bool:
+    """Does the journal exist without one complete line (so not even its header)?"""
+    try:
+        with open(directory / JOURNAL, "rb") as handle:
+            return b"\n" not in handle.read(1 << 16)
+    except FileNotFoundError:
+        return False
 
 
 def _read_base(line: bytes) -> int:

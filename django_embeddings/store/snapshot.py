@@ -117,12 +117,32 @@ def load(directory: Path) -> Snapshot:
         array: np.load(path / f"{array}.npy", mmap_mode="r", allow_pickle=False)
         for array in _ARRAYS
     }
-    return Snapshot(
+    snap = Snapshot(
         version=version,
         identity_names=[str(item) for item in meta["identities"]],
         name=name,
         **arrays,
     )
+    _check(snap)
+    return snap
+
+
+def _check(snap: Snapshot) -> None:
+    """Raise ``ValueError`` unless the arrays fit together (a damaged file may still parse)."""
+    rows = len(snap.keys)
+    fits = (
+        snap.keys.ndim == 1
+        and snap.keys.dtype.kind in "iU"
+        and snap.vectors.ndim == 2
+        and snap.vectors.shape[0] == rows
+        and snap.vectors.dtype.kind == "f"
+        and snap.hashes.shape == (rows, 16)
+        and snap.identities.shape == (rows,)
+        and snap.identities.dtype.kind == "u"
+        and (not rows or int(snap.identities.max()) < len(snap.identity_names))
+    )
+    if not fits:
+        raise ValueError(f"the arrays of {snap.name} do not fit together")
 
 
 def write(directory: Path, snapshot: Snapshot) -> None:
@@ -131,12 +151,13 @@ def write(directory: Path, snapshot: Snapshot) -> None:
     staging = Path(tempfile.mkdtemp(dir=directory, prefix=TEMP_PREFIX))
     try:
         for array in _ARRAYS:
-            with open(staging / f"{array}.npy", "wb") as handle:
+            with open(staging / f"{array}.npy", "xb", opener=_private) as handle:
                 np.save(handle, getattr(snapshot, array), allow_pickle=False)
                 handle.flush()
                 os.fsync(handle.fileno())
         meta = {"version": snapshot.version, "identities": snapshot.identity_names}
-        (staging / "meta.json").write_text(json.dumps(meta))
+        with open(staging / "meta.json", "x", opener=_private) as meta_file:
+            meta_file.write(json.dumps(meta))
         target = directory / name
         if target.exists():
             shutil.rmtree(target)
@@ -146,6 +167,11 @@ def write(directory: Path, snapshot: Snapshot) -> None:
         raise
     index = {"_version": snapshot.version, "snapshot": name, "format": FORMAT}
     write_atomic(directory / INDEX, json.dumps(index).encode("ascii"))
+
+
+def _private(path: str, flags: int) -> int:
+    """Create files readable by their owner only, as vector files are (mkstemp's 0600)."""
+    return os.open(path, flags, 0o600)
 
 
 def remove_unreferenced(directory: Path, keep: str | None) -> None:
