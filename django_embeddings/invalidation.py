@@ -63,6 +63,9 @@ PING_SECONDS = 1.0  # a PING on the listener connection this often...
 DEAD_SECONDS = 3.0  # ...and no reply for this long means the connection is dead
 BACKOFF_SECONDS = (0.1, 10.0)  # reconnect delay: first, then doubling up to the last
 CATCH_UP_SECONDS = 10.0  # how long to keep trying to reach a version a peer announced
+# Even while healthy, every loaded index is checked (a stat each) this often: a write
+# whose PUBLISH failed (ACL, or the writer alone losing Redis) is seen within it.
+SWEEP_SECONDS = 5.0
 _JOIN_SECONDS = 2 * POLL_SECONDS + 1
 
 
@@ -281,14 +284,15 @@ def _reconcile() -> None:
             _state.latest.pop(key, None)
 
 
-def _catch_up_everything() -> None:
-    """After a (re)subscribe: messages may have been missed, so read every journal."""
+def _catch_up_everything(*, force: bool = True) -> None:
+    """Read what every loaded index missed: all journals after a (re)subscribe
+    (``force``), or only those whose ``stat`` changed for the periodic sweep."""
     for index in cache.loaded_indexes():
         with _state.apply_lock:
             try:
-                cache.catch_up(index, force=True)
+                cache.catch_up(index, force=force)
             except Exception:
-                logger.exception("Could not catch up %s after reconnecting", index.store.label)
+                logger.exception("Could not catch up %s", index.store.label)
 
 
 # -- sending -----------------------------------------------------------------------------
@@ -389,7 +393,7 @@ class _Listener(threading.Thread):
 
     def _listen(self, pubsub: Any) -> None:
         ready_at: float | None = None  # when to turn healthy
-        last_ping = last_heard = time.monotonic()
+        last_ping = last_heard = last_sweep = time.monotonic()
         while not self._stop_event.is_set():
             message = pubsub.get_message(timeout=POLL_SECONDS)
             if message is not None:
@@ -417,6 +421,9 @@ class _Listener(threading.Thread):
                     self._warned = False
                     logger.info("Listening to DJANGO_EMBEDDINGS_REDIS %r again", conf.REDIS)
             _reconcile()
+            if self.healthy and now - last_sweep >= SWEEP_SECONDS:
+                last_sweep = now
+                _catch_up_everything(force=False)
             if _state.unsent:
                 _resend()
             if now - last_ping >= PING_SECONDS:

@@ -17,6 +17,7 @@ from django.db import models
 
 from django_embeddings import cache, invalidation
 from django_embeddings.cache import Hit
+from django_embeddings.conf import conf
 from django_embeddings.exceptions import EmbeddingsError, ProviderError
 from django_embeddings.fields import EmbeddingField, embedding_fields
 from django_embeddings.providers import validate_vectors
@@ -48,7 +49,7 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
             provider = embedding_field.get_provider()
             target = f"a search of {embedding_field.label}"
             try:
-                raw = provider.embed([query], input_type="query")
+                raw = provider.embed([query[: conf.MAX_TEXT_LENGTH]], input_type="query")
             except ProviderError:
                 raise
             except Exception as exc:
