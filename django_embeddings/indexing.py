@@ -20,8 +20,8 @@ from django.db import models
 
 from django_embeddings import cache, invalidation
 from django_embeddings.conf import conf
-from django_embeddings.exceptions import EmbeddingsError, ProviderError
-from django_embeddings.providers import validate_vectors
+from django_embeddings.exceptions import EmbeddingsError
+from django_embeddings.providers import embed_checked
 from django_embeddings.store import Entry, Store
 from django_embeddings.typing import Vector
 
@@ -110,15 +110,7 @@ def _store_rows(
     if todo:
         keys = list(todo)
         target = f"{field.label} (rows {', '.join(repr(k) for k in keys[:5])})"
-        try:
-            raw = provider.embed([todo[key] for key in keys], input_type="document")
-        except ProviderError:
-            raise
-        except Exception as exc:
-            raise ProviderError(
-                f"Provider {provider.identity!r} failed to embed {target}: {exc}"
-            ) from exc
-        vectors = validate_vectors(raw, expected_rows=len(keys), provider=provider, target=target)
+        vectors = embed_checked(provider, list(todo.values()), input_type="document", target=target)
         entries = store.put_many(
             (key, vector, content_hash(todo[key]), provider.identity)
             for key, vector in zip(keys, vectors, strict=True)

@@ -18,9 +18,9 @@ from django.db import models
 from django_embeddings import cache, invalidation
 from django_embeddings.cache import Hit
 from django_embeddings.conf import conf
-from django_embeddings.exceptions import EmbeddingsError, ProviderError
+from django_embeddings.exceptions import EmbeddingsError
 from django_embeddings.fields import EmbeddingField, embedding_fields
-from django_embeddings.providers import validate_vectors
+from django_embeddings.providers import embed_checked
 from django_embeddings.typing import Vector
 
 __all__ = ["EmbeddingManager", "EmbeddingQuerySet", "EmbeddingQuerySetMixin"]
@@ -48,15 +48,8 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         if isinstance(query, str):
             provider = embedding_field.get_provider()
             target = f"a search of {embedding_field.label}"
-            try:
-                raw = provider.embed([query[: conf.MAX_TEXT_LENGTH]], input_type="query")
-            except ProviderError:
-                raise
-            except Exception as exc:
-                raise ProviderError(
-                    f"Provider {provider.identity!r} failed to embed {target}: {exc}"
-                ) from exc
-            vector = validate_vectors(raw, expected_rows=1, provider=provider, target=target)[0]
+            text = query[: conf.MAX_TEXT_LENGTH]
+            vector = embed_checked(provider, [text], input_type="query", target=target)[0]
         else:
             vector = np.asarray(query, dtype=np.float32)
             if vector.ndim != 1 or not np.isfinite(vector).all():

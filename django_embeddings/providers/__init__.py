@@ -13,7 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from django_embeddings.conf import conf
-from django_embeddings.providers.base import BaseProvider, validate_vectors
+from django_embeddings.providers.base import BaseProvider, embed_checked, validate_vectors
 from django_embeddings.providers.hashing import HashingProvider
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ __all__ = [
     "SentenceTransformerProvider",
     "StaticModelProvider",
     "clear_providers",
+    "embed_checked",
     "get_provider",
     "validate_vectors",
 ]

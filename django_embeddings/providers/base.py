@@ -38,6 +38,22 @@ class BaseProvider:
         return f"<{type(self).__name__} {self.identity!r}>"
 
 
+def embed_checked(
+    provider: BaseProvider, texts: Sequence[str], *, input_type: InputType, target: str
+) -> Matrix:
+    """``provider.embed(texts)``, with any failure raised as a ``ProviderError`` naming
+    ``target`` and the output checked by :func:`validate_vectors`."""
+    try:
+        raw = provider.embed(texts, input_type=input_type)
+    except ProviderError:
+        raise
+    except Exception as exc:
+        raise ProviderError(
+            f"Provider {provider.identity!r} failed to embed {target}: {exc}"
+        ) from exc
+    return validate_vectors(raw, expected_rows=len(texts), provider=provider, target=target)
+
+
 def validate_vectors(
     vectors: Any, *, expected_rows: int, provider: BaseProvider, target: str
 ) -> Matrix:
