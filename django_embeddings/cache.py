@@ -52,7 +52,9 @@ class FieldIndex:
         self.tail_meta: dict[str, tuple[str, str]] = {}
         self.version = snap.version
         self.position = state.position
-        self.journal_stat = _stat(store)
+        # Unknown until the first catch-up: a stat taken now, after the state was
+        # read, could already include a write the state does not.
+        self.journal_stat: tuple[int, int, int] | None = None
         self._valid_cache: dict[str, tuple[int, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]] = {}
         self._changes = 0
         self._length = (-1, 0)
