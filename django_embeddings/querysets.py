@@ -25,7 +25,9 @@ from django_embeddings.typing import Vector
 
 __all__ = ["EmbeddingManager", "EmbeddingQuerySet", "EmbeddingQuerySetMixin"]
 
-MAX_K = 10_000
+# The hits travel to the database as parameters (pk__in plus two CASE expressions),
+# which stays well inside every backend's limit (SQLite: 32,766) up to this k.
+MAX_K = 1_000
 # A filter selecting at least 1/DENSE_FILTER of the stored rows is verified after an
 # over-fetched search; a narrower one sends its primary keys to the vector search.
 DENSE_FILTER = 20
