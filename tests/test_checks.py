@@ -9,6 +9,8 @@ from django.core.management.base import SystemCheckError
 
 from django_embeddings.checks import check_settings
 from django_embeddings.fields import EmbeddingField
+from tests.conftest import skip_or_fail
+from tests.reliability.disks import Tmpfs, mount_problem
 from tests.testapp.models import Article
 
 
@@ -51,12 +53,24 @@ def test_dir_not_set(settings):
     assert ids(check_settings()) == ["django_embeddings.E002"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only directories")
 def test_dir_not_writable(settings, tmp_path):
+    """A read-only mount when we are root (chmod does not stop root), else a 0500 folder."""
     locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    settings.DJANGO_EMBEDDINGS_DIR = locked / "embeddings"
-    assert ids(check_settings()) == ["django_embeddings.E003"]
+    if os.geteuid() != 0:
+        locked.mkdir(mode=0o500)
+        settings.DJANGO_EMBEDDINGS_DIR = locked / "embeddings"
+        assert ids(check_settings()) == ["django_embeddings.E003"]
+        return
+    problem = mount_problem()
+    if problem:
+        skip_or_fail(problem)
+    disk = Tmpfs(locked, size_kb=64).mount()
+    try:
+        disk.readonly()
+        settings.DJANGO_EMBEDDINGS_DIR = locked / "embeddings"
+        assert ids(check_settings()) == ["django_embeddings.E003"]
+    finally:
+        disk.unmount()
 
 
 def test_dir_not_writable_as_a_file(settings, tmp_path):
