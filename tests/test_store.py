@@ -239,3 +239,18 @@ def test_text_keys_survive_compaction(store):
     store.compact()
     assert set(live(store)) == {"b/..", "ü", "1", "a"}
     assert store.read_state().snapshot.find("ü") is not None
+
+
+def test_a_key_given_twice_in_one_batch_keeps_its_last_vector(store):
+    entries = store.put_many([("k", vec(1), "01" * 16, "id"), ("k", vec(2), "02" * 16, "id")])
+    assert [e.version for e in entries] == [1, 2]
+    np.testing.assert_array_equal(store.load_vector("k"), vec(2))
+    assert live(store) == {"k": "02" * 16}
+    assert not list(store.path.glob("tmp*"))
+
+
+def test_vector_files_of_another_numpy_layout_still_load(store):
+    store.put("k", vec(1), content_hash="00" * 16, identity="id")
+    np.save(store.path / files.filename_for("k"), vec(1).astype(np.float64))
+    np.testing.assert_allclose(store.load_vector("k"), vec(1), rtol=1e-6)
+    assert store.load_vector("k").dtype == np.float32

@@ -125,12 +125,14 @@ class Store:
         self._prepare()
         dimensions = self._check_dimensions(items)
         staged: list[tuple[str, str]] = []
+        installed = 0
         try:
             for key, vector, _, _ in items:
                 staged.append((key, self._stage_file(key, vector)))
             with journal.locked(self.path):
-                for key, tmp in staged:
+                for key, tmp in staged:  # in order: a key given twice keeps its last vector
                     self._install_file(key, tmp)
+                    installed += 1
                 version = self._last_version()
                 entries = [
                     Entry(version + offset, "put", key, content_hash, identity)
@@ -139,8 +141,8 @@ class Store:
                 journal.append(self.path, entries)
                 self._maybe_compact(entries[-1].version)
         finally:
-            for _, tmp in staged:
-                files.discard(tmp)  # only the ones an error left behind still exist
+            for _, tmp in staged[installed:]:
+                files.discard(tmp)  # staged by a write that failed
         logger.debug("%s: stored %d vectors of %d dimensions", self.label, len(items), dimensions)
         return entries
 

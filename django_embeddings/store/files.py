@@ -9,7 +9,9 @@ file (the approach of ``django.contrib.sessions.backends.file``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import io
 import logging
 import os
 import re
@@ -81,14 +83,32 @@ def stage_vector(directory: Path, vector: Vector) -> str:
     :func:`install_vector` renames it into place. Writers stage outside the
     store's lock and install under it, so files change in journal order.
     """
+    row = np.ascontiguousarray(vector, dtype="<f4")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=".npy")
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(vector, dtype=np.float32), allow_pickle=False)
+            handle.write(_npy_header(len(row)) + row.tobytes())
     except BaseException:
         _unlink_quietly(tmp)
         raise
     return tmp
+
+
+@functools.cache
+def _npy_header(dimensions: int) -> bytes:
+    """The header ``np.save`` writes for a 1-D float32 array of ``dimensions``."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(dimensions, dtype="<f4"), allow_pickle=False)
+    return buffer.getvalue()[: -4 * dimensions]
+
+
+# Files in exactly the format we write are read with one read() and np.frombuffer
+# (a third of np.load's time, which counts when a compaction reads thousands);
+# anything else goes through np.load, never with pickles.
+_OWN_FORMAT = re.compile(
+    rb"\x93NUMPY\x01\x00..\{'descr': '<f4', 'fortran_order': False, 'shape': \((\d+),\), \} *\n",
+    re.DOTALL,
+)
 
 
 def install_vector(directory: Path, key: str, tmp: str) -> str:
@@ -110,7 +130,13 @@ def load_vector(directory: Path, name: str) -> Vector | None:
     """Read one stored vector; a missing or corrupt file gives ``None`` and a warning."""
     path = directory / name
     try:
-        array = np.load(path, allow_pickle=False)
+        with open(path, "rb") as handle:
+            data = handle.read()
+        own = _OWN_FORMAT.match(data)
+        if own and len(data) == own.end() + 4 * int(own.group(1)):
+            array = np.frombuffer(data, dtype="<f4", offset=own.end())
+        else:
+            array = np.load(io.BytesIO(data), allow_pickle=False)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, EOFError) as exc:
