@@ -32,6 +32,7 @@ __all__ = ["Entry", "GarbageReport", "Position", "Snapshot", "State", "Stats", "
 logger = logging.getLogger(__name__)
 
 _READ_ATTEMPTS = 20
+INDEX_FILE = snapshot.INDEX
 DIMENSIONS = "_dimensions"  # fixed by the first vector stored; cleared by clear()
 
 
@@ -333,6 +334,10 @@ class Store:
             raise StoreError(f"{self.label}: {exc}") from exc
         if not (self.path / journal.JOURNAL).exists():
             with journal.locked(self.path):
+                if not (self.path / INDEX_FILE).exists():
+                    # An index from the start: a missing one would make every read
+                    # list the directory, looking for snapshots to recover.
+                    snapshot.write_index(self.path, self._index_version(), None)
                 if not (self.path / journal.JOURNAL).exists():
                     journal.create(self.path, self._index_version())
 

@@ -165,7 +165,12 @@ def write(directory: Path, snapshot: Snapshot) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    index = {"_version": snapshot.version, "snapshot": name, "format": FORMAT}
+    write_index(directory, snapshot.version, name)
+
+
+def write_index(directory: Path, version: int, name: str | None) -> None:
+    """Point ``_index.json`` at snapshot ``name`` (``None``: no snapshot yet)."""
+    index = {"_version": version, "snapshot": name, "format": FORMAT}
     write_atomic(directory / INDEX, json.dumps(index).encode("ascii"))
 
 

@@ -1,0 +1,1 @@
+"""Models the benchmark searches, saves and backfills."""

@@ -1,0 +1,48 @@
+"""Providers whose time the benchmark measures, so it can report it apart.
+
+Both add the wall time spent inside ``embed`` to a process-wide counter,
+:data:`PROVIDER_SECONDS`, that the timed scenarios subtract or report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from bench.corpus import DIMENSIONS, IDENTITY, text_vector
+from django_embeddings.providers import BaseProvider
+from django_embeddings.providers.static import StaticModelProvider
+from django_embeddings.typing import InputType, Matrix
+
+PROVIDER_SECONDS = [0.0]
+
+
+class BenchProvider(BaseProvider):
+    """Deterministic 384-dimensional vectors from a hash of the text (a few µs each)."""
+
+    dimensions = DIMENSIONS
+    identity = IDENTITY
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+
+    def embed(self, texts: Sequence[str], input_type: InputType = "document") -> Matrix:
+        started = time.perf_counter()
+        try:
+            return np.stack([text_vector(text) for text in texts]).astype(np.float32)
+        finally:
+            PROVIDER_SECONDS[0] += time.perf_counter() - started
+
+
+class TimedStaticModelProvider(StaticModelProvider):
+    """The built-in static model, timed."""
+
+    def embed(self, texts: Sequence[str], input_type: InputType = "document") -> Matrix:
+        started = time.perf_counter()
+        try:
+            return super().embed(texts, input_type)
+        finally:
+            PROVIDER_SECONDS[0] += time.perf_counter() - started
