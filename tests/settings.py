@@ -3,6 +3,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+from tests.databases import postgres_database
+
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
 USE_TZ = True
@@ -39,16 +41,12 @@ TEMPLATES = [
     }
 ]
 
+
 # DJANGO_EMBEDDINGS_TEST_DB=postgres runs the suite on the PostgreSQL server.
 if os.environ.get("DJANGO_EMBEDDINGS_TEST_DB") == "postgres":
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.postgresql",
-            "HOST": os.environ.get("PGHOST", "127.0.0.1"),
-            "PORT": os.environ.get("PGPORT", "5432"),
-            "USER": os.environ.get("PGUSER", "postgres"),
-            "PASSWORD": os.environ.get("PGPASSWORD", ""),
-            "NAME": "test",
+            **postgres_database("test"),
             # A database per run, so that runs in parallel (tox environments, a
             # developer's run beside CI) never drop each other's tables.
             "TEST": {"NAME": f"test_django_embeddings_{os.getpid()}"},

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from tests.databases import postgres_database
+
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
 USE_TZ = True
@@ -25,16 +27,7 @@ INSTALLED_APPS = [
 ]
 
 if os.environ.get("DJANGO_EMBEDDINGS_TEST_DB") == "postgres":
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.postgresql",
-            "HOST": os.environ.get("PGHOST", "127.0.0.1"),
-            "PORT": os.environ.get("PGPORT", "5432"),
-            "USER": os.environ.get("PGUSER", "postgres"),
-            "PASSWORD": os.environ.get("PGPASSWORD", ""),
-            "NAME": os.environ["MP_DATABASE"],
-        }
-    }
+    DATABASES = {"default": postgres_database(os.environ["MP_DATABASE"])}
 else:
     DATABASES = {
         "default": {

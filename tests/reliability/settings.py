@@ -8,18 +8,11 @@ from __future__ import annotations
 
 import os
 
+from tests.databases import postgres_database
 from tests.settings import *  # noqa: F403
 
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.postgresql",
-        "HOST": os.environ.get("PGHOST", "127.0.0.1"),
-        "PORT": os.environ.get("PGPORT", "5432"),
-        "USER": os.environ.get("PGUSER", "postgres"),
-        "PASSWORD": os.environ.get("PGPASSWORD", ""),
-        "NAME": os.environ.get("DJANGO_EMBEDDINGS_REL_DB", "django_embeddings_rel"),
-    }
-}
+_NAME = os.environ.get("DJANGO_EMBEDDINGS_REL_DB", "django_embeddings_rel")
+DATABASES = {"default": postgres_database(_NAME)}
 
 DJANGO_EMBEDDINGS_DIR = os.environ.get("DJANGO_EMBEDDINGS_REL_DIR", DJANGO_EMBEDDINGS_DIR)  # noqa: F405
 DJANGO_EMBEDDINGS_INVALIDATION = "mtime"  # the environment variable wins (pubsub tests set it)
