@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -13,6 +13,20 @@ def check_positive_int(provider: str, option: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ImproperlyConfigured(f"{provider} {option} should be a positive int, not {value!r}.")
     return value
+
+
+def resolve_dimensions(
+    provider: str, model: str, dimensions: Any, known: Mapping[str, int], family: str
+) -> int:
+    """``dimensions`` as given, else the known size of ``family``; clear error otherwise."""
+    if dimensions is None:
+        dimensions = known.get(family)
+        if dimensions is None:
+            raise ImproperlyConfigured(
+                f"{provider} needs the 'dimensions' option for model {model!r}; the known "
+                f"models are {sorted(known)!r}."
+            )
+    return check_positive_int(provider, "dimensions", dimensions)
 
 
 def check_retries(provider: str, value: Any) -> int:

@@ -32,6 +32,7 @@ from django_embeddings.providers._remote import (
     check_retries,
     check_seconds,
     public_url,
+    resolve_dimensions,
 )
 from django_embeddings.providers.base import BaseProvider, validate_vectors
 from django_embeddings.typing import InputType, Matrix
@@ -121,14 +122,7 @@ class OllamaProvider(BaseProvider):
                 f"{name} base_url should be an http:// or https:// URL, not {base_url!r}."
             )
         family = model.split(":", 1)[0]
-        if dimensions is None:
-            dimensions = KNOWN_DIMENSIONS.get(family)
-            if dimensions is None:
-                raise ImproperlyConfigured(
-                    f"{name} needs the 'dimensions' option for model {model!r}; the known "
-                    f"models are {sorted(KNOWN_DIMENSIONS)!r}."
-                )
-        self.dimensions = check_positive_int(name, "dimensions", dimensions)
+        self.dimensions = resolve_dimensions(name, model, dimensions, KNOWN_DIMENSIONS, family)
         self.timeout = check_seconds(name, "timeout", timeout)
         self.max_retries = check_retries(name, max_retries)
         self.retry_backoff = check_seconds(name, "retry_backoff", retry_backoff)

@@ -27,6 +27,7 @@ from django_embeddings.providers._remote import (
     check_retries,
     check_seconds,
     public_url,
+    resolve_dimensions,
     short,
 )
 from django_embeddings.providers.base import BaseProvider, validate_vectors
@@ -107,14 +108,7 @@ class OpenAIProvider(BaseProvider):
         name = type(self).__name__
         if not isinstance(model, str) or not model:
             raise ImproperlyConfigured(f"{name} model should be a model name, not {model!r}.")
-        if dimensions is None:
-            dimensions = KNOWN_DIMENSIONS.get(model)
-            if dimensions is None:
-                raise ImproperlyConfigured(
-                    f"{name} needs the 'dimensions' option for model {model!r}; the known "
-                    f"models are {sorted(KNOWN_DIMENSIONS)!r}."
-                )
-        self.dimensions = check_positive_int(name, "dimensions", dimensions)
+        self.dimensions = resolve_dimensions(name, model, dimensions, KNOWN_DIMENSIONS, model)
         self.batch_size = check_positive_int(name, "batch_size", batch_size)
         self.max_batch_chars = check_positive_int(name, "max_batch_chars", max_batch_chars)
         self.max_retries = check_retries(name, max_retries)
