@@ -73,7 +73,7 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
                 f"{embedding_field.label}: row pk={obj.pk!r} has no embedding yet; "
                 "save it or run embeddings_backfill."
             )
-        return self._search(embedding_field, vector, k, exclude=key)
+        return self._search(embedding_field, vector, k, exclude=key, index=index)
 
     # -- internals -------------------------------------------------------------------
 
@@ -99,10 +99,18 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
     def _index(self, field: EmbeddingField) -> cache.FieldIndex:
         return cache.get(field.store, check=invalidation.needs_check(), keep=field.cache)
 
-    def _search(self, field: EmbeddingField, vector: Vector, k: int, exclude: str | None) -> Self:
+    def _search(
+        self,
+        field: EmbeddingField,
+        vector: Vector,
+        k: int,
+        exclude: str | None,
+        index: cache.FieldIndex | None = None,
+    ) -> Self:
         if self.query.is_sliced:
             raise TypeError("Cannot run a semantic search on a sliced queryset.")
-        index = self._index(field)
+        if index is None:
+            index = self._index(field)
         identity = field.get_provider().identity
         if not self.query.where:
             hits = self._verified_top(field, index, vector, k, identity, exclude, fetch=k)
