@@ -179,7 +179,7 @@ class FieldIndex:
         """Exact top-``k`` by cosine similarity among live rows made by ``identity``.
 
         ``candidates`` restricts the search to those keys (a filtered queryset).
-        Ties are broken by key, so the order is deterministic.
+        Ties are broken by key (integers numerically), so the order is deterministic.
         """
         if k <= 0 or self.dimensions is None:
             return []
@@ -203,7 +203,7 @@ class FieldIndex:
             for row, score in _best(self.base, base_ok, unit, k)
         ]
         hits += [Hit(tail_keys[row], score) for row, score in _best(tail, tail_ok, unit, k)]
-        hits.sort(key=lambda hit: (-hit.score, hit.key))
+        hits.sort(key=lambda hit: (-hit.score, *_natural(hit.key)))
         return hits[:k]
 
     def _restrict(
@@ -250,6 +250,12 @@ class FieldIndex:
             )
         self._valid_cache = {identity: (self._changes, base_ok, tail_ok)}
         return base_ok, tail_ok
+
+
+def _natural(key: str) -> tuple[int, int, str]:
+    """Integer keys in numeric order (9 before 10), then any other key as text."""
+    number = row_keys.as_int(key)
+    return (0, number, "") if number is not None else (1, 0, key)
 
 
 def _find(keys: row_keys.Keys, key: str) -> int | None:

@@ -123,3 +123,10 @@ def test_throwaway_index_is_not_kept(store):
     put(store, "a", 1)
     cache.get(store, keep=False)
     assert cache.loaded(store.label) is None
+
+
+def test_ties_are_broken_by_key_integers_numerically(store):
+    for key in ["10", "9", "b", "11", "a"]:
+        store.put_many([(key, vec(7), "00" * 16, "m1")])
+    hits = cache.get(store).search(vec(7), 5, identity="m1")
+    assert [h.key for h in hits] == ["9", "10", "11", "a", "b"]
