@@ -25,6 +25,11 @@ from django_embeddings.typing import Matrix, Vector
 logger = logging.getLogger(__name__)
 
 
+# Scores equal to this many digits count as tied: BLAS can round equal vectors'
+# scores differently by their position in the matrix, and ties go by key.
+TIE_DIGITS = 6
+
+
 @dataclass(frozen=True)
 class Hit:
     key: str
@@ -203,7 +208,7 @@ class FieldIndex:
             for row, score in _best(self.base, base_ok, unit, k)
         ]
         hits += [Hit(tail_keys[row], score) for row, score in _best(tail, tail_ok, unit, k)]
-        hits.sort(key=lambda hit: (-hit.score, *_natural(hit.key)))
+        hits.sort(key=lambda hit: (-round(hit.score, TIE_DIGITS), *_natural(hit.key)))
         return hits[:k]
 
     def _restrict(
@@ -282,7 +287,7 @@ def _best(
     matrix: Matrix, mask: npt.NDArray[np.bool_], unit: Vector, k: int
 ) -> list[tuple[int, float]]:
     """``(row, score)`` of the ``k`` best rows where ``mask`` is set, plus any rows tied
-    with the ``k``-th, so that the caller's tie-break by key is exact."""
+    with the ``k``-th (to ``TIE_DIGITS``), so that the caller's tie-break by key is exact."""
     count = int(np.count_nonzero(mask))
     if not count:
         return []
@@ -296,7 +301,7 @@ def _best(
             scores[~mask] = -np.inf
     if k < count:
         kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-        top = np.flatnonzero(scores >= kth)
+        top = np.flatnonzero(scores >= kth - 10.0**-TIE_DIGITS)
     else:
         top = np.flatnonzero(scores > -np.inf) if rows is None else np.arange(len(scores))
     found = top if rows is None else rows[top]
