@@ -107,7 +107,7 @@ def ensure_tables() -> None:
 
 def build_store(args: dict[str, Any]) -> dict[str, Any]:
     """Our store of ``n`` corpus rows, through Store.put_many in big batches + Store.compact."""
-    from django_embeddings.indexing import content_hash
+    from django_embeddings.fields import content_hash
     from django_embeddings.store import Store
 
     n = int(args["n"])
@@ -369,7 +369,7 @@ def save(args: dict[str, Any]) -> dict[str, Any]:
 
     from bench import providers
     from bench.benchapp.models import Doc, PlainDoc
-    from django_embeddings.indexing import content_hash
+    from django_embeddings.fields import content_hash
 
     ensure_tables()
     n, count = int(args["n"]), int(args["saves"])

@@ -5,6 +5,7 @@ from typing import Any
 from django.apps import AppConfig
 from django.core import checks
 from django.core.signals import setting_changed
+from django.db.models.signals import post_migrate
 
 
 class DjangoEmbeddingsConfig(AppConfig):
@@ -13,12 +14,22 @@ class DjangoEmbeddingsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django_embeddings import invalidation
+        from django_embeddings import databases, invalidation, signals
         from django_embeddings.checks import check_settings
 
         checks.register(check_settings)
         setting_changed.connect(_reset_on_setting_change, dispatch_uid="django_embeddings.reset")
+        post_migrate.connect(_reset_test_stores, dispatch_uid="django_embeddings.test_stores")
+        databases.remember_configured_names()
+        signals.connect()
         invalidation.start()
+
+
+def _reset_test_stores(*, using: str = "default", **kwargs: Any) -> None:
+    """A test database was just migrated or flushed: its stores start empty too."""
+    from django_embeddings import databases
+
+    databases.reset_test_stores(using)
 
 
 def _reset_on_setting_change(*, setting: str, **kwargs: Any) -> None:

@@ -5,7 +5,7 @@ existed, saves whose provider call failed and deferred tasks that never ran all
 leave rows without a current vector. :func:`embed_queryset` walks a queryset by
 primary key (keyset pagination: one short query per batch, never the whole
 table in memory), picks the rows that need work and hands each batch to
-:func:`django_embeddings.indexing.sync`, which embeds it in one provider call
+:func:`django_embeddings.writer.sync`, which embeds it in one provider call
 and commits it. Stopping at any point loses at most the batch in flight, and
 running again skips every row already done, so a backfill is resumable and
 idempotent. ``manage.py embeddings_backfill`` is a thin wrapper.
@@ -22,10 +22,10 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from django_embeddings import cache, indexing
-from django_embeddings.fields import EmbeddingField, embedding_fields
+from django_embeddings import cache, writer
+from django_embeddings.fields import EmbeddingField, content_hash, embedding_fields
 
-__all__ = ["MODES", "BackfillResult", "embed_queryset", "existing_keys"]
+__all__ = ["MODES", "BackfillResult", "embed_queryset", "existing_keys", "is_pending"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +69,12 @@ def embed_queryset(
 
     ``mode``:
 
-    - ``"missing"``: rows with no embedding (NULL column, or no vector in the store);
+    - ``"missing"``: pending rows, whose column names a text the store has no vector
+      of (``bulk_create``, a failed provider call, a crash after commit, a deferred
+      task that never ran);
     - ``"stale"``: those, plus rows whose vector was made by another provider
-      identity or from a text that has changed since (``QuerySet.update()``);
+      identity or whose text changed behind the ORM's back (``QuerySet.update()``,
+      raw SQL), which reads every row's text;
     - ``"all"``: every row, re-embedded even when unchanged.
 
     ``field`` is an EmbeddingField (or its name) of the queryset's model; by
@@ -151,26 +154,27 @@ def _embed_field(
     provider = field.get_provider()
     # A field with cache=False keeps no index in this process: load one for the
     # whole run instead of one per batch. Each batch re-checks through sync anyway.
-    fixed_index = None if field.cache else cache.get(field.store, keep=False)
+    store = field.store_for(using)
+    fixed_index = None if field.cache else cache.get(store, keep=False)
     if progress is not None:
         progress(result)
 
     def index() -> cache.FieldIndex:
-        return fixed_index if fixed_index is not None else cache.get(field.store)
+        return fixed_index if fixed_index is not None else cache.get(store)
 
     for batch in _batches(base, field, batch_size, mode, result, index):
         current = index()
         todo = [obj for obj in batch if _needs_work(field, obj, current, provider, mode)]
         result.selected += len(todo)
         if todo and not dry_run:
-            result.embedded += indexing.sync(field, todo, using=using, force=mode == "all")
+            result.embedded += writer.sync(field, todo, using=using, force=mode == "all")
         result.seconds = time.monotonic() - started
         if progress is not None:
             progress(result)
     if result.embedded:
         # A bulk load leaves a long journal: fold it now, so that cold starts map
         # one matrix instead of reading a file per row.
-        field.store.compact()
+        store.compact()
     result.seconds = time.monotonic() - started
     logger.info(
         "%s: backfill (%s) embedded %d of %d rows in %.1f s",
@@ -210,9 +214,7 @@ def _batches(
             last = rows[-1][0]
             result.scanned += len(rows)
             current = index()
-            wanted = [
-                pk for pk, column in rows if column is None or current.meta(field.key(pk)) is None
-            ]
+            wanted = [pk for pk, column in rows if is_pending(column, current.meta(field.key(pk)))]
             yield list(loaded.filter(pk__in=wanted).order_by("pk")) if wanted else []
         else:
             objects = list(loaded.filter(**after).order_by("pk")[:batch_size])
@@ -223,12 +225,19 @@ def _batches(
             yield objects
 
 
+def isis_pending(column: str | None, meta: tuple[str, str] | None) -> bool:
+    """Does the store lack the vector the row's column names (or keep one it should not)?"""
+    if column is None:
+        return meta is not None
+    return meta is None or meta[0] != column
+
+
 def _needs_work(
     field: EmbeddingField, obj: models.Model, index: cache.FieldIndex, provider: Any, mode: str
 ) -> bool:
-    """Would :func:`indexing.sync` change anything for ``obj``?"""
+    """Would :func:`writer.sync` change anything for ``obj``?"""
     meta = index.meta(field.key(obj.pk))
-    column = getattr(obj, field.attname)
+    column = obj.__dict__.get(field.attname)
     text = field.source_text(obj)
     if not text.strip():
         # Nothing to embed: only a leftover vector or column needs clearing.
@@ -236,5 +245,6 @@ def _needs_work(
     if mode == "all":
         return True
     if mode == "missing":
-        return meta is None or column is None
-    return meta != (indexing.content_hash(text), provider.identity) or column != provider.dimensions
+        return is_pending(column, meta)
+    value = content_hash(text)
+    return meta != (value, provider.identity) or column != value

@@ -14,6 +14,7 @@ import os
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -331,13 +332,14 @@ def get(store: Store, *, check: bool = True, keep: bool = True) -> FieldIndex:
     """
     if not keep:
         return FieldIndex(store, store.read_state())
-    index = _indexes.get(store.label)
-    if index is None or index.store.path != store.path:
+    key = str(store.path)
+    index = _indexes.get(key)
+    if index is None:
         with _registry_lock:
-            index = _indexes.get(store.label)
-            if index is None or index.store.path != store.path:
+            index = _indexes.get(key)
+            if index is None:
                 index = FieldIndex(store, store.read_state())
-                _indexes[store.label] = index
+                _indexes[key] = index
                 logger.debug("%s: loaded %d rows", store.label, len(index))
         return index
     if check:
@@ -367,7 +369,7 @@ def reload(store: Store) -> FieldIndex:
     """Replace the index of ``store`` with a fresh load (after a compaction or a gap)."""
     index = FieldIndex(store, store.read_state())
     with _registry_lock:
-        _indexes[store.label] = index
+        _indexes[str(store.path)] = index
     logger.debug("%s: reloaded %d rows", store.label, len(index))
     return index
 
@@ -379,15 +381,23 @@ def apply_delta(
 
     On a version gap the index catches up from the journal instead.
     """
-    index = _indexes.get(store.label)
-    if index is None or index.store.path != store.path:
+    index = _indexes.get(str(store.path))
+    if index is None:
         return  # not loaded here: the next search loads the current state
     if not index.apply(entries, vectors):
         catch_up(index)
 
 
 def loaded(label: str) -> FieldIndex | None:
-    return _indexes.get(label)
+    """The loaded index of the store labelled ``label``, if any."""
+    for index in loaded_indexes():
+        if index.store.label == label:
+            return index
+    return None
+
+
+def loaded_for(store: Store) -> FieldIndex | None:
+    return _indexes.get(str(store.path))
 
 
 def loaded_indexes() -> list[FieldIndex]:
@@ -397,9 +407,16 @@ def loaded_indexes() -> list[FieldIndex]:
 
 
 def clear(label: str | None = None) -> None:
-    """Forget loaded indexes (all of them, or one store's)."""
+    """Forget loaded indexes (all of them, or those of the stores labelled ``label``)."""
     with _registry_lock:
-        if label is None:
-            _indexes.clear()
-        else:
-            _indexes.pop(label, None)
+        for key, index in list(_indexes.items()):
+            if label is None or index.store.label == label:
+                del _indexes[key]
+
+
+def forget_under(root: Path) -> None:
+    """Forget the indexes of every store below ``root`` (its files are going away)."""
+    with _registry_lock:
+        for key, index in list(_indexes.items()):
+            if index.store.path.is_relative_to(root):
+                del _indexes[key]

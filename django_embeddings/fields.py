@@ -1,23 +1,28 @@
 """``EmbeddingField``: the model field that embeds a source text on save.
 
-The column is a small nullable integer: the vector's dimension count once the row
-is embedded, NULL until then, so ``filter(embedding__isnull=True)`` finds the rows
-that still need ``embeddings_backfill``. The vector itself lives in the field's
-store (see :mod:`django_embeddings.store`), the way ``FileField`` keeps a short
-name in the column and the payload in storage.
+The column holds the content hash of the source text as last saved through the
+ORM (NULL when there is nothing to embed). ``pre_save`` writes it in the save's
+own statement, so the database always says which text a row's vector must have
+been made from: a search serves a row only when the store's vector carries the
+same hash, and a row whose vector is not there yet (the process died after
+commit, the provider failed, ``bulk_create``) is pending until
+``embeddings_backfill`` embeds it. The vector itself lives in the field's store
+(see :mod:`django_embeddings.store`), the way ``FileField`` keeps a short name in
+the column and the payload in storage. The receivers that schedule the embedding
+after commit live in :mod:`django_embeddings.signals`.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from django.core import checks
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
-from django.db import models, transaction
-from django.db.models.signals import post_delete, post_save
+from django.db import models, router
 
 from django_embeddings.conf import conf
 from django_embeddings.store import Store
@@ -25,8 +30,15 @@ from django_embeddings.typing import DeconstructResult
 
 Source = str | Callable[[models.Model], Any]
 
+HASH_LENGTH = 32  # hex digits of a 16-byte BLAKE2b digest
 
-class EmbeddingField(models.IntegerField):  # type: ignore[type-arg]
+
+def content_hash(text: str) -> str:
+    """The hash a text's vector is stored under, and the column records."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+class EmbeddingField(models.CharField):  # type: ignore[type-arg]
     """Embeds ``source`` with a configured provider whenever the row is saved.
 
     ``source`` is a field name, the name of a method or property of the model, or a
@@ -39,7 +51,7 @@ class EmbeddingField(models.IntegerField):  # type: ignore[type-arg]
     instead of calling the provider; the row stays missing until the task ran.
     """
 
-    description = "Dimension count of the row's stored embedding (NULL: not embedded)"
+    description = "Content hash of the embedded source text (NULL: nothing to embed)"
 
     def __init__(
         self,
@@ -56,6 +68,7 @@ class EmbeddingField(models.IntegerField):  # type: ignore[type-arg]
         self.auto_embed = auto_embed
         self.cache = cache
         self.defer = defer
+        kwargs.setdefault("max_length", HASH_LENGTH)
         kwargs.setdefault("null", True)
         kwargs.setdefault("blank", True)
         kwargs.setdefault("editable", False)
@@ -68,6 +81,8 @@ class EmbeddingField(models.IntegerField):  # type: ignore[type-arg]
                 kwargs.pop(option, None)
             else:
                 kwargs[option] = not default
+        if kwargs.get("max_length") == HASH_LENGTH:
+            del kwargs["max_length"]
         kwargs["source"] = self.source
         if self.provider_alias != "default":
             kwargs["provider"] = self.provider_alias
@@ -79,17 +94,19 @@ class EmbeddingField(models.IntegerField):  # type: ignore[type-arg]
             kwargs["defer"] = self.defer
         return name, "django_embeddings.fields.EmbeddingField", args, kwargs
 
-    def contribute_to_class(
-        self, cls: type[models.Model], name: str, private_only: bool = False
-    ) -> None:
-        super().contribute_to_class(cls, name, private_only=private_only)
-        # One receiver for every model: it finds the sender's embedding fields, so
-        # proxy models and multi-table children are embedded too.
-        post_save.connect(_on_post_save, dispatch_uid="django_embeddings.post_save")
-        post_delete.connect(_on_post_delete, dispatch_uid="django_embeddings.post_delete")
+    def pre_save(self, model_instance: models.Model, add: bool) -> str | None:
+        """Record the hash of the text being saved, in the save's own statement."""
+        text = self.source_text(model_instance)
+        value = content_hash(text) if text.strip() else None
+        # What the column said before this save, for the receivers: an unchanged
+        # hash needs no provider call even when this process holds no index.
+        previous = model_instance.__dict__.get(self.attname)
+        model_instance.__dict__.setdefault(SAVED, {})[self.attname] = (previous, text)
+        setattr(model_instance, self.attname, value)
+        return value
 
     def formfield(self, **kwargs: Any) -> Any:
-        return None  # the dimension count is not for people to edit
+        return None  # the hash is not for people to edit
 
     # -- identity and storage --------------------------------------------------------
 
@@ -100,13 +117,21 @@ class EmbeddingField(models.IntegerField):  # type: ignore[type-arg]
 
     @property
     def store(self) -> Store:
+        """The store of the database this model's rows are written to."""
+        return self.store_for(router.db_for_write(self.model))
+
+    def store_for(self, using: str) -> Store:
+        """The store of this field in database ``using``: each database has its own."""
         directory = conf.DIR
         if directory is None:
             raise ImproperlyConfigured(
                 "DJANGO_EMBEDDINGS_DIR is not set; it should be the directory where "
                 f"{self.label} keeps its vectors."
             )
-        return _store(directory, self.model._meta.label, self.name, conf.COMPACT_THRESHOLD)
+        from django_embeddings.databases import store_root
+
+        root = store_root(Path(directory), using)
+        return _store(root, self.model._meta.label, self.name, conf.COMPACT_THRESHOLD)
 
     @property
     def deferred(self) -> bool:
@@ -229,6 +254,11 @@ class EmbeddingField(models.IntegerField):  # type: ignore[type-arg]
         return []
 
 
+# Instance attribute where pre_save leaves (previous hash, text) per column for the
+# receivers in signals.py; never saved.
+SAVED = "_django_embeddings_saved"
+
+
 def _is_composite(pk: Any) -> bool:
     return type(pk).__name__ == "CompositePrimaryKey"
 
@@ -250,46 +280,3 @@ def embedding_fields(model: type[models.Model]) -> tuple[EmbeddingField, ...]:
 @functools.cache
 def _embedding_fields(model: Any) -> tuple[EmbeddingField, ...]:
     return tuple(f for f in model._meta.concrete_fields if isinstance(f, EmbeddingField))
-
-
-def _on_post_save(
-    sender: type[models.Model],
-    instance: models.Model,
-    raw: bool = False,
-    using: str = "default",
-    update_fields: frozenset[str] | None = None,
-    **kwargs: Any,
-) -> None:
-    if raw:
-        return  # fixtures: embeddings travel with embeddings_export/import or backfill
-    for field in embedding_fields(sender):
-        if not field.auto_embed:
-            continue
-        columns = field.source_field_names()
-        if update_fields is not None and columns is not None:
-            names = {field.model._meta.get_field(str(field.source)).name, *columns}
-            if not names & set(update_fields):
-                continue
-        _schedule(field, instance, using, deleted=False)
-
-
-def _on_post_delete(
-    sender: type[models.Model], instance: models.Model, using: str = "default", **kwargs: Any
-) -> None:
-    for field in embedding_fields(sender):
-        _schedule(field, instance, using, deleted=True)
-
-
-def _schedule(field: EmbeddingField, instance: models.Model, using: str, *, deleted: bool) -> None:
-    from django_embeddings import indexing
-
-    if deleted:
-        key = field.key(instance.pk)
-        transaction.on_commit(lambda: indexing.remove(field, [key], using=using), using=using)
-    elif field.deferred:
-        from django_embeddings import tasks
-
-        key = field.key(instance.pk)
-        transaction.on_commit(lambda: tasks.enqueue(field, [key], using=using), using=using)
-    else:
-        transaction.on_commit(lambda: indexing.sync(field, [instance], using=using), using=using)

@@ -1,19 +1,36 @@
 """``semantic_search`` and ``similar_to`` on querysets.
 
-The vector search runs eagerly, when the method is called: the query text is
-embedded and the top rows are found in this process's cached matrix. What comes
-back is an ordinary lazy QuerySet over those rows (``pk__in`` the hits, ordered
-by rank, annotated with ``similarity``), so it chains like any other.
+A search is lazy, like the rest of a QuerySet. ``semantic_search()`` embeds the
+query text at once (so a provider error shows where the search is written) and
+adds three expressions that stand for the hits: a filter, the ``similarity``
+annotation and the ordering. When the queryset is evaluated, with every filter
+it has by then, the exact top ``k`` among the rows it selects are found in this
+process's index, and each expression becomes one compact piece of SQL over those
+rows (never one ``When`` per hit). A hit is served only if the hash its vector
+was stored under equals the row's column, the hash of the text last saved: no
+crash or race ever serves a vector of a text the database no longer holds.
+
+Filters added after the search select rows before the top ``k`` is taken, except
+filters on ``similarity``, which apply to the hits.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Self
 
 import numpy as np
-from django.db import models
+from django.core.exceptions import EmptyResultSet
+from django.db import models, router
+from django.db.models import F
+from django.db.models.functions import Cast
+from django.db.models.lookups import Lookup
+from django.db.models.sql.constants import GET_ITERATOR_CHUNK_SIZE, MULTI
 
 from django_embeddings import cache, invalidation
 from django_embeddings.cache import Hit
@@ -23,18 +40,198 @@ from django_embeddings.fields import EmbeddingField, embedding_fields
 from django_embeddings.providers import embed_checked
 from django_embeddings.typing import Vector
 
-__all__ = ["EmbeddingManager", "EmbeddingQuerySet", "EmbeddingQuerySetMixin"]
+__all__ = ["MAX_K", "EmbeddingManager", "EmbeddingQuerySet", "EmbeddingQuerySetMixin"]
 
-# The hits travel to the database as parameters (pk__in plus two CASE expressions),
-# which stays well inside every backend's limit (SQLite: 32,766) up to this k.
+logger = logging.getLogger(__name__)
+
 MAX_K = 1_000
-# A filter selecting at least 1/DENSE_FILTER of the stored rows is verified after an
-# over-fetched search; a narrower one sends its primary keys to the vector search.
-DENSE_FILTER = 20
+# Primary keys per verifying query: stays inside every backend's parameter limit.
+VERIFY_CHUNK = 5_000
+
+
+@dataclass(eq=False)
+class Search:
+    """One ``semantic_search()`` or ``similar_to()`` call; resolved at evaluation."""
+
+    field: EmbeddingField
+    vector: Vector
+    k: int
+    exclude: str | None = None
+
+
+@dataclass
+class Ranked:
+    """What the search expressions compile to: rows in rank order, with their scores,
+    and (when the rows are candidates still to be checked) the hashes to check."""
+
+    pks: list[Any]
+    scores: list[float]
+    hashes: list[str] | None = None
+
+
+_bound: ContextVar[dict[int, Ranked] | None] = ContextVar("django_embeddings_bound", default=None)
+
+
+@contextlib.contextmanager
+def _binding(search: Search, ranked: Ranked) -> Iterator[None]:
+    current = dict(_bound.get() or {})
+    current[id(search)] = ranked
+    token = _bound.set(current)
+    try:
+        yield
+    finally:
+        _bound.reset(token)
+
+
+def _ranked(search: Search) -> Ranked:
+    bound = _bound.get()
+    if bound is None or id(search) not in bound:
+        raise TypeError(
+            f"A semantic search of {search.field.label} cannot be compiled inside another "
+            "query (a subquery, a union); evaluate it first, e.g. "
+            "list(qs.values_list('pk', flat=True))."
+        )
+    return bound[id(search)]
+
+
+class _Literals:
+    """Primary keys as SQL: integers inline (no parameters, however many hits), any
+    other key as a parameter."""
+
+    def __init__(self, field: EmbeddingField, connection: Any) -> None:
+        pk = field.model._meta.pk
+        self.inline = pk.get_internal_type() in (
+            "AutoField",
+            "BigAutoField",
+            "SmallAutoField",
+            "IntegerField",
+            "BigIntegerField",
+            "SmallIntegerField",
+            "PositiveIntegerField",
+            "PositiveBigIntegerField",
+            "PositiveSmallIntegerField",
+        )
+        self.pk = pk
+        self.connection = connection
+
+    def sql(self, value: Any, params: list[Any]) -> str:
+        if self.inline:
+            return str(int(value))
+        params.append(self.pk.get_db_prep_value(value, self.connection, prepared=False))
+        return "%s"
+
+
+def _case(
+    search: Search, pk_sql: str, pk_params: Sequence[Any], values: Sequence[str], connection: Any
+) -> tuple[str, list[Any]]:
+    """``CASE pk WHEN <pk> THEN <value> ... END`` in one pass; ``values`` are SQL literals."""
+    ranked = _ranked(search)
+    if not ranked.pks:
+        return "NULL", []
+    literals = _Literals(search.field, connection)
+    params = list(pk_params)
+    parts = [f"CASE {pk_sql}"]
+    for pk, value in zip(ranked.pks, values, strict=True):
+        parts.append(f" WHEN {literals.sql(pk, params)} THEN {value}")
+    parts.append(" END")
+    return "".join(parts), params
+
+
+class _SearchExpression(models.Expression):
+    """An expression over the hits of ``search``, keyed by the row's primary key."""
+
+    def __init__(self, search: Search, output_field: models.Field[Any, Any]) -> None:
+        super().__init__(output_field=output_field)
+        self.search = search
+        self.pk: Any = F("pk")
+
+    def get_source_expressions(self) -> list[Any]:
+        return [self.pk]
+
+    def set_source_expressions(self, exprs: Sequence[Any]) -> None:
+        (self.pk,) = exprs
+
+    def get_group_by_cols(self) -> list[Any]:
+        return [self]
+
+    def values(self) -> list[str]:
+        raise NotImplementedError
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        pk_sql, pk_params = compiler.compile(self.pk)
+        return _case(self.search, pk_sql, pk_params, self.values(), connection)
+
+
+class Similarity(_SearchExpression):
+    """The cosine similarity of each hit (wrapped in a ``Cast`` to a float)."""
+
+    def __init__(self, search: Search) -> None:
+        super().__init__(search, models.FloatField())
+
+    def values(self) -> list[str]:
+        return [repr(float(score)) for score in _ranked(self.search).scores]
+
+
+class Rank(_SearchExpression):
+    """Each hit's position, best first: what a search orders by."""
+
+    def __init__(self, search: Search) -> None:
+        super().__init__(search, models.IntegerField())
+
+    def values(self) -> list[str]:
+        return [str(position) for position in range(len(_ranked(self.search).pks))]
+
+
+class Matches(Lookup):  # type: ignore[type-arg]
+    """``pk IN (<hits>)``, and, for candidates not checked yet, ``AND <column> =
+    CASE pk WHEN <pk> THEN '<hash>' ... END``: rows whose vector is of their text."""
+
+    lookup_name = "semantic_search_hit"
+    prepare_rhs = False
+
+    def __init__(self, search: Search) -> None:
+        super().__init__(F("pk"), search)
+
+    @property
+    def search(self) -> Search:
+        return self.rhs  # type: ignore[no-any-return]
+
+    def get_prep_lookup(self) -> Any:
+        return self.rhs
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        ranked = _ranked(self.search)
+        if not ranked.pks:
+            raise EmptyResultSet
+        pk_sql, pk_params = self.process_lhs(compiler, connection)
+        literals = _Literals(self.search.field, connection)
+        params = list(pk_params)
+        members = ", ".join(literals.sql(pk, params) for pk in ranked.pks)
+        sql = f"{pk_sql} IN ({members})"
+        if ranked.hashes is not None:
+            column = compiler.compile(
+                F(self.search.field.attname).resolve_expression(compiler.query)
+            )
+            case_sql, case_params = _case(
+                self.search, pk_sql, pk_params, [f"'{value}'" for value in ranked.hashes], connection
+            )
+            sql = f"{sql} AND {column[0]} = {case_sql}"
+            params += [*column[1], *case_params]
+        return sql, params
+
+
+def _references(node: Any, search: Search) -> bool:
+    """Does a where-clause child use one of ``search``'s expressions?"""
+    return any(
+        isinstance(part, (_SearchExpression, Matches)) and part.search is search
+        for part in node.flatten()
+    )
 
 
 class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
     """Adds semantic search to a QuerySet class of your own."""
+
+    _search: Search | None = None
 
     def semantic_search(
         self, query: str | Sequence[float] | Vector, k: int = 10, field: str | None = None
@@ -42,15 +239,21 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         """The ``k`` rows of this queryset most similar to ``query`` (text or a vector).
 
         Rows are ordered best first and carry ``similarity`` (cosine, in [-1, 1]).
-        Only rows this queryset selects are considered, so a filtered queryset
-        still gets exactly ``k`` rows whenever ``k`` of them are embedded.
+        Only rows this queryset selects are considered, filters added afterwards
+        included, so a filtered search gets exactly ``k`` rows whenever ``k`` of the
+        selected rows are embedded.
         """
         embedding_field = self._embedding_field(field)
         _check_k(k)
         if isinstance(query, str):
+            text = query[: conf.MAX_TEXT_LENGTH]
+            if not text.strip():
+                raise ValueError(
+                    f"semantic_search() on {embedding_field.label} needs a query text; "
+                    f"got {query!r}."
+                )
             provider = embedding_field.get_provider()
             target = f"a search of {embedding_field.label}"
-            text = query[: conf.MAX_TEXT_LENGTH]
             vector = embed_checked(provider, [text], input_type="query", target=target)[0]
         else:
             vector = np.asarray(query, dtype=np.float32)
@@ -59,23 +262,102 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
                     f"semantic_search() on {embedding_field.label} needs a text or a finite "
                     f"1-D vector, not an array of shape {vector.shape!r}."
                 )
-        return self._search(embedding_field, vector, k, exclude=None)
+        return self._searching(Search(embedding_field, vector, k))
 
     def similar_to(self, obj: models.Model, k: int = 10, field: str | None = None) -> Self:
         """The ``k`` rows most similar to ``obj``, never ``obj`` itself."""
         embedding_field = self._embedding_field(field)
         _check_k(k)
+        if not isinstance(obj, models.Model) or (
+            obj._meta.concrete_model is not self.model._meta.concrete_model
+            and not issubclass(self.model, type(obj))
+        ):
+            raise TypeError(
+                f"similar_to() on {self.model._meta.label} needs a {self.model._meta.label} "
+                f"instance (or one of a parent or proxy model), not {obj!r} "
+                f"of {type(obj).__module__}.{type(obj).__qualname__}."
+            )
         key = embedding_field.key(obj.pk)
-        index = self._index(embedding_field)
-        vector = index.vector(key)
+        vector = self._index(embedding_field).vector(key)
         if vector is None:
             raise EmbeddingsError(
                 f"{embedding_field.label}: row pk={obj.pk!r} has no embedding yet; "
                 "save it or run embeddings_backfill."
             )
-        return self._search(embedding_field, vector, k, exclude=key, index=index)
+        return self._searching(Search(embedding_field, vector, k, exclude=key))
 
-    # -- internals -------------------------------------------------------------------
+    # -- evaluation: every path that runs SQL resolves the search first ----------------
+
+    def _clone(self) -> Self:
+        clone = super()._clone()
+        clone._search = self._search
+        return clone
+
+    def _fetch_all(self) -> None:
+        search = self._search
+        if search is None or self._result_cache is not None:
+            super()._fetch_all()
+            return
+        if self._ordered_by_rank():
+            self._fetch_top(search)
+            return
+        with _binding(search, self._exact(search)):
+            super()._fetch_all()
+
+    def _iterator(self, use_chunked_fetch: bool, chunk_size: int | None) -> Iterator[Any]:
+        search = self._search
+        if search is None:
+            yield from super()._iterator(use_chunked_fetch, chunk_size)
+            return
+        with _binding(search, self._exact(search)):
+            yield from super()._iterator(use_chunked_fetch, chunk_size)
+
+    def count(self) -> int:
+        if self._search is None or self._result_cache is not None:
+            return super().count()
+        with _binding(self._search, self._exact(self._search)):
+            return super().count()
+
+    def exists(self) -> bool:
+        if self._search is None or self._result_cache is not None:
+            return super().exists()
+        with _binding(self._search, self._exact(self._search)):
+            return super().exists()
+
+    def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if self._search is None:
+            return super().aggregate(*args, **kwargs)
+        with _binding(self._search, self._exact(self._search)):
+            return super().aggregate(*args, **kwargs)
+
+    def explain(self, *, format: str | None = None, **options: Any) -> str:
+        if self._search is None:
+            return super().explain(format=format, **options)
+        with _binding(self._search, self._exact(self._search)):
+            return super().explain(format=format, **options)
+
+    def update(self, **kwargs: Any) -> int:
+        if self._search is None:
+            return super().update(**kwargs)
+        return self._plain_hits().update(**kwargs)
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        if self._search is None:
+            return super().delete()
+        return self._plain_hits().delete()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _searching(self, search: Search) -> Self:
+        if self._search is not None:
+            raise TypeError("This queryset is a semantic search already; search only once.")
+        if self.query.is_sliced:
+            raise TypeError("Cannot run a semantic search on a sliced queryset.")
+        similarity = Cast(Similarity(search), output_field=models.FloatField())
+        clone = self.annotate(similarity=similarity).filter(Matches(search))
+        clone = clone.order_by(Rank(search))
+        clone._search = search
+        return clone
 
     def _embedding_field(self, name: str | None) -> EmbeddingField:
         fields = embedding_fields(self.model)
@@ -96,82 +378,165 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
             f"{[f.name for f in fields]!r}; pass field= to choose one."
         )
 
+    def _store_alias(self) -> str:
+        # Vectors are written by the database rows are written to; a read replica
+        # chosen by a router reads the same store.
+        return self._db or router.db_for_write(self.model)
+
     def _index(self, field: EmbeddingField) -> cache.FieldIndex:
-        return cache.get(field.store, check=invalidation.needs_check(), keep=field.cache)
+        store = field.store_for(self._store_alias())
+        return cache.get(store, check=invalidation.needs_check(), keep=field.cache)
 
-    def _search(
-        self,
-        field: EmbeddingField,
-        vector: Vector,
-        k: int,
-        exclude: str | None,
-        index: cache.FieldIndex | None = None,
-    ) -> Self:
+    def _ordered_by_rank(self) -> bool:
+        order = self.query.order_by
+        return len(order) == 1 and isinstance(order[0], Rank) and order[0].search is self._search
+
+    def _candidates_base(self, search: Search) -> models.QuerySet[Any]:
+        """This queryset's own filters, without the search's (nor filters on its scores)."""
+        base = models.QuerySet(self.model, query=self.query.chain(), using=self._db)
+        where = base.query.where
+        where.children = [child for child in where.children if not _references(child, search)]
+        base.query.clear_ordering(force=True)
+        base.query.clear_limits()
+        return base
+
+    def _fetch_top(self, search: Search) -> None:
+        """Evaluate in one query where possible: the candidates are checked (hash and
+        filters) and limited to ``k`` by the database, in rank order."""
+        low, high = self.query.low_mark, self.query.high_mark
+        stop = search.k if high is None else min(high, search.k)
+        wanted = max(0, stop - low)
+        for ranked, complete in self._candidates(search):
+            clone = self._chain()
+            clone.query.set_limits(low, stop)
+            with _binding(search, ranked):
+                super(EmbeddingQuerySetMixin, clone)._fetch_all()
+            rows = clone._result_cache or []
+            if len(rows) >= wanted or complete:
+                self._result_cache = rows
+                self._prefetch_done = clone._prefetch_done
+                return
+
+    def _exact(self, search: Search) -> Ranked:
+        """The exact hits, checked, in rank order: what every other path binds."""
+        for ranked, complete in self._candidates(search):
+            if ranked.hashes is None:
+                return ranked
+            top = self._candidates_base(search).filter(Matches(search)).order_by(Rank(search))
+            with _binding(search, ranked):
+                pks = list(top.values_list("pk", flat=True)[: search.k])
+            if len(pks) >= search.k or complete:
+                position = {pk: n for n, pk in enumerate(ranked.pks)}
+                return Ranked(pks, [ranked.scores[position[pk]] for pk in pks])
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _plain_hits(self) -> models.QuerySet[Any]:
+        assert self._search is not None
+        ranked = self._exact(self._search)
         if self.query.is_sliced:
-            raise TypeError("Cannot run a semantic search on a sliced queryset.")
-        if index is None:
-            index = self._index(field)
+            low, high = self.query.low_mark, self.query.high_mark
+            ranked = Ranked(ranked.pks[low:high], ranked.scores[low:high])
+        return self.model._base_manager.using(self.db).filter(pk__in=ranked.pks)
+
+    def _candidates(self, search: Search) -> Iterator[tuple[Ranked, bool]]:
+        """Growing lists of hits for the database to check; ``complete`` when no row
+        outside the list could qualify."""
+        field = search.field
+        index = self._index(field)
         identity = field.get_provider().identity
-        if not self.query.where:
-            hits = self._verified_top(field, index, vector, k, identity, exclude, fetch=k)
-            return self._ranked(field, hits)
-        matching = self.count()
-        stored = max(len(index), 1)
-        if matching * DENSE_FILTER >= stored:
-            # A broad filter: search everything, over-fetching by the filter's
-            # selectivity, and keep the hits the filter accepts.
-            fetch = min(stored, math.ceil(k * stored / max(matching, 1) * 2) + k)
-            hits = self._verified_top(field, index, vector, k, identity, exclude, fetch=fetch)
-        else:
-            # A narrow filter: score only the rows it selects.
-            candidates = [str(pk) for pk in self.values_list("pk", flat=True)]
-            hits = index.search(
-                vector, k, identity=identity, candidates=candidates, exclude=exclude
-            )
-        return self._ranked(field, hits)
-
-    def _verified_top(
-        self,
-        field: EmbeddingField,
-        index: cache.FieldIndex,
-        vector: Vector,
-        k: int,
-        identity: str,
-        exclude: str | None,
-        *,
-        fetch: int,
-    ) -> list[Hit]:
-        """The best ``k`` hits whose rows this queryset selects, fetching more until found.
-
-        Exact: any selected row outside the best ``fetch`` scores no higher than
-        every row inside it. Also drops rows deleted behind the store's back (raw
-        SQL), so that an unfiltered search still returns ``k`` rows.
-        """
+        stored = len(index)
+        if not stored or not np.any(search.vector):
+            self._warn_if_never_embedded(field, stored)
+            yield Ranked([], []), True
+            return
+        base = self._candidates_base(search)
+        fetch = search.k + (1 if search.exclude else 0)
+        if base.query.where:
+            # A narrow filter: score only the rows it selects, checked in Python.
+            cap = max(search.k, math.isqrt(search.k * stored) * 2)
+            selected = _pks_and_hashes(base, field, limit=cap + 1)
+            if len(selected) <= cap:
+                yield self._checked_among(search, index, identity, selected), True
+                return
+            # A broad one selects at least cap rows: over-fetch by its least selectivity.
+            fetch = min(stored, math.ceil(search.k * stored / cap) + search.k)
         while True:
-            hits = index.search(vector, fetch, identity=identity, exclude=exclude)
-            pks = [field.pk_from_key(hit.key) for hit in hits]
-            selected = {str(pk) for pk in self.filter(pk__in=pks).values_list("pk", flat=True)}
-            kept = [hit for hit in hits if hit.key in selected]
-            if len(kept) >= k or len(hits) < fetch:
-                return kept[:k]
+            hits = index.search(search.vector, fetch, identity=identity, exclude=search.exclude)
+            complete = len(hits) < fetch
+            yield _with_hashes(field, index, hits), complete
+            if complete:
+                return
+            fetch = min(stored, fetch * 4)
+
+    def _checked_among(
+        self,
+        search: Search,
+        index: cache.FieldIndex,
+        identity: str,
+        selected: dict[str, tuple[Any, str | None]],
+    ) -> Ranked:
+        """The top ``k`` of the ``selected`` rows whose vector is of their text."""
+        candidates = list(selected)
+        fetch = search.k
+        while True:
+            hits = index.search(
+                search.vector, fetch, identity=identity, candidates=candidates, exclude=search.exclude
+            )
+            good = [hit for hit in hits if _current(index, hit.key, selected[hit.key][1])]
+            if len(good) >= search.k or len(hits) < fetch:
+                good = good[: search.k]
+                return Ranked([selected[hit.key][0] for hit in good], [hit.score for hit in good])
             fetch *= 4
 
-    def _ranked(self, field: EmbeddingField, hits: list[Hit]) -> Self:
-        pks = [field.pk_from_key(hit.key) for hit in hits]
-        if not pks:
-            return self.none()
-        similarity = models.Case(
-            *[
-                models.When(pk=pk, then=models.Value(hit.score))
-                for pk, hit in zip(pks, hits, strict=True)
-            ],
-            output_field=models.FloatField(),
-        )
-        rank = models.Case(
-            *[models.When(pk=pk, then=models.Value(position)) for position, pk in enumerate(pks)],
-            output_field=models.IntegerField(),
-        )
-        return self.filter(pk__in=pks).annotate(similarity=similarity).order_by(rank)
+    def _warn_if_never_embedded(self, field: EmbeddingField, stored: int) -> None:
+        if stored or field.label in _warned_empty:
+            return
+        if field.model._base_manager.using(self._store_alias()).exists():
+            _warned_empty.add(field.label)
+            logger.warning(
+                "%s: the table has rows but none is embedded, so searches find nothing. "
+                "Rows created by bulk_create(), update() or raw SQL, or before the field "
+                "existed, are embedded by `manage.py embeddings_backfill %s`.",
+                field.label,
+                field.model._meta.label,
+            )
+
+
+_warned_empty: set[str] = set()
+
+
+def _current(index: cache.FieldIndex, key: str, column: str | None) -> bool:
+    meta = index.meta(key)
+    return meta is not None and column is not None and meta[0] == column
+
+
+def _with_hashes(field: EmbeddingField, index: cache.FieldIndex, hits: list[Hit]) -> Ranked:
+    pks, scores, hashes = [], [], []
+    for hit in hits:
+        meta = index.meta(hit.key)
+        if meta is None:
+            continue
+        pks.append(field.pk_from_key(hit.key))
+        scores.append(hit.score)
+        hashes.append(meta[0])
+    return Ranked(pks, scores, hashes)
+
+
+def _pks_and_hashes(
+    base: models.QuerySet[Any], field: EmbeddingField, *, limit: int
+) -> dict[str, tuple[Any, str | None]]:
+    """``{key: (pk, column)}`` of up to ``limit`` selected rows, read without building
+    a Python object per row beyond the tuple the database driver returns."""
+    query = base.values_list("pk", field.attname)[:limit].query
+    compiler = query.get_compiler(using=base.db)
+    found: dict[str, tuple[Any, str | None]] = {}
+    results = compiler.execute_sql(MULTI, chunk_size=GET_ITERATOR_CHUNK_SIZE)
+    converters = compiler.get_converters([column for column, _, _ in compiler.select[:2]])
+    for chunk in results or ():
+        rows = compiler.apply_converters(chunk, converters) if converters else chunk
+        for pk, column in rows:
+            found[field.key(pk)] = (pk, column)
+    return found
 
 
 class EmbeddingQuerySet(EmbeddingQuerySetMixin):
@@ -185,3 +550,4 @@ class EmbeddingManager(models.Manager.from_queryset(EmbeddingQuerySet)):  # type
 def _check_k(k: Any) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise ValueError(f"k should be an int between 1 and {MAX_K}, not {k!r}.")
+

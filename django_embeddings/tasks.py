@@ -3,9 +3,9 @@
 With ``EmbeddingField(defer=True)`` (or ``DJANGO_EMBEDDINGS_DEFER = True``), a
 commit enqueues :data:`embed_rows` through Django's tasks framework
 (``django.tasks`` on Django 6.0+, the ``django-tasks`` backport package on 5.2)
-and the request returns without waiting for the provider. The row keeps a NULL
-column, and counts as missing in ``embeddings_status``, until a worker ran the
-task. A failed task raises, so the task backend records the failure (and retries
+and the request returns without waiting for the provider. The row is pending
+(searches leave it out, ``embeddings_status`` counts it as missing) until a
+worker ran the task. A failed task raises, so the task backend records the failure (and retries
 it, if the backend retries); ``embeddings_backfill --missing`` catches up on
 whatever never ran.
 
@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from django_embeddings.exceptions import EmbeddingsError
 
 if TYPE_CHECKING:
     from django_embeddings.fields import EmbeddingField
@@ -50,29 +49,15 @@ def embed_rows(label: str, keys: list[str], using: str = "default") -> int:
     """Embed the rows ``keys`` of the field ``label``; returns how many were embedded.
 
     Rows deleted since they were enqueued are skipped. Raises when a row could
-    not be embedded, whatever ``DJANGO_EMBEDDINGS_ON_ERROR`` says, so the task
-    backend sees the failure.
+    not be embedded, so the task backend sees the failure.
     """
-    from django_embeddings import indexing
+    from django_embeddings import writer
     from django_embeddings.labels import resolve_one
 
     field = resolve_one(label)
     manager = field.model._base_manager.using(using)
     pks = [field.pk_from_key(key) for key in keys]
-    instances = list(manager.filter(pk__in=pks))
-    embedded = indexing.sync(field, instances, using=using)
-    # With ON_ERROR="log" sync logs instead of raising: look for rows left missing.
-    left = [
-        obj
-        for obj in manager.filter(pk__in=pks, **{f"{field.attname}__isnull": True})
-        if field.source_text(obj).strip()
-    ]
-    if left:
-        raise EmbeddingsError(
-            f"{field.label}: {len(left)} of {len(keys)} rows are still not embedded "
-            f"(pks {[obj.pk for obj in left[:5]]!r}); see the log for the provider's error."
-        )
-    return embedded
+    return writer.sync(field, list(manager.filter(pk__in=pks)), using=using)
 
 
 if task is not None:

@@ -30,7 +30,7 @@ from django_embeddings import __version__, cache
 from django_embeddings.backfill import existing_keys
 from django_embeddings.exceptions import EmbeddingsError
 from django_embeddings.fields import EmbeddingField
-from django_embeddings.indexing import announce
+from django_embeddings.writer import put_vectors
 from django_embeddings.labels import LabelError, resolve_one
 
 __all__ = ["FORMAT", "ImportResult", "TransferError", "export_field", "import_file"]
@@ -65,7 +65,6 @@ def export_field(field: EmbeddingField, path: Path) -> int:
     """
     index = cache.get(field.store, keep=False)
     keys = sorted(index.keys())
-    store = field.store
     kept: list[str] = []
     vectors: list[Any] = []
     hashes: list[str] = []
@@ -73,7 +72,7 @@ def export_field(field: EmbeddingField, path: Path) -> int:
     identity_names: list[str] = []
     for key in keys:
         meta = index.meta(key)
-        vector = store.load_vector(key)
+        vector = index.vector(key)
         if meta is None or vector is None:
             logger.warning("%s: the vector of row %r is unreadable; not exported", field.label, key)
             continue
@@ -119,8 +118,9 @@ def export_field(field: EmbeddingField, path: Path) -> int:
 def import_file(path: Path, *, using: str = "default") -> ImportResult:
     """Store the vectors of an export file for the rows that exist in ``using``.
 
-    Sets the rows' column and tells peer processes, as a save does. Rows that do
-    not exist are skipped. Vectors made by another provider are imported all the
+    Tells peer processes, as a save does. Rows that do not exist are skipped; a row
+    is searchable when its column (loaded with its data, e.g. by ``loaddata``)
+    records the text the vector was made from, and pending otherwise. Vectors made by another provider are imported all the
     same; searches leave them out until ``embeddings_backfill --stale``.
     """
     data = _read(Path(path))
@@ -132,8 +132,7 @@ def import_file(path: Path, *, using: str = "default") -> ImportResult:
     vectors = data["vectors"]
     result = ImportResult(field.label, total=len(keys))
     provider_identity = _provider_identity(field)
-    store = field.store
-    manager = field.model._base_manager.using(using)
+    store = field.store_for(using)
     for start in range(0, len(keys), IMPORT_CHUNK):
         chunk = keys[start : start + IMPORT_CHUNK]
         live = existing_keys(field, chunk, using=using)
@@ -142,14 +141,12 @@ def import_file(path: Path, *, using: str = "default") -> ImportResult:
         if not rows:
             continue
         identities = [data["identity_names"][data["identities"][row]] for row in rows]
-        entries = store.put_many(
-            (keys[row], vectors[row], data["hashes"][row], identity)
-            for row, identity in zip(rows, identities, strict=True)
-        )
-        chunk_vectors = [vectors[row] for row in rows]
-        announce(store, entries, chunk_vectors)
-        manager.filter(pk__in=[field.pk_from_key(keys[row]) for row in rows]).update(
-            **{field.attname: int(vectors.shape[1])}
+        put_vectors(
+            store,
+            [
+                (keys[row], vectors[row], data["hashes"][row], identity)
+                for row, identity in zip(rows, identities, strict=True)
+            ],
         )
         result.imported += len(rows)
         if provider_identity is not None:

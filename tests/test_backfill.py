@@ -6,7 +6,7 @@ from django.db import connection
 
 from django_embeddings import cache
 from django_embeddings.backfill import BackfillResult, embed_queryset, existing_keys
-from django_embeddings.indexing import content_hash
+from django_embeddings.fields import content_hash
 from django_embeddings.providers import get_provider
 from tests.testapp.models import Article, ManualDoc, Note, Product, SlugDoc, UUIDDoc
 

@@ -11,8 +11,9 @@ from django.db.migrations.writer import MigrationWriter
 
 from django_embeddings import EmbeddingField, cache
 from django_embeddings.exceptions import ProviderError
-from django_embeddings.indexing import content_hash
+from django_embeddings.fields import content_hash
 from django_embeddings.providers import get_provider
+from django_embeddings.signals import embedding_failed
 from tests.otherapp.models import Doc as OtherDoc
 from tests.testapp.models import (
     Article,
@@ -36,25 +37,35 @@ def field_of(model, name="embedding") -> EmbeddingField:  # type: ignore[no-unty
     return model._meta.get_field(name)
 
 
+def store_root_of(model) -> object:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from django.conf import settings
+
+    return Path(settings.DJANGO_EMBEDDINGS_DIR)
+
+
 def calls() -> list[list[str]]:
     return get_provider("default").calls  # type: ignore[attr-defined, no-any-return]
 
 
 class TestSave:
-    def test_create_embeds_and_sets_the_dimension_column(self):
-        article = Article.objects.create(title="CSV", body="Read and write comma separated files")
-        assert article.embedding == 64
+    def test_create_embeds_and_records_the_text_hash(self):
+        text = "Read and write comma separated files"
+        article = Article.objects.create(title="CSV", body=text)
+        assert article.embedding == content_hash(text)
         article.refresh_from_db()
-        assert article.embedding == 64
+        assert article.embedding == content_hash(text)
+        assert field_of(Article).store.path.is_relative_to(store_root_of(Article))
         field = field_of(Article)
         assert stored_keys(field) == {str(article.pk)}
         vector = field.store.load_vector(str(article.pk))
         expected = get_provider().embed(["Read and write comma separated files"])[0]
         np.testing.assert_array_equal(vector, expected)
 
-    def test_vector_file_is_private_and_named_by_hash(self, store_dir):
+    def test_vector_file_is_private_and_named_by_hash(self):
         article = Article.objects.create(title="a", body="alpha beta")
-        folder = store_dir / "testapp.Article" / "embedding"
+        folder = field_of(Article).store.path
         names = [p.name for p in folder.glob("*.npy")]
         assert len(names) == 1
         assert names == [hashlib.sha256(str(article.pk).encode()).hexdigest() + ".npy"]
@@ -106,7 +117,7 @@ class TestSave:
         pk = article.pk
         article.delete()
         assert stored_keys(field_of(Article)) == set()
-        assert not list((store_dir / "testapp.Article" / "embedding").glob("*.npy"))
+        assert not list(field_of(Article).store.path.glob("*.npy"))
         assert field_of(Article).store.load_vector(str(pk)) is None
 
     def test_queryset_delete_removes_vectors(self):
@@ -131,20 +142,49 @@ class TestSave:
         proxy = ArticleProxy.objects.create(title="p", body="saved through a proxy")
         assert stored_keys(field_of(Article)) == {str(proxy.pk)}
 
-    def test_auto_embed_false_leaves_rows_missing(self):
+    def test_auto_embed_false_leaves_rows_pending(self):
         doc = ManualDoc.objects.create(text="manual")
-        assert doc.embedding is None
+        assert doc.embedding == content_hash("manual")
         assert stored_keys(field_of(ManualDoc)) == set()
+        assert list(ManualDoc.objects.semantic_search("manual", k=1)) == []
 
     def test_long_text_is_cut_to_the_documented_length(self, settings):
         settings.DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH = 10
         Article.objects.create(title="a", body="0123456789abcdef")
         assert calls()[-1] == ["0123456789"]
 
-    def test_bulk_create_sends_no_signal(self):
+    def test_bulk_create_records_the_hash_but_embeds_nothing(self):
         Article.objects.bulk_create([Article(title="x", body="bulk created")])
-        assert Article.objects.filter(embedding__isnull=True).count() == 1
+        assert Article.objects.get().embedding == content_hash("bulk created")
         assert stored_keys(field_of(Article)) == set()
+
+    def test_update_fields_naming_the_source_records_the_new_hash(self):
+        article = Article.objects.create(title="a", body="first words")
+        article.body = "second words"
+        article.save(update_fields=["body"])
+        article.refresh_from_db()
+        assert article.embedding == content_hash("second words")
+        assert calls()[-1] == ["second words"]
+        assert [a.pk for a in Article.objects.semantic_search("second words", k=1)] == [
+            article.pk
+        ]
+
+    def test_saves_in_one_transaction_reach_the_provider_as_one_batch(self):
+        before = len(calls())
+        with transaction.atomic():
+            for n in range(5):
+                Article.objects.create(title=str(n), body=f"batched text {n}")
+        assert calls()[before:] == [[f"batched text {n}" for n in range(5)]]
+        assert len(stored_keys(field_of(Article))) == 5
+
+    def test_a_savepoint_rolled_back_leaves_the_rest_of_the_batch(self):
+        with transaction.atomic():
+            kept = Article.objects.create(title="kept", body="kept text")
+            with pytest.raises(RuntimeError), transaction.atomic():
+                Article.objects.create(title="gone", body="rolled back text")
+                raise RuntimeError
+            also = Article.objects.create(title="also", body="also kept")
+        assert stored_keys(field_of(Article)) == {str(kept.pk), str(also.pk)}
 
 
 class TestKeys:
@@ -158,7 +198,7 @@ class TestKeys:
     @pytest.mark.parametrize("slug", ["a/b", "../../etc/passwd", "ünïcødé ✓", "..", "x" * 200])
     def test_string_keys_never_become_paths(self, slug, store_dir):
         SlugDoc.objects.create(slug=slug, text=f"document {slug}")
-        folder = store_dir / "testapp.SlugDoc" / "embedding"
+        folder = field_of(SlugDoc).store.path
         for path in store_dir.rglob("*"):
             assert path.resolve().is_relative_to(store_dir.resolve())
         assert len(list(folder.glob("*.npy"))) == 1
@@ -174,8 +214,8 @@ class TestKeys:
 
     def test_two_fields_on_one_model_are_independent(self):
         product = Product.objects.create(name="Lamp", description="A bright desk lamp")
-        assert product.name_embedding == 16
-        assert product.full_embedding == 64
+        assert product.name_embedding == content_hash("Lamp")
+        assert product.full_embedding == content_hash("Lamp\nA bright desk lamp")
         name_store = field_of(Product, "name_embedding").store
         full_store = field_of(Product, "full_embedding").store
         assert name_store.path != full_store.path
@@ -203,36 +243,50 @@ class TestFailures:
             "default": {"BACKEND": "tests.utils.FailingProvider"},
         }
 
-    def test_provider_failure_raises_and_leaves_row_missing(self, failing):
-        with pytest.raises(ProviderError, match=r"testapp\.Article\.embedding"):
-            Article.objects.create(title="a", body="cannot embed")
-        article = Article.objects.get()
-        assert article.embedding is None
+    def test_provider_failure_after_commit_is_logged_and_leaves_the_row_pending(
+        self, failing, caplog
+    ):
+        failures = []
+        embedding_failed.connect(lambda **kwargs: failures.append(kwargs), weak=False)
+        try:
+            article = Article.objects.create(title="a", body="cannot embed")
+        finally:
+            embedding_failed.receivers.clear()
+        assert Article.objects.get().embedding == content_hash("cannot embed")
         assert stored_keys(field_of(Article)) == set()
+        assert "Could not embed 1 rows of testapp.Article.embedding" in caplog.text
+        assert "embeddings_backfill testapp.Article" in caplog.text
+        [failure] = failures
+        assert failure["sender"] is Article and failure["keys"] == [str(article.pk)]
+        assert isinstance(failure["exception"], ProviderError)
 
-    def test_failure_of_a_changed_text_drops_the_old_vector(self, settings):
+    def test_a_failure_never_skips_other_on_commit_callbacks(self, failing):
+        ran = []
+        with transaction.atomic():
+            Article.objects.create(title="a", body="cannot embed")
+            transaction.on_commit(lambda: ran.append(True))
+        assert ran == [True]
+
+    def test_failure_of_a_changed_text_never_serves_the_old_vector(self, settings):
         article = Article.objects.create(title="a", body="old text")
+        old = get_provider().embed(["old text"])[0]
         settings.DJANGO_EMBEDDINGS_PROVIDERS = {
             **settings.DJANGO_EMBEDDINGS_PROVIDERS,
             "default": {"BACKEND": "tests.utils.FailingProvider"},
         }
         article.body = "new text"
-        with pytest.raises(ProviderError):
-            article.save()
+        article.save()
         article.refresh_from_db()
-        assert article.embedding is None
-        assert stored_keys(field_of(Article)) == set()
+        assert article.embedding == content_hash("new text")
+        # The old vector is of another text: it is never served for this row.
+        assert list(Article.objects.semantic_search(old, k=1)) == []
 
-    def test_on_error_log(self, failing, settings, caplog):
-        settings.DJANGO_EMBEDDINGS_ON_ERROR = "log"
-        Article.objects.create(title="a", body="cannot embed")
-        assert Article.objects.get().embedding is None
-        assert "Embedding testapp.Article.embedding failed" in caplog.text
-
-    def test_missing_dir_is_a_clear_error(self, settings):
+    def test_missing_dir_is_a_clear_error(self, settings, caplog):
         settings.DJANGO_EMBEDDINGS_DIR = None
+        Article.objects.create(title="a", body="anything")
+        assert "DJANGO_EMBEDDINGS_DIR is not set" in caplog.text
         with pytest.raises(ImproperlyConfigured, match="DJANGO_EMBEDDINGS_DIR is not set"):
-            Article.objects.create(title="a", body="anything")
+            list(Article.objects.semantic_search("anything"))
 
 
 class TestDeconstruct:
@@ -269,9 +323,10 @@ class TestDeconstruct:
     def test_formfield_is_none(self):
         assert field_of(Article).formfield() is None
 
-    def test_column_is_a_nullable_integer(self):
+    def test_column_is_a_nullable_hash(self):
         field = field_of(Article)
-        assert field.null and field.get_internal_type() == "IntegerField"
+        assert field.null and field.get_internal_type() == "CharField"
+        assert field.max_length == 32
         assert field.db_type(connection) is not None
 
 

@@ -22,7 +22,7 @@ from django.core.management import call_command
 
 from django_embeddings import cache
 from django_embeddings.exceptions import EmbeddingsError, StoreError
-from django_embeddings.indexing import content_hash
+from django_embeddings.fields import content_hash
 from django_embeddings.providers import get_provider
 from tests.conftest import skip_or_fail
 from tests.reliability.disks import Tmpfs, mount_problem

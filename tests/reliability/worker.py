@@ -98,7 +98,7 @@ def audit(*, searches: int = 40) -> dict[str, Any]:
     from django.core.management import call_command
 
     from django_embeddings import cache
-    from django_embeddings.indexing import content_hash
+    from django_embeddings.fields import content_hash
     from django_embeddings.store import files
     from tests.testapp.models import Article
 
@@ -349,7 +349,7 @@ def _arm(point: str, hit: int, action: str = "kill") -> None:
     thing added is the signal, at an instant of the test's choosing. A stopped
     process is resumed by the test with SIGCONT, as if the scheduler had paused it.
     """
-    from django_embeddings import indexing
+    from django_embeddings import writer
     from django_embeddings.store import files, journal, snapshot
 
     counts: dict[str, int] = {}
@@ -375,9 +375,9 @@ def _arm(point: str, hit: int, action: str = "kill") -> None:
 
         setattr(owner, attr, wrapper)
 
-    wrap(indexing, "sync", "after-commit")
-    wrap(indexing, "_changed_since", "before-reread")
-    wrap(indexing, "remove", "after-commit" if action == "kill" else "before-remove")
+    wrap(writer.Batch, "flush", "after-commit")
+    wrap(writer, "_recheck", "before-reread")
+    wrap(writer, "remove", "after-commit" if action == "kill" else "before-remove")
     wrap(journal, "append", "before-append", "after-append")
     wrap(files, "delete_vector", "before-unlink")
     wrap(snapshot, "write_atomic", "compact-before-index")

@@ -19,7 +19,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 from django.db.models import QuerySet
 
-from django_embeddings import cache, invalidation
+from django_embeddings import writer
 from django_embeddings.backfill import DEFAULT_BATCH_SIZE, BackfillResult, embed_queryset
 from django_embeddings.exceptions import EmbeddingsError
 from django_embeddings.fields import EmbeddingField
@@ -92,9 +92,7 @@ class Command(BaseCommand):
                 if dry_run:
                     self._say(verbosity, f"Would delete every stored vector of {field.label}.")
                 else:
-                    field.store.clear()
-                    cache.reload(field.store)
-                    invalidation.announce(field.store)
+                    writer.clear_vectors(field.store_for(options["database"]))
                     self._say(verbosity, f"Deleted every stored vector of {field.label}.")
             queryset = field.model._base_manager.using(options["database"]).all()
             result = self._backfill(queryset, field, mode, batch_size, dry_run, verbosity)

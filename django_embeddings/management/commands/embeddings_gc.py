@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_embeddings.backfill import existing_keys
 from django_embeddings.fields import EmbeddingField
-from django_embeddings.indexing import announce
+from django_embeddings import writer
 from django_embeddings.management.commands._common import add_database, add_labels, fields_for
 
 # A store this large next to an empty table more likely means the wrong database
@@ -56,12 +56,12 @@ class Command(BaseCommand):
             for field in fields:
                 self._refuse_if_table_looks_wrong(field, using)
         for field in fields:
-            report = field.store.collect_garbage(
+            report = writer.collect_garbage(
+                field.store_for(using),
                 lambda keys, field=field: existing_keys(field, keys, using=using),  # type: ignore[misc]
                 min_age=min_age,
                 dry_run=dry_run,
             )
-            announce(field.store, report.journal)
             removed = len(report.entries) + len(report.files)
             if options["verbosity"] >= 1:
                 verb = "Would remove" if dry_run else "Removed"
@@ -75,7 +75,7 @@ class Command(BaseCommand):
     def _refuse_if_table_looks_wrong(self, field: EmbeddingField, using: str) -> None:
         if field.model._base_manager.using(using).exists():
             return
-        vectors = field.store.stats().vectors
+        vectors = field.store_for(using).stats().vectors
         if vectors >= GUARD_VECTORS:
             raise CommandError(
                 f"Refusing to collect {field.label}: table {field.model._meta.db_table!r} "

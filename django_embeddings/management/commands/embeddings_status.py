@@ -1,8 +1,10 @@
 """``manage.py embeddings_status``: how far each field's store is from its table.
 
 Per field: rows in the table; rows embedded by the current provider; rows
-missing (NULL column or no vector: never embedded, failed, or a deferred task
-that has not run yet); rows stale (embedded by another provider identity);
+missing (pending: the store has no vector of the text their column names, as
+after ``bulk_create``, a failed provider call, a crash after commit or a
+deferred task that has not run yet); rows with no text to embed; rows stale
+(embedded by another provider identity);
 orphans (vectors of rows that no longer exist, and vector files with no index
 entry); temp files; the store's version, journal length and dimensions.
 Nothing is written. Rows whose text changed behind the ORM's back are not
@@ -19,6 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandParser
 
 from django_embeddings import cache
+from django_embeddings.backfill import is_pending
 from django_embeddings.exceptions import EmbeddingsError
 from django_embeddings.fields import EmbeddingField
 from django_embeddings.management.commands._common import add_database, add_labels, fields_for
@@ -55,6 +58,7 @@ class Command(BaseCommand):
                 ("rows", status["rows"]),
                 ("embedded", status["embedded"]),
                 ("missing", status["missing"]),
+                ("empty", status["empty"]),
                 ("stale", status["stale"]),
                 ("orphans", status["orphans"]),
                 ("temp files", status["temp_files"]),
@@ -78,10 +82,10 @@ def field_status(field: EmbeddingField, using: str = "default") -> dict[str, Any
         identity, dimensions = provider.identity, provider.dimensions
     except (ImproperlyConfigured, EmbeddingsError, ImportError) as exc:
         error = str(exc)
-    store = field.store
+    store = field.store_for(using)
     stats = store.stats()
     index = cache.get(store, keep=False)
-    rows = embedded = missing = stale = indexed_rows = 0
+    rows = embedded = missing = stale = empty = indexed_rows = 0
     manager = field.model._base_manager.using(using)
     last: Any = None
     while True:
@@ -95,7 +99,9 @@ def field_status(field: EmbeddingField, using: str = "default") -> dict[str, Any
             meta = index.meta(field.key(pk))
             if meta is not None:
                 indexed_rows += 1
-            if meta is None or column is None:
+            if column is None and meta is None:
+                empty += 1  # no text to embed
+            elif is_pending(column, meta):
                 missing += 1
             elif identity is not None and meta[1] != identity:
                 stale += 1
@@ -105,6 +111,7 @@ def field_status(field: EmbeddingField, using: str = "default") -> dict[str, Any
         "rows": rows,
         "embedded": embedded,
         "missing": missing,
+        "empty": empty,
         "stale": stale,
         # Counted from the same read as the rows, so a concurrent write cannot skew it.
         "orphans": max(0, len(index) - indexed_rows) + stats.unindexed_files,
