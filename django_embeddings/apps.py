@@ -3,7 +3,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import AppConfig
-from django.core import checks
 from django.core.signals import setting_changed
 from django.db.models.signals import post_migrate
 
@@ -15,9 +14,9 @@ class DjangoEmbeddingsConfig(AppConfig):
 
     def ready(self) -> None:
         from django_embeddings import databases, invalidation, signals
-        from django_embeddings.checks import check_settings
+        from django_embeddings.checks import register_checks
 
-        checks.register(check_settings)
+        register_checks()
         setting_changed.connect(_reset_on_setting_change, dispatch_uid="django_embeddings.reset")
         post_migrate.connect(_reset_test_stores, dispatch_uid="django_embeddings.test_stores")
         databases.remember_configured_names()

@@ -1,22 +1,37 @@
 """System checks for the app's settings; field checks live in ``EmbeddingField.check()``.
 
 Every id is listed in the README's "System checks" section, which the hints link to.
+Settings are read as given (see :mod:`django_embeddings.conf`), so each one's type
+and value is checked here, at start-up, rather than failing in a request.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, Warning
+from django.core.checks import CheckMessage, Error, Tags, Warning, registry
 from django.utils.module_loading import import_string
 
-from django_embeddings.conf import INVALIDATION_MODES, ON_ERROR_CHOICES, conf
+from django_embeddings.conf import INVALIDATION_MODES, ON_ERROR_CHOICES, REDIS_URL_SCHEMES, conf
 
-DOCS = "https://pypi.org/project/django-embedding-field/#system-checks"
+DOCS = 'See the "System checks" section of the README (README.md#system-checks).'
+
+# check_settings runs under TAG; the store directory's writability (E003) under a tag
+# of its own, so commands that only read a store can skip just that check.
+TAG = "django_embeddings"
+STORE_WRITABLE_TAG = "django_embeddings_store_writable"
+
+
+def register_checks() -> None:
+    """Register the app's checks (``AppConfig.ready()`` calls this)."""
+    registry.register(check_settings, TAG)
+    registry.register(check_store_writable, STORE_WRITABLE_TAG)
+    registry.register(check_deployment, TAG, deploy=True)
 
 
 def check_settings(
@@ -28,7 +43,62 @@ def check_settings(
         *_check_invalidation(),
         *_check_on_error(),
         *_check_redis(),
+        *_check_channel(),
+        *_check_positive_int("DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH", conf.MAX_TEXT_LENGTH, "E014"),
+        *_check_positive_int("DJANGO_EMBEDDINGS_COMPACT_THRESHOLD", conf.COMPACT_THRESHOLD, "E015"),
+        *_check_defer(),
     ]
+
+
+def check_store_writable(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """E003: the store directory (or the nearest existing parent) must be writable."""
+    directory = conf.DIR
+    if not isinstance(directory, Path):
+        return []  # E002 or E017
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [
+            Error(
+                f"DJANGO_EMBEDDINGS_DIR {str(directory)!r} is not writable by this process.",
+                hint=f"Make {str(existing)!r} writable, or point the setting elsewhere.",
+                id="django_embeddings.E003",
+            )
+        ]
+    return []
+
+
+def check_deployment(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """``manage.py check --deploy`` only."""
+    if conf.INVALIDATION_GIVEN is None and conf.INVALIDATION == "mtime":
+        return [
+            Warning(
+                "DJANGO_EMBEDDINGS_INVALIDATION is not set and DJANGO_EMBEDDINGS_REDIS "
+                f"{conf.REDIS!r} names no django-redis cache or Redis URL, so the mode is "
+                "'mtime': each search checks the store's journal on disk for other "
+                "processes' writes.",
+                hint="With several processes or machines, point DJANGO_EMBEDDINGS_REDIS at a "
+                "django-redis cache or a redis:// URL for 'pubsub'. To keep 'mtime' (or "
+                "'none' for a single process), set DJANGO_EMBEDDINGS_INVALIDATION to say "
+                f"so. {DOCS}",
+                id="django_embeddings.W002",
+            )
+        ]
+    return []
+
+
+def read_only_check_tags() -> list[str]:
+    """The check tags a command that only reads stores runs: all but E003's.
+
+    Django's database checks are left out too, as a plain run leaves them out;
+    checks registered without a tag cannot be selected by tag, so they do not run.
+    """
+    return sorted(registry.registry.tags_available() - {Tags.database, STORE_WRITABLE_TAG})
 
 
 def _check_providers() -> list[CheckMessage]:
@@ -76,15 +146,12 @@ def _check_dir() -> list[CheckMessage]:
                 id="django_embeddings.E002",
             )
         ]
-    existing = directory
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not isinstance(directory, Path):
         return [
             Error(
-                f"DJANGO_EMBEDDINGS_DIR {str(directory)!r} is not writable by this process.",
-                hint=f"Make {str(existing)!r} writable, or point the setting elsewhere.",
-                id="django_embeddings.E003",
+                f"DJANGO_EMBEDDINGS_DIR should be a str or a Path, not {directory!r}.",
+                hint='Set it to a directory for the vectors, e.g. BASE_DIR / "embeddings".',
+                id="django_embeddings.E017",
             )
         ]
     return []
@@ -116,15 +183,19 @@ def _check_on_error() -> list[CheckMessage]:
     return []
 
 
-REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
-
-
 def _check_redis() -> list[CheckMessage]:
-    """``pubsub`` needs DJANGO_EMBEDDINGS_REDIS to be a redis URL or a django-redis cache."""
-    if conf.INVALIDATION != "pubsub":
-        return []
-    target = conf.REDIS
-    if target.startswith(REDIS_URL_SCHEMES):
+    """A string always; in ``pubsub`` mode, a redis URL or a django-redis cache."""
+    target: object = conf.REDIS
+    if not isinstance(target, str):
+        return [
+            Error(
+                "DJANGO_EMBEDDINGS_REDIS should be a str (a CACHES alias or a redis:// URL), "
+                f"not {target!r}.",
+                hint=DOCS,
+                id="django_embeddings.E012",
+            )
+        ]
+    if conf.INVALIDATION != "pubsub" or target.startswith(REDIS_URL_SCHEMES):
         return []
     caches = getattr(settings, "CACHES", {})
     config = caches.get(target) if isinstance(caches, dict) else None
@@ -141,7 +212,7 @@ def _check_redis() -> list[CheckMessage]:
                     "SOCKET_TIMEOUT: a Redis that stops answering would block every write "
                     "while it publishes the change.",
                     hint="Set CACHES[...]['OPTIONS']['SOCKET_TIMEOUT'] (and "
-                    f"SOCKET_CONNECT_TIMEOUT), e.g. to 5 seconds. See {DOCS}",
+                    f"SOCKET_CONNECT_TIMEOUT), e.g. to 5 seconds. {DOCS}",
                     id="django_embeddings.W001",
                 )
             ]
@@ -154,3 +225,42 @@ def _check_redis() -> list[CheckMessage]:
             id="django_embeddings.E011",
         )
     ]
+
+
+def _check_channel() -> list[CheckMessage]:
+    channel: object = conf.CHANNEL
+    if not isinstance(channel, str) or not channel:
+        return [
+            Error(
+                f"DJANGO_EMBEDDINGS_CHANNEL should be a non-empty str, not {channel!r}.",
+                hint=DOCS,
+                id="django_embeddings.E013",
+            )
+        ]
+    return []
+
+
+def _check_positive_int(name: str, value: object, code: str) -> list[CheckMessage]:
+    # bool is an int subclass, but True as a length is a mistake, not a 1.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return [
+            Error(
+                f"{name} should be a positive int, not {value!r}.",
+                hint=DOCS,
+                id=f"django_embeddings.{code}",
+            )
+        ]
+    return []
+
+
+def _check_defer() -> list[CheckMessage]:
+    defer: object = conf.DEFER
+    if not isinstance(defer, bool):
+        return [
+            Error(
+                f"DJANGO_EMBEDDINGS_DEFER should be True or False, not {defer!r}.",
+                hint=DOCS,
+                id="django_embeddings.E016",
+            )
+        ]
+    return []

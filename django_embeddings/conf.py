@@ -2,6 +2,8 @@
 
 This module is the only reader of Django settings in the package. Reading on each
 access (instead of caching at import) keeps ``override_settings`` working in tests.
+Values are returned as given, never coerced (``bool("False")`` is True): the
+system checks in :mod:`django_embeddings.checks` report a wrong type at start-up.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from django.conf import settings
 
 INVALIDATION_MODES = ("pubsub", "mtime", "none")
 ON_ERROR_CHOICES = ("raise", "log")
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
 DEFAULT_PROVIDERS: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django_embeddings.providers.StaticModelProvider"},
@@ -30,25 +33,51 @@ class Settings:
     @property
     def DIR(self) -> Path | None:
         value = getattr(settings, "DJANGO_EMBEDDINGS_DIR", None)
-        return None if value is None else Path(value)
+        # Anything but a str or path is returned as given, for the check (E017) to name.
+        return Path(value) if isinstance(value, (str, os.PathLike)) else value
 
     @property
     def INVALIDATION(self) -> str:
-        # The environment wins over settings, as popoto's POPOTO_EMBEDDING_INVALIDATION
-        # does, so an operator can switch modes without a code change.
+        """The mode in force: the environment variable, else the setting, else the
+        default, which is ``pubsub`` when Redis is configured and ``mtime`` when not."""
+        given = self.INVALIDATION_GIVEN
+        if given is not None:
+            return given
+        return "pubsub" if self.REDIS_CONFIGURED else "mtime"
+
+    @property
+    def INVALIDATION_GIVEN(self) -> str | None:
+        """The mode as the environment variable or the setting gives it; ``None`` if neither
+        (a setting of ``None`` counts as not given)."""
+        # The environment wins over settings, so an operator can switch modes
+        # without a code change.
         from_env = os.environ.get("DJANGO_EMBEDDINGS_INVALIDATION")
         if from_env:
             return from_env.strip().lower()
-        return str(getattr(settings, "DJANGO_EMBEDDINGS_INVALIDATION", "pubsub"))
+        return getattr(settings, "DJANGO_EMBEDDINGS_INVALIDATION", None)
 
     @property
     def REDIS(self) -> str:
         """A ``CACHES`` alias served by django-redis, or a ``redis://`` URL."""
-        return str(getattr(settings, "DJANGO_EMBEDDINGS_REDIS", "default"))
+        return getattr(settings, "DJANGO_EMBEDDINGS_REDIS", "default")
+
+    @property
+    def REDIS_CONFIGURED(self) -> bool:
+        """Does ``REDIS`` name a django-redis cache of ``CACHES``, or is it a Redis URL?"""
+        target = self.REDIS
+        if not isinstance(target, str):
+            return False
+        if target.startswith(REDIS_URL_SCHEMES):
+            return True
+        caches = getattr(settings, "CACHES", {})
+        config = caches.get(target) if isinstance(caches, dict) else None
+        return isinstance(config, dict) and str(config.get("BACKEND", "")).startswith(
+            "django_redis."
+        )
 
     @property
     def CHANNEL(self) -> str:
-        return str(getattr(settings, "DJANGO_EMBEDDINGS_CHANNEL", "django_embeddings"))
+        return getattr(settings, "DJANGO_EMBEDDINGS_CHANNEL", "django_embeddings")
 
     @property
     def SIGNING_KEYS(self) -> list[str]:
@@ -58,17 +87,17 @@ class Settings:
     @property
     def ON_ERROR(self) -> str:
         """What a failed provider call does after commit: ``raise`` or ``log``."""
-        return str(getattr(settings, "DJANGO_EMBEDDINGS_ON_ERROR", "raise"))
+        return getattr(settings, "DJANGO_EMBEDDINGS_ON_ERROR", "raise")
 
     @property
     def MAX_TEXT_LENGTH(self) -> int:
         """Source texts are cut to this many characters before they are embedded."""
-        return int(getattr(settings, "DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH", 20_000))
+        return getattr(settings, "DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH", 20_000)
 
     @property
     def COMPACT_THRESHOLD(self) -> int:
         """Journal entries past the snapshot that make a writer compact the store."""
-        return int(getattr(settings, "DJANGO_EMBEDDINGS_COMPACT_THRESHOLD", 10_000))
+        return getattr(settings, "DJANGO_EMBEDDINGS_COMPACT_THRESHOLD", 10_000)
 
     @property
     def DEFER(self) -> bool:
@@ -76,7 +105,7 @@ class Settings:
 
         ``EmbeddingField(defer=...)`` wins over this default.
         """
-        return bool(getattr(settings, "DJANGO_EMBEDDINGS_DEFER", False))
+        return getattr(settings, "DJANGO_EMBEDDINGS_DEFER", False)
 
 
 conf = Settings()

@@ -7,7 +7,13 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
-from django_embeddings.checks import check_settings
+from django_embeddings.checks import (
+    check_deployment,
+    check_settings,
+    check_store_writable,
+    read_only_check_tags,
+)
+from django_embeddings.conf import conf
 from django_embeddings.fields import EmbeddingField
 from tests.conftest import skip_or_fail
 from tests.reliability.disks import Tmpfs, mount_problem
@@ -59,7 +65,7 @@ def test_dir_not_writable(settings, tmp_path):
     if os.geteuid() != 0:
         locked.mkdir(mode=0o500)
         settings.DJANGO_EMBEDDINGS_DIR = locked / "embeddings"
-        assert ids(check_settings()) == ["django_embeddings.E003"]
+        assert ids(check_store_writable()) == ["django_embeddings.E003"]
         return
     problem = mount_problem()
     if problem:
@@ -68,7 +74,8 @@ def test_dir_not_writable(settings, tmp_path):
     try:
         disk.readonly()
         settings.DJANGO_EMBEDDINGS_DIR = locked / "embeddings"
-        assert ids(check_settings()) == ["django_embeddings.E003"]
+        assert ids(check_store_writable()) == ["django_embeddings.E003"]
+        assert check_settings() == []  # E003 has its own tag (see below)
     finally:
         disk.unmount()
 
@@ -77,7 +84,7 @@ def test_dir_not_writable_as_a_file(settings, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     settings.DJANGO_EMBEDDINGS_DIR = blocker / "embeddings"
-    assert ids(check_settings()) == ["django_embeddings.E003"]
+    assert ids(check_store_writable()) == ["django_embeddings.E003"]
 
 
 def test_bad_invalidation(settings, monkeypatch):
@@ -128,3 +135,238 @@ def test_deferred_field_passes_with_a_tasks_framework(settings):
     field.set_attributes_from_name("vec")
     field.model = Article
     assert field.check() == []  # django.tasks (6.x) or django-tasks (5.2) is installed
+
+
+def test_hints_point_at_the_readme(settings):
+    settings.DJANGO_EMBEDDINGS_PROVIDERS = ["default"]
+    assert check_settings()[0].hint == (
+        'See the "System checks" section of the README (README.md#system-checks).'
+    )
+
+
+# --- every setting's type and value --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "check_id", "message"),
+    [
+        (
+            "DJANGO_EMBEDDINGS_REDIS",
+            5,
+            "E012",
+            "DJANGO_EMBEDDINGS_REDIS should be a str (a CACHES alias or a redis:// URL), not 5.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_CHANNEL",
+            "",
+            "E013",
+            "DJANGO_EMBEDDINGS_CHANNEL should be a non-empty str, not ''.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_CHANNEL",
+            b"news",
+            "E013",
+            "DJANGO_EMBEDDINGS_CHANNEL should be a non-empty str, not b'news'.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH",
+            "20000",
+            "E014",
+            "DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH should be a positive int, not '20000'.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH",
+            0,
+            "E014",
+            "DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH should be a positive int, not 0.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH",
+            True,
+            "E014",
+            "DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH should be a positive int, not True.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_COMPACT_THRESHOLD",
+            -1,
+            "E015",
+            "DJANGO_EMBEDDINGS_COMPACT_THRESHOLD should be a positive int, not -1.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_COMPACT_THRESHOLD",
+            1e4,
+            "E015",
+            "DJANGO_EMBEDDINGS_COMPACT_THRESHOLD should be a positive int, not 10000.0.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_DEFER",
+            "False",
+            "E016",
+            "DJANGO_EMBEDDINGS_DEFER should be True or False, not 'False'.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_DEFER",
+            1,
+            "E016",
+            "DJANGO_EMBEDDINGS_DEFER should be True or False, not 1.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_DIR",
+            42,
+            "E017",
+            "DJANGO_EMBEDDINGS_DIR should be a str or a Path, not 42.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_ON_ERROR",
+            True,
+            "E008",
+            "DJANGO_EMBEDDINGS_ON_ERROR should be one of ['raise', 'log'], not True.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_INVALIDATION",
+            "PubSub ",
+            "E004",
+            "DJANGO_EMBEDDINGS_INVALIDATION should be one of ['pubsub', 'mtime', 'none'], "
+            "not 'PubSub '.",
+        ),
+    ],
+)
+def test_setting_of_the_wrong_type_or_value(
+    settings, monkeypatch, setting, value, check_id, message
+):
+    monkeypatch.delenv("DJANGO_EMBEDDINGS_INVALIDATION", raising=False)
+    setattr(settings, setting, value)
+    messages = check_settings()
+    assert ids(messages) == [f"django_embeddings.{check_id}"]
+    assert messages[0].msg == message
+
+
+def test_settings_are_read_as_given(settings):
+    settings.DJANGO_EMBEDDINGS_DEFER = "False"
+    settings.DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH = "20000"
+    assert conf.DEFER == "False"  # not bool("False"), which is True
+    assert conf.MAX_TEXT_LENGTH == "20000"
+
+
+def test_valid_values_pass(settings):
+    settings.DJANGO_EMBEDDINGS_DEFER = True
+    settings.DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH = 1
+    settings.DJANGO_EMBEDDINGS_COMPACT_THRESHOLD = 500
+    settings.DJANGO_EMBEDDINGS_CHANNEL = "site-a"
+    settings.DJANGO_EMBEDDINGS_REDIS = "redis://127.0.0.1:6379/0"
+    settings.DJANGO_EMBEDDINGS_DIR = "relative/embeddings"
+    assert check_settings() == []
+
+
+# --- the default invalidation mode ---------------------------------------------------
+
+LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+
+def test_new_project_without_redis_passes_in_mtime_mode(settings, monkeypatch):
+    """A startproject's CACHES (LocMemCache) and no mode: mtime, and no E011."""
+    monkeypatch.delenv("DJANGO_EMBEDDINGS_INVALIDATION", raising=False)
+    settings.CACHES = LOCMEM
+    del settings.DJANGO_EMBEDDINGS_INVALIDATION
+    assert conf.INVALIDATION == "mtime"
+    assert check_settings() == []
+    call_command("check", stdout=StringIO(), stderr=StringIO())
+
+
+def test_explicit_pubsub_without_redis_is_still_an_error(settings, monkeypatch):
+    monkeypatch.delenv("DJANGO_EMBEDDINGS_INVALIDATION", raising=False)
+    settings.CACHES = LOCMEM
+    settings.DJANGO_EMBEDDINGS_INVALIDATION = "pubsub"
+    messages = check_settings()
+    assert ids(messages) == ["django_embeddings.E011"]
+    assert "'default' names a cache with BACKEND" in messages[0].msg
+
+
+def test_deploy_warns_about_mtime_chosen_by_default(settings, monkeypatch):
+    monkeypatch.delenv("DJANGO_EMBEDDINGS_INVALIDATION", raising=False)
+    settings.CACHES = LOCMEM
+    del settings.DJANGO_EMBEDDINGS_INVALIDATION
+    messages = check_deployment()
+    assert ids(messages) == ["django_embeddings.W002"]
+    assert "DJANGO_EMBEDDINGS_REDIS 'default' names no django-redis cache" in messages[0].msg
+    assert "'mtime'" in messages[0].msg
+    assert "several processes or machines" in messages[0].hint
+    # Only with --deploy.
+    out = StringIO()
+    call_command("check", stdout=out, stderr=out)
+    assert "W002" not in out.getvalue()
+    call_command("check", deploy=True, stdout=out, stderr=out)
+    assert "django_embeddings.W002" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("env", "setting"), [("mtime", None), (None, "mtime"), (None, "none"), ("pubsub", "mtime")]
+)
+def test_deploy_is_silent_when_the_mode_is_chosen(settings, monkeypatch, env, setting):
+    monkeypatch.delenv("DJANGO_EMBEDDINGS_INVALIDATION", raising=False)
+    if env:
+        monkeypatch.setenv("DJANGO_EMBEDDINGS_INVALIDATION", env)
+    settings.CACHES = LOCMEM
+    if setting:
+        settings.DJANGO_EMBEDDINGS_INVALIDATION = setting
+    else:
+        del settings.DJANGO_EMBEDDINGS_INVALIDATION
+    assert check_deployment() == []
+
+
+def test_deploy_is_silent_when_redis_is_found(settings, monkeypatch):
+    monkeypatch.delenv("DJANGO_EMBEDDINGS_INVALIDATION", raising=False)
+    del settings.DJANGO_EMBEDDINGS_INVALIDATION
+    assert conf.INVALIDATION == "pubsub"  # the test settings' CACHES use django-redis
+    assert check_deployment() == []
+
+
+# --- read-only commands on a read-only store -----------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_read_only_commands_run_on_a_read_only_store(settings, tmp_path):
+    """manage.py runs the system checks first; E003 must not stop the commands that
+    only read a store, and must still stop the others."""
+    if os.geteuid() == 0:
+        problem = mount_problem()
+        if problem:
+            skip_or_fail(problem)
+        disk = Tmpfs(tmp_path / "disk", size_kb=1024).mount()
+        finish = disk.unmount
+    else:  # chmod is enough for other users
+        (tmp_path / "disk").mkdir()
+        disk = None
+        finish = lambda: (tmp_path / "disk").chmod(0o700)  # noqa: E731
+    try:
+        settings.DJANGO_EMBEDDINGS_DIR = tmp_path / "disk" / "embeddings"
+        Article.objects.create(title="a", body="one text")
+        Article.objects.create(title="b", body="another text")
+        if disk is not None:
+            disk.readonly()
+        else:
+            (tmp_path / "disk").chmod(0o500)
+        assert ids(check_store_writable()) == ["django_embeddings.E003"]
+        assert "django_embeddings_store_writable" not in read_only_check_tags()
+        assert "models" in read_only_check_tags()
+
+        out = StringIO()
+        call_command("embeddings_status", "testapp.Article", skip_checks=False, stdout=out)
+        assert "  embedded    2\n" in out.getvalue()
+        out = StringIO()
+        call_command(
+            "embeddings_export",
+            "testapp.Article",
+            output=str(tmp_path),
+            skip_checks=False,
+            stdout=out,
+        )
+        assert out.getvalue().startswith("Exported 2 embeddings of testapp.Article.embedding")
+        with pytest.raises(SystemCheckError, match="django_embeddings.E003"):
+            call_command("embeddings_gc", skip_checks=False, stdout=StringIO())
+        # Other checks still run before the read-only commands.
+        settings.DJANGO_EMBEDDINGS_DEFER = "yes"
+        with pytest.raises(SystemCheckError, match="django_embeddings.E016"):
+            call_command("embeddings_status", skip_checks=False, stdout=StringIO())
+    finally:
+        finish()

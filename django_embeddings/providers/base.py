@@ -31,7 +31,12 @@ class BaseProvider:
             raise TypeError(f"{type(self).__name__} got unexpected OPTIONS {sorted(options)!r}.")
 
     def embed(self, texts: Sequence[str], input_type: InputType = "document") -> Matrix:
-        """Return a float32 array of shape ``(len(texts), self.dimensions)``."""
+        """Return a float32 array of shape ``(len(texts), self.dimensions)``.
+
+        A query (``input_type="query"``) may get an all-zero row, meaning the
+        provider has no confident vector for it (the search then finds nothing);
+        a document may not.
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -42,7 +47,10 @@ def embed_checked(
     provider: BaseProvider, texts: Sequence[str], *, input_type: InputType, target: str
 ) -> Matrix:
     """``provider.embed(texts)``, with any failure raised as a ``ProviderError`` naming
-    ``target`` and the output checked by :func:`validate_vectors`."""
+    ``target`` and the output checked by :func:`validate_vectors`.
+
+    An all-zero vector is accepted for a query (the provider has no confident
+    vector for it) and refused for a document, which would be stored."""
     try:
         raw = provider.embed(texts, input_type=input_type)
     except ProviderError:
@@ -51,16 +59,28 @@ def embed_checked(
         raise ProviderError(
             f"Provider {provider.identity!r} failed to embed {target}: {exc}"
         ) from exc
-    return validate_vectors(raw, expected_rows=len(texts), provider=provider, target=target)
+    return validate_vectors(
+        raw,
+        expected_rows=len(texts),
+        provider=provider,
+        target=target,
+        allow_zero=input_type == "query",
+    )
 
 
 def validate_vectors(
-    vectors: Any, *, expected_rows: int, provider: BaseProvider, target: str
+    vectors: Any,
+    *,
+    expected_rows: int,
+    provider: BaseProvider,
+    target: str,
+    allow_zero: bool = False,
 ) -> Matrix:
     """Check a provider's output before anything is stored.
 
     ``target`` names what is being embedded (``"testapp.Article.embedding"``) so
-    the error says which field and which model failed.
+    the error says which field and which model failed. ``allow_zero`` accepts
+    all-zero rows (queries the provider has no confident vector for).
     """
     try:
         matrix = np.asarray(vectors, dtype=np.float32)
@@ -83,7 +103,7 @@ def validate_vectors(
         raise ProviderError(
             f"Provider {provider.identity!r} returned NaN or infinite values for {target}."
         )
-    if expected_rows and not np.any(matrix, axis=1).all():
+    if expected_rows and not allow_zero and not np.any(matrix, axis=1).all():
         raise ProviderError(
             f"Provider {provider.identity!r} returned an all-zero vector for {target}."
         )

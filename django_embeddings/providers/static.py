@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +38,16 @@ TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "config.json"
 _CHUNK_TOKENS = 32_768  # token vectors gathered at once: 32 MB at 256 float32 dimensions
 
+# A query word that is not one vocabulary token counts as known when it is spelled
+# like the vocabulary's words. Measured on hand-written query lists (English and
+# technical queries, library and module names, typos; keyboard mash) and on the
+# 3,300 identifiers of Python's standard library: no real query lost, most keyboard
+# mash caught. See the README's StaticModelProvider section.
+_SHORT_WORD = 4  # letters; too few letter triples to judge, so always known
+_PLAUSIBLE = (2, 5)  # at least 2/5 of a word's letter triples occur in vocabulary words
+_LETTERS = re.compile(r"[^\W\d_]+")  # letter runs; digits and "_" split them
+_ASCII_WORD = re.compile(r"[a-z]+")
+
 
 @dataclass(frozen=True)
 class _Metadata:
@@ -56,6 +67,10 @@ class _Model:
     mapping: npt.NDArray[np.int64] | None  # token id -> row, model2vec's "mapping"
     unk_id: int | None
     char_limit: int
+    # Letter triples (with ^ and $ at the ends) of the vocabulary's whole words, and
+    # the continuation prefix ("##"), for a WordPiece tokenizer; None otherwise.
+    trigrams: frozenset[str] | None
+    continuation: str
 
 
 class StaticModelProvider(BaseProvider):
@@ -76,10 +91,19 @@ class StaticModelProvider(BaseProvider):
     A text is tokenized without special tokens and cut to ``max_tokens``; its
     vector is the mean of its token vectors, L2-normalised, as model2vec's
     ``StaticModel.encode`` computes it. Unknown tokens are left out of the mean.
-    A text with no known token (empty, only whitespace or only characters the
-    vocabulary lacks, such as emoji) gets the unknown token's own vector: the
-    same non-zero vector for every such text, so it can still be stored. A
+    A document with no known token (empty, only whitespace or only characters
+    the vocabulary lacks, such as emoji) gets the unknown token's own vector:
+    the same non-zero vector for every such text, so it can still be stored. A
     model without an unknown token raises :class:`ProviderError` instead.
+
+    A query with no known word gets an all-zero vector instead, which the search
+    turns into no results: WordPiece would otherwise split keyboard mash such as
+    ``"zzzqqqxxyy"`` into known sub-word pieces whose mean matches documents as
+    confidently as a real query. A word is known when it is one vocabulary
+    token, has at most four letters, or, with a WordPiece vocabulary, is spelled
+    like the vocabulary's words (at least 2 of 5 of its letter triples occur in
+    them) and is not one letter repeated four times or more. Words of other scripts than a-z, and
+    numbers, are not judged: they count as known. Punctuation is no word.
     """
 
     def __init__(
@@ -117,15 +141,23 @@ class StaticModelProvider(BaseProvider):
         return f"<StaticModelProvider path={str(self.path)!r} max_tokens={self.max_tokens}>"
 
     def embed(self, texts: Sequence[str], input_type: InputType = "document") -> Matrix:
-        # Symmetric model: queries and documents are embedded alike.
+        # Symmetric model: a query is embedded as a document is, unless it has no
+        # known word (see the class docstring).
         model = self._load()
         dims = model.embeddings.shape[1]
         if not texts:
             return np.zeros((0, dims), dtype=np.float32)
         clipped = [text[: model.char_limit] for text in texts]
-        # encode_batch_fast skips offset tracking (tokenizers >= 0.21).
-        encode = getattr(model.tokenizer, "encode_batch_fast", model.tokenizer.encode_batch)
-        id_lists = [encoding.ids for encoding in encode(clipped, add_special_tokens=False)]
+        if input_type == "query":
+            # Queries are few and short: the full encoding gives each token's word.
+            encodings = model.tokenizer.encode_batch(clipped, add_special_tokens=False)
+            blank = np.array([not _has_known_word(model, e) for e in encodings], dtype=bool)
+        else:
+            # encode_batch_fast skips offset tracking (tokenizers >= 0.21).
+            encode = getattr(model.tokenizer, "encode_batch_fast", model.tokenizer.encode_batch)
+            encodings = encode(clipped, add_special_tokens=False)
+            blank = np.zeros(len(clipped), dtype=bool)
+        id_lists = [encoding.ids for encoding in encodings]
         lengths = np.fromiter((len(ids) for ids in id_lists), dtype=np.int64, count=len(id_lists))
         flat = np.fromiter(
             (i for ids in id_lists for i in ids), dtype=np.int64, count=int(lengths.sum())
@@ -154,7 +186,8 @@ class StaticModelProvider(BaseProvider):
                 out[first + filled] = sums / chunk_counts[filled, None]
             first = last
 
-        empty = np.flatnonzero(counts == 0)
+        out[blank] = 0.0
+        empty = np.flatnonzero((counts == 0) & ~blank)
         if empty.size:
             if model.unk_id is None:
                 raise ProviderError(
@@ -165,11 +198,12 @@ class StaticModelProvider(BaseProvider):
             out[empty] = self._lookup(model, np.array([model.unk_id], dtype=np.int64))
 
         norms = np.linalg.norm(out, axis=1, keepdims=True)
-        if not norms.all():
+        if not norms[~blank].all():
             raise ProviderError(
                 f"StaticModelProvider {self.identity!r} produced an all-zero vector; "
                 f"the weights in {str(self.path)!r} look damaged."
             )
+        norms[blank] = 1.0
         out /= norms
         return out
 
@@ -283,6 +317,7 @@ class StaticModelProvider(BaseProvider):
         # model2vec cuts texts to max_tokens * the median token length before
         # tokenizing: the result is the same, and a huge text is not tokenized whole.
         median = int(np.median([len(token) for token in vocab]))
+        trigrams, continuation = _spelling(tokenizer, vocab)
         model = _Model(
             tokenizer=tokenizer,
             embeddings=embeddings,
@@ -290,6 +325,8 @@ class StaticModelProvider(BaseProvider):
             mapping=None if mapping is None else mapping.astype(np.int64),
             unk_id=_unk_id(tokenizer),
             char_limit=self.max_tokens * max(median, 1),
+            trigrams=trigrams,
+            continuation=continuation,
         )
         logger.debug(
             "Loaded static model %s (%d tokens, %d dimensions, %s) from %s",
@@ -300,6 +337,61 @@ class StaticModelProvider(BaseProvider):
             self.path,
         )
         return model
+
+
+def _spelling(tokenizer: Any, vocab: dict[str, int]) -> tuple[frozenset[str] | None, str]:
+    """The letter triples of a WordPiece vocabulary's whole words, and its "##" prefix."""
+    from tokenizers.models import WordPiece
+
+    if not isinstance(tokenizer.model, WordPiece):
+        return None, ""
+    prefix = str(tokenizer.model.continuing_subword_prefix)
+    trigrams = set()
+    for token in vocab:
+        word = token.lower()
+        if len(word) >= 2 and _ASCII_WORD.fullmatch(word):
+            trigrams.update(_triples(word))
+    return frozenset(trigrams), prefix
+
+
+def _triples(word: str) -> list[str]:
+    marked = f"^{word}$"
+    return [marked[i : i + 3] for i in range(len(marked) - 2)]
+
+
+def _has_known_word(model: _Model, encoding: Any) -> bool:
+    """Does this query's encoding hold a word the model knows (see the class docstring)?"""
+    words: dict[int, list[int]] = {}
+    for position, word in enumerate(encoding.word_ids):
+        if word is not None:
+            words.setdefault(word, []).append(position)
+    for positions in words.values():
+        pieces = [encoding.tokens[i] for i in positions]
+        text = "".join(piece.removeprefix(model.continuation) for piece in pieces)
+        if not any(char.isalnum() for char in text):
+            continue  # punctuation
+        if len(positions) == 1:
+            if encoding.ids[positions[0]] != model.unk_id:
+                return True
+            continue
+        if model.trigrams is None:
+            return True  # not WordPiece: only unknown tokens count as unknown
+        runs = _LETTERS.findall(text.lower())
+        if not runs or any(_spelled_like_a_word(run, model.trigrams) for run in runs):
+            return True
+    return False
+
+
+def _spelled_like_a_word(run: str, trigrams: frozenset[str]) -> bool:
+    if not _ASCII_WORD.fullmatch(run):
+        return True  # another script: the vocabulary says too little to judge
+    if len(run) > 3 and len(set(run)) == 1:
+        return False  # one key held down: "aaaaaaa" (but "uu" and "www" are names)
+    if len(run) <= _SHORT_WORD:
+        return True
+    triples = _triples(run)
+    seen = sum(triple in trigrams for triple in triples)
+    return seen * _PLAUSIBLE[1] >= len(triples) * _PLAUSIBLE[0]
 
 
 def _unk_id(tokenizer: Any) -> int | None:

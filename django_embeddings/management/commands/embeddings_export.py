@@ -12,12 +12,18 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from django_embeddings.checks import read_only_check_tags
 from django_embeddings.management.commands._common import add_labels, fields_for
 from django_embeddings.transfer import export_field, filename_for
 
 
 class Command(BaseCommand):
     help = "Export stored embeddings, one .npz file per field."
+
+    @property
+    def requires_system_checks(self) -> list[str]:  # type: ignore[override]
+        # Reading needs no write access: every check runs but E003 (store not writable).
+        return read_only_check_tags()
 
     def add_arguments(self, parser: CommandParser) -> None:
         add_labels(parser)

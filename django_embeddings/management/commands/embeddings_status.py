@@ -22,6 +22,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from django_embeddings import cache
 from django_embeddings.backfill import is_pending
+from django_embeddings.checks import read_only_check_tags
 from django_embeddings.exceptions import EmbeddingsError
 from django_embeddings.fields import EmbeddingField
 from django_embeddings.management.commands._common import add_database, add_labels, fields_for
@@ -31,6 +32,11 @@ BATCH = 2000
 
 class Command(BaseCommand):
     help = "Show, per EmbeddingField, how many rows are embedded, missing or stale."
+
+    @property
+    def requires_system_checks(self) -> list[str]:  # type: ignore[override]
+        # Reading needs no write access: every check runs but E003 (store not writable).
+        return read_only_check_tags()
 
     def add_arguments(self, parser: CommandParser) -> None:
         add_labels(parser)
