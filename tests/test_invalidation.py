@@ -37,8 +37,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from django_embeddings import cache, invalidation, messages
+from django_embeddings import cache, invalidation
 from django_embeddings.checks import check_settings
+from django_embeddings.coherence import handling, messages, process
 from django_embeddings.conf import conf
 from django_embeddings.store import Entry, Store
 from tests.conftest import RedisServer, free_port
@@ -342,7 +343,7 @@ class TestHandler:
 
     def test_own_messages_are_skipped(self, loaded):
         entries, vectors = write_as_peer(loaded, "9", 3.0)
-        data = encode(loaded.label, 6, entries, vectors, sender=invalidation._state.sender)
+        data = encode(loaded.label, 6, entries, vectors, sender=process.state.sender)
         invalidation.handle_message(data)
         assert cache.loaded(loaded.label).version == 5  # ours are applied when made
 
@@ -400,7 +401,7 @@ class TestHandler:
         stale = cache.FieldIndex(loaded, state)
         cache._indexes[loaded.label] = stale  # ...registers, one version behind
         assert stale.version == 5
-        invalidation._reconcile()
+        handling.reconcile()
         assert_cache_matches_store(loaded)
 
 

@@ -23,6 +23,7 @@ django.setup()
 from django.core.management import call_command  # noqa: E402
 
 from django_embeddings import cache, invalidation  # noqa: E402
+from django_embeddings.coherence import process  # noqa: E402
 from tests.testapp.models import Article  # noqa: E402
 
 
@@ -73,7 +74,7 @@ def wait_for(text: str, pk: int, timeout: float) -> bool:
 
 def forked_child(conn: Connection, parent_sender: str) -> None:
     """Runs in a child forked after the parent loaded its index and started listening."""
-    state = invalidation._state
+    state = process.state
     report: dict[str, Any] = {
         "pid": os.getpid(),
         "inherited_listener": state.listener is not None,
@@ -81,7 +82,7 @@ def forked_child(conn: Connection, parent_sender: str) -> None:
         "loaded_before_search": index_info() is not None,
     }
     report["healthy"] = wait_healthy(15)
-    listener = invalidation._state.listener
+    listener = process.state.listener
     report["own_thread"] = listener is not None and listener.is_alive()
     conn.send(report)
     text, pk = conn.recv()
@@ -122,7 +123,7 @@ def handle(command: dict[str, Any]) -> Any:
     if op == "fork":
         context = multiprocessing.get_context("fork")
         parent_end, child_end = context.Pipe()
-        child = context.Process(target=forked_child, args=(child_end, invalidation._state.sender))
+        child = context.Process(target=forked_child, args=(child_end, process.state.sender))
         child.start()
         _children.append((child, parent_end))
         return parent_end.recv() if parent_end.poll(30) else None

@@ -1,4 +1,4 @@
-"""The pub/sub message format: msgpack, signed, size-limited and validated.
+"""The pub/sub wire format: msgpack, signed, size-limited and validated.
 
 A message tells peers about one committed write to one store::
 
@@ -157,6 +157,8 @@ def vector_of(raw: bytes, dimensions: int) -> Vector | None:
 
 
 def _mac(body: bytes, secret: str, channel: str) -> bytes:
+    # Part of the wire format, like the layout above: peers of other releases
+    # verify with the same salt, so it never changes.
     salt = f"django_embeddings.messages:{channel}"
     return salted_hmac(salt, body, secret=secret, algorithm="sha256").digest()
 
