@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from django.test import override_settings
 
 ON_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -34,6 +35,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(f"{reason} (CI=true: PostgreSQL tests must run)") from None
         for item in items:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_store_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The store directory outside any test (session fixtures), under pytest's base temp."""
+    directory = tmp_path_factory.mktemp("session-embeddings")
+    with override_settings(DJANGO_EMBEDDINGS_DIR=directory):
+        yield directory
 
 
 @pytest.fixture(autouse=True)

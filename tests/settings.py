@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 from tests.databases import postgres_database
 
@@ -73,6 +74,9 @@ DJANGO_EMBEDDINGS_PROVIDERS = {
         "OPTIONS": {"dimensions": 16},
     },
 }
-# Each test gets its own directory (see conftest.py); this one catches strays.
-DJANGO_EMBEDDINGS_DIR = tempfile.mkdtemp(prefix="django-embeddings-tests-")
+# Each test gets its own directory and a pytest session one of its own (conftest.py).
+# Nothing is created here: every child process the tests start imports this module,
+# and each would leave a directory behind. Child processes that write are given
+# their store directory by the test.
+DJANGO_EMBEDDINGS_DIR = Path(tempfile.gettempdir()) / "django-embeddings-tests-unused"
 DJANGO_EMBEDDINGS_INVALIDATION = "mtime"

@@ -421,13 +421,30 @@ def test_static_bad_config_is_reported(tmp_path: Path) -> None:
         StaticModelProvider(path=model).identity  # noqa: B018
 
 
-def test_static_throughput(static: StaticModelProvider) -> None:
+def test_static_embeds_a_batch_in_one_gather(
+    static: StaticModelProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch is one vectorised lookup of all its tokens, not a loop over texts.
+
+    Its speed is measured in bench/; this keeps the shape that makes it fast.
+    """
+    from django_embeddings.providers import static as static_module
+
     docs = [f"Article {i} about cooking pasta and the weather in Paris." for i in range(2000)]
-    static.embed(docs[:10])
-    started = time.perf_counter()
-    static.embed(docs)
-    # Thousands per second on one core; a generous floor for slow CI machines.
-    assert len(docs) / (time.perf_counter() - started) > 1000
+    gathered: list[int] = []
+    lookup = StaticModelProvider._lookup
+
+    def counting(model: Any, ids: np.ndarray) -> np.ndarray:
+        gathered.append(len(ids))
+        return lookup(model, ids)
+
+    monkeypatch.setattr(StaticModelProvider, "_lookup", staticmethod(counting))
+    vectors = static.embed(docs)
+    # About 24,000 tokens: under one chunk, so every token is gathered at once.
+    assert len(gathered) == 1 and len(docs) < gathered[0] < static_module._CHUNK_TOKENS
+    assert vectors.shape == (2000, 256)
+    for i in (0, 999, 1999):
+        np.testing.assert_allclose(vectors[i], static.embed([docs[i]])[0], atol=1e-6)
 
 
 # --- SentenceTransformerProvider ---------------------------------------------------
@@ -693,10 +710,9 @@ def test_openai_gives_up_after_a_burst_of_500(server: ScriptedServer, openai_pro
 
 def test_openai_times_out_on_a_hung_server(server: ScriptedServer, openai_provider: Any) -> None:
     server.script(default=Reply(body=openai_answer(4), hang=30))
-    started = time.monotonic()
     with pytest.raises(ProviderError, match=r"timed out after 0.3s .*'compat-model'"):
         openai_provider(timeout=0.3, max_retries=0).embed(["hello"])
-    assert time.monotonic() - started < 5
+    assert len(server.seen) == 1  # max_retries=0: no second attempt
 
 
 @pytest.mark.parametrize(
@@ -838,16 +854,19 @@ def test_ollama_retries_after_429(
     assert "retry 2 of 2" in caplog.text
 
 
-def test_ollama_gives_up_after_a_burst_of_500(server: ScriptedServer, ollama: Any) -> None:
+def test_ollama_gives_up_after_a_burst_of_500(
+    server: ScriptedServer, ollama: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     server.script(default=Reply(500, {"error": "model runner crashed"}))
-    started = time.monotonic()
     with pytest.raises(
         ProviderError,
         match=r"'tiny-embed' after 4 attempts .*HTTP 500: model runner crashed",
     ):
         ollama(max_retries=3).embed(["hello"])
     assert len(server.seen) == 4
-    assert time.monotonic() - started < 2
+    # The waits follow retry_backoff=0.001 (at most 1, 2 and 4 ms), not the default 0.5 s.
+    waits = re.findall(r"retry (\d) of 3 in (\S+)s", caplog.text)
+    assert waits == [("1", "0.00"), ("2", "0.00"), ("3", "0.00")]
 
 
 def test_ollama_does_not_retry_client_errors(server: ScriptedServer, ollama: Any) -> None:
@@ -859,10 +878,8 @@ def test_ollama_does_not_retry_client_errors(server: ScriptedServer, ollama: Any
 
 def test_ollama_times_out_on_a_hung_server(server: ScriptedServer, ollama: Any) -> None:
     server.script(default=Reply(body=ollama_answer(4), hang=30))
-    started = time.monotonic()
     with pytest.raises(ProviderError, match=r"after 2 attempts \(timeout 0.3s\): timed out"):
         ollama(timeout=0.3, max_retries=1).embed(["hello"])
-    assert time.monotonic() - started < 3
     assert len(server.seen) == 2
 
 
