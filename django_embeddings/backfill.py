@@ -225,7 +225,7 @@ def _batches(
             yield objects
 
 
-def isis_pending(column: str | None, meta: tuple[str, str] | None) -> bool:
+def is_pending(column: str | None, meta: tuple[str, str] | None) -> bool:
     """Does the store lack the vector the row's column names (or keep one it should not)?"""
     if column is None:
         return meta is not None

@@ -100,8 +100,14 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
         value = content_hash(text) if text.strip() else None
         # What the column said before this save, for the receivers: an unchanged
         # hash needs no provider call even when this process holds no index.
-        previous = model_instance.__dict__.get(self.attname)
-        model_instance.__dict__.setdefault(SAVED, {})[self.attname] = (previous, text)
+        saved = model_instance.__dict__.setdefault(SAVED, {})
+        # Django may call pre_save more than once per save: keep the first "before".
+        previous = (
+            saved[self.attname][0]
+            if self.attname in saved
+            else (model_instance.__dict__.get(self.attname))
+        )
+        saved[self.attname] = (previous, text)
         setattr(model_instance, self.attname, value)
         return value
 

@@ -213,7 +213,11 @@ class Matches(Lookup):  # type: ignore[type-arg]
                 F(self.search.field.attname).resolve_expression(compiler.query)
             )
             case_sql, case_params = _case(
-                self.search, pk_sql, pk_params, [f"'{value}'" for value in ranked.hashes], connection
+                self.search,
+                pk_sql,
+                pk_params,
+                [f"'{value}'" for value in ranked.hashes],
+                connection,
             )
             sql = f"{sql} AND {column[0]} = {case_sql}"
             params += [*column[1], *case_params]
@@ -224,8 +228,17 @@ def _references(node: Any, search: Search) -> bool:
     """Does a where-clause child use one of ``search``'s expressions?"""
     return any(
         isinstance(part, (_SearchExpression, Matches)) and part.search is search
-        for part in node.flatten()
+        for part in _walk(node)
     )
+
+
+def _walk(node: Any) -> Iterator[Any]:
+    yield node
+    children = getattr(node, "children", None)
+    parts = children if children is not None else node.get_source_expressions()
+    for part in parts:
+        if part is not None and hasattr(part, "get_source_expressions"):
+            yield from _walk(part)
 
 
 class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
@@ -408,6 +421,7 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         wanted = max(0, stop - low)
         for ranked, complete in self._candidates(search):
             clone = self._chain()
+            clone.query.clear_limits()
             clone.query.set_limits(low, stop)
             with _binding(search, ranked):
                 super(EmbeddingQuerySetMixin, clone)._fetch_all()
@@ -462,7 +476,7 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
             fetch = min(stored, math.ceil(search.k * stored / cap) + search.k)
         while True:
             hits = index.search(search.vector, fetch, identity=identity, exclude=search.exclude)
-            complete = len(hits) < fetch
+            complete = len(hits) < fetch or fetch >= stored
             yield _with_hashes(field, index, hits), complete
             if complete:
                 return
@@ -480,7 +494,11 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         fetch = search.k
         while True:
             hits = index.search(
-                search.vector, fetch, identity=identity, candidates=candidates, exclude=search.exclude
+                search.vector,
+                fetch,
+                identity=identity,
+                candidates=candidates,
+                exclude=search.exclude,
             )
             good = [hit for hit in hits if _current(index, hit.key, selected[hit.key][1])]
             if len(good) >= search.k or len(hits) < fetch:
@@ -550,4 +568,3 @@ class EmbeddingManager(models.Manager.from_queryset(EmbeddingQuerySet)):  # type
 def _check_k(k: Any) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise ValueError(f"k should be an int between 1 and {MAX_K}, not {k!r}.")
-

@@ -334,16 +334,15 @@ def _fix_columns(
     for key, text in texts.items():
         value = content_hash(text) if text.strip() else None
         if columns.get(key) != value:
-            condition = {field.attname: columns[key]} if columns[key] is not None else {
-                f"{field.attname}__isnull": True
-            }
-            manager.filter(pk=field.pk_from_key(key), **condition).update(
-                **{field.attname: value}
+            condition = (
+                {field.attname: columns[key]}
+                if columns[key] is not None
+                else {f"{field.attname}__isnull": True}
             )
+            manager.filter(pk=field.pk_from_key(key), **condition).update(**{field.attname: value})
 
 
 def _rows(field: EmbeddingField, keys: Sequence[str], using: str) -> Iterable[models.Model]:
     """The rows of ``keys`` that exist in ``using``."""
     pks = [field.pk_from_key(key) for key in keys]
     return field.model._base_manager.using(using).filter(pk__in=pks)
-

@@ -165,9 +165,7 @@ class TestSave:
         article.refresh_from_db()
         assert article.embedding == content_hash("second words")
         assert calls()[-1] == ["second words"]
-        assert [a.pk for a in Article.objects.semantic_search("second words", k=1)] == [
-            article.pk
-        ]
+        assert [a.pk for a in Article.objects.semantic_search("second words", k=1)] == [article.pk]
 
     def test_saves_in_one_transaction_reach_the_provider_as_one_batch(self):
         before = len(calls())

@@ -2,12 +2,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from django.core.paginator import Paginator
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from django_embeddings import EmbeddingManager, EmbeddingQuerySet
 from django_embeddings.exceptions import EmbeddingsError, ProviderError
+from django_embeddings.fields import content_hash
 from django_embeddings.providers import get_provider
-from tests.testapp.models import Article, ManualDoc
+from tests.otherapp.models import Doc as OtherDoc
+from tests.testapp.models import Article, ArticleProxy, ManualDoc
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -74,9 +78,11 @@ class TestSemanticSearch:
         assert isinstance(hits, EmbeddingQuerySet)
         titles = list(hits.values_list("title", flat=True))
         assert len(titles) == 10
-        narrowed = hits.filter(published=True)
-        assert set(narrowed.values_list("pk", flat=True)) <= set(hits.values_list("pk", flat=True))
         assert hits.count() == 10
+        assert hits.exists()
+        assert hits.filter(similarity__gte=hits[4].similarity).count() == 5
+        page = Paginator(hits, 4).page(3)
+        assert [h.pk for h in page] == [h.pk for h in list(hits)[8:10]]
         assert list(hits.order_by("pk").values_list("pk", flat=True)) == sorted(
             hits.values_list("pk", flat=True)
         )
@@ -196,3 +202,98 @@ class TestSimilarTo:
 def test_manager_is_the_queryset_as_manager():
     assert isinstance(Article.objects, EmbeddingManager)
     assert isinstance(Article.objects.all(), EmbeddingQuerySet)
+
+
+class TestLazySearch:
+    def test_a_filter_after_the_search_applies_before_the_top_k(self, corpus):
+        rows = [a for a in corpus if a.published]
+        hits = list(Article.objects.semantic_search("cherry golf", k=7).filter(published=True))
+        assert len(hits) == 7 and all(h.published for h in hits)
+        assert_ranking(hits, brute_force("cherry golf", rows, 7))
+
+    def test_exclude_and_chained_filters_select_rows_first(self, corpus):
+        hits = Article.objects.semantic_search("apple", k=5).exclude(published=True)
+        assert [h.pk for h in hits] == [
+            h.pk for h in Article.objects.filter(published=False).semantic_search("apple", k=5)
+        ]
+
+    def test_plain_search_is_one_query(self, corpus):
+        with CaptureQueriesContext(connection) as queries:
+            hits = list(Article.objects.semantic_search("echo hotel", k=10))
+        assert len(hits) == 10
+        assert len(queries) == 1
+        # One compact CASE per expression, never one WHEN object per hit compiled apart.
+        assert queries[0]["sql"].count("CASE") == 3
+
+    def test_values_and_ordering_by_another_column(self, corpus):
+        search = Article.objects.semantic_search("kilo lima", k=6)
+        top = [h.pk for h in search]
+        assert sorted(search.order_by("pk").values_list("pk", flat=True)) == sorted(top)
+        rows = list(search.values("pk", "similarity"))
+        assert [r["pk"] for r in rows] == top
+
+    def test_update_and_delete_touch_only_the_hits(self, corpus):
+        search = Article.objects.semantic_search("mango", k=3)
+        top = {h.pk for h in search}
+        assert search.update(title="top") == 3
+        assert set(Article.objects.filter(title="top").values_list("pk", flat=True)) == top
+        search.delete()
+        assert not Article.objects.filter(pk__in=top).exists()
+
+    def test_a_search_inside_another_query_is_a_clear_error(self, corpus):
+        inner = Article.objects.semantic_search("fox", k=3).values("pk")
+        with pytest.raises(TypeError, match="cannot be compiled inside another query"):
+            list(Article.objects.filter(pk__in=inner))
+
+    def test_searching_twice_is_refused(self, corpus):
+        with pytest.raises(TypeError, match="search only once"):
+            Article.objects.semantic_search("fox").semantic_search("golf")
+
+
+class TestFirstHour:
+    def test_empty_query_is_a_clear_error(self):
+        for query in ("", "   \n"):
+            with pytest.raises(ValueError, match="needs a query text"):
+                Article.objects.semantic_search(query)
+
+    def test_an_all_zero_query_vector_finds_nothing(self, corpus):
+        assert list(Article.objects.semantic_search(np.zeros(64, np.float32))) == []
+
+    def test_similar_to_refuses_an_instance_of_another_model(self, corpus):
+        other = OtherDoc.objects.create(text="apple banana")
+        with pytest.raises(TypeError, match="needs a testapp.Article instance"):
+            Article.objects.similar_to(other)
+
+    def test_similar_to_accepts_a_proxy_instance(self, corpus):
+        proxy = ArticleProxy.objects.get(pk=corpus[0].pk)
+        assert corpus[0].pk not in [a.pk for a in Article.objects.similar_to(proxy, k=3)]
+
+    def test_rows_with_no_embedding_warn_once(self, caplog):
+        from django_embeddings import querysets
+
+        querysets._warned_empty.discard("testapp.Article.embedding")
+        Article.objects.bulk_create([Article(title="x", body="bulk created")])
+        assert list(Article.objects.semantic_search("bulk created")) == []
+        assert list(Article.objects.semantic_search("bulk created")) == []
+        warnings = [r for r in caplog.records if "embeddings_backfill" in r.getMessage()]
+        assert len(warnings) == 1
+        assert "testapp.Article" in warnings[0].getMessage()
+
+
+class TestNeverAnOldText:
+    def test_a_row_whose_store_lags_its_text_is_not_served(self, corpus):
+        """A crash between commit and the store write leaves the store with the
+        vector of the row's previous text: the row must not be served."""
+        row = corpus[0]
+        old_vector = Article._meta.get_field("embedding").store.load_vector(str(row.pk))
+        # What the crash leaves: the new text and its hash committed, the store not written.
+        Article.objects.filter(pk=row.pk).update(
+            body="entirely new words", embedding=content_hash("entirely new words")
+        )
+        hits = list(Article.objects.semantic_search(old_vector, k=len(corpus)))
+        assert row.pk not in [h.pk for h in hits]
+        assert len(hits) == len(corpus) - 1
+        from django.core.management import call_command
+
+        call_command("embeddings_backfill", "testapp.Article", "--missing", verbosity=0)
+        assert row.pk in [h.pk for h in Article.objects.semantic_search("entirely new words", k=1)]
