@@ -30,8 +30,8 @@ from django_embeddings import __version__, cache
 from django_embeddings.backfill import existing_keys
 from django_embeddings.exceptions import EmbeddingsError
 from django_embeddings.fields import EmbeddingField
-from django_embeddings.writer import put_vectors
 from django_embeddings.labels import LabelError, resolve_one
+from django_embeddings.writer import put_vectors
 
 __all__ = ["FORMAT", "ImportResult", "TransferError", "export_field", "import_file"]
 
@@ -120,8 +120,9 @@ def import_file(path: Path, *, using: str = "default") -> ImportResult:
 
     Tells peer processes, as a save does. Rows that do not exist are skipped; a row
     is searchable when its column (loaded with its data, e.g. by ``loaddata``)
-    records the text the vector was made from, and pending otherwise. Vectors made by another provider are imported all the
-    same; searches leave them out until ``embeddings_backfill --stale``.
+    records the text the vector was made from, and pending otherwise. Vectors made
+    by another provider are imported all the same; searches leave them out until
+    ``embeddings_backfill --stale``.
     """
     data = _read(Path(path))
     try:

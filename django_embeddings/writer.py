@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import TYPE_CHECKING, Any
 
 from django.db import models, transaction
@@ -158,12 +159,12 @@ def _with_batch(field: EmbeddingField, using: str, change: Any) -> None:
         batch.flush()
         return
     batches: dict[tuple[str, str], Batch] = connection.__dict__.setdefault(_BATCHES, {})
-    batch = batches.get((field.label, using))
-    if batch is None or not _registered(connection, batch):
-        batch = Batch(field, using)
-        batches[(field.label, using)] = batch
-        transaction.on_commit(batch.callback, using=using, robust=True)
-    change(batch)
+    current = batches.get((field.label, using))
+    if current is None or not _registered(connection, current):
+        current = Batch(field, using)
+        batches[(field.label, using)] = current
+        transaction.on_commit(current.callback, using=using, robust=True)
+    change(current)
 
 
 def _registered(connection: BaseDatabaseWrapper, batch: Batch) -> bool:

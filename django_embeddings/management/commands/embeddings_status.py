@@ -109,7 +109,7 @@ def field_status(field: EmbeddingField, using: str = "default") -> dict[str, Any
                 empty += 1  # no text to embed
             elif is_pending(column, meta):
                 missing += 1
-            elif identity is not None and meta[1] != identity:
+            elif identity is not None and meta is not None and meta[1] != identity:
                 stale += 1
             else:
                 embedded += 1
