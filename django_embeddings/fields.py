@@ -18,7 +18,7 @@ import functools
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from django.core import checks
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
@@ -29,6 +29,23 @@ from django_embeddings.store import Store
 from django_embeddings.typing import DeconstructResult
 
 Source = str | Callable[[models.Model], Any]
+
+
+class FieldOptions(TypedDict, total=False):
+    """The options of Django's ``Field`` that an EmbeddingField takes (typed, so that a
+    misspelt option is an error in the user's editor)."""
+
+    max_length: int
+    null: bool
+    blank: bool
+    editable: bool
+    db_column: str
+    db_comment: str
+    db_index: bool
+    db_tablespace: str
+    help_text: str
+    serialize: bool
+    unique: bool
 
 HASH_LENGTH = 32  # hex digits of a 16-byte BLAKE2b digest
 
@@ -55,13 +72,15 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
 
     def __init__(
         self,
-        *args: Any,
+        verbose_name: str | None = None,
+        name: str | None = None,
+        *,
         source: Source | None = None,
         provider: str = "default",
         auto_embed: bool = True,
         cache: bool = True,
         defer: bool | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[FieldOptions],
     ) -> None:
         self.source = source
         self.provider_alias = provider
@@ -72,7 +91,7 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
         kwargs.setdefault("null", True)
         kwargs.setdefault("blank", True)
         kwargs.setdefault("editable", False)
-        super().__init__(*args, **kwargs)
+        super().__init__(verbose_name, name, **kwargs)
 
     def deconstruct(self) -> DeconstructResult:
         name, _, args, kwargs = super().deconstruct()
