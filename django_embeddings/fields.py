@@ -156,7 +156,10 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
         from django_embeddings.databases import store_root
 
         root = store_root(Path(directory), using)
-        return _store(root, self.model._meta.label, self.name, conf.COMPACT_THRESHOLD)
+        # Stores of other databases say so in their label (messages, logs, errors);
+        # peers only apply messages for the default database's stores.
+        label = self.label if root == Path(directory) else f"{self.label}@{using}"
+        return _store(root, self.model._meta.label, self.name, label, conf.COMPACT_THRESHOLD)
 
     @property
     def deferred(self) -> bool:
@@ -289,11 +292,11 @@ def _is_composite(pk: Any) -> bool:
 
 
 @functools.cache
-def _store(directory: Path, model_label: str, field_name: str, compact_threshold: int) -> Store:
+def _store(
+    directory: Path, model_label: str, field_name: str, label: str, compact_threshold: int
+) -> Store:
     return Store(
-        Path(directory) / model_label / field_name,
-        label=f"{model_label}.{field_name}",
-        compact_threshold=compact_threshold,
+        Path(directory) / model_label / field_name, label=label, compact_threshold=compact_threshold
     )
 
 
