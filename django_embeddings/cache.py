@@ -146,6 +146,26 @@ class FieldIndex:
             identity = self.identity_names[int(self.base_identities[row])]
             return bytes(self.base_hashes[row]).hex(), identity
 
+    def hashes(self, keys: Sequence[str]) -> list[str | None]:
+        """The content hash of each of ``keys``' live rows (``None`` where there is
+        none): :meth:`meta` for many keys at once, with one search of the snapshot."""
+        with self.lock:
+            rows = row_keys.rows_of(self.base_keys, keys)
+            found = (
+                np.asarray(self.base_hashes[np.where(rows >= 0, rows, 0)]) if len(rows) else None
+            )
+            result: list[str | None] = []
+            for position, key in enumerate(keys):
+                meta = self.tail_meta.get(key)
+                row = int(rows[position])
+                if meta is not None:
+                    result.append(meta[0])
+                elif row >= 0 and self.base_alive[row] and found is not None:
+                    result.append(found[position].tobytes().hex())
+                else:
+                    result.append(None)
+            return result
+
     def vector(self, key: str) -> Vector | None:
         """The normalized vector of a live row."""
         with self.lock:

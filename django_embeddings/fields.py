@@ -47,6 +47,7 @@ class FieldOptions(TypedDict, total=False):
     serialize: bool
     unique: bool
 
+
 HASH_LENGTH = 32  # hex digits of a 16-byte BLAKE2b digest
 
 

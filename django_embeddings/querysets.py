@@ -537,13 +537,12 @@ def _current(index: cache.FieldIndex, key: str, column: str | None) -> bool:
 
 def _with_hashes(field: EmbeddingField, index: cache.FieldIndex, hits: list[Hit]) -> Ranked:
     pks, scores, hashes = [], [], []
-    for hit in hits:
-        meta = index.meta(hit.key)
-        if meta is None:
+    for hit, value in zip(hits, index.hashes([hit.key for hit in hits]), strict=True):
+        if value is None:
             continue
         pks.append(field.pk_from_key(hit.key))
         scores.append(hit.score)
-        hashes.append(meta[0])
+        hashes.append(value)
     return Ranked(pks, scores, hashes)
 
 
