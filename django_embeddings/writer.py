@@ -331,8 +331,9 @@ def _committed_hashes(field: EmbeddingField, using: str, keys: list[str]) -> dic
         chunk = keys[start : start + _CHUNK]
         values = [pk.get_db_prep_value(field.pk_from_key(key), connection) for key in chunk]
         sql = (
-            f"SELECT {quote(pk.column)}, {quote(field.column)} FROM {quote(meta.db_table)} "
-            f"WHERE {quote(pk.column)} IN ({', '.join(['%s'] * len(values))})"
+            f"SELECT {quote(str(pk.column))}, {quote(str(field.column))} "
+            f"FROM {quote(meta.db_table)} "
+            f"WHERE {quote(str(pk.column))} IN ({', '.join(['%s'] * len(values))})"
         )
         with connection.cursor() as cursor:
             cursor.execute(sql, values)
