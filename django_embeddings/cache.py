@@ -151,9 +151,9 @@ class FieldIndex:
         none): :meth:`meta` for many keys at once, with one search of the snapshot."""
         with self.lock:
             rows = row_keys.rows_of(self.base_keys, keys)
-            found = (
-                np.asarray(self.base_hashes[np.where(rows >= 0, rows, 0)]) if len(rows) else None
-            )
+            found = None
+            if len(rows) and len(self.base_keys):
+                found = np.asarray(self.base_hashes[np.where(rows >= 0, rows, 0)])
             result: list[str | None] = []
             for position, key in enumerate(keys):
                 meta = self.tail_meta.get(key)

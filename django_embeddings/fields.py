@@ -22,7 +22,7 @@ from typing import Any, TypedDict, Unpack
 
 from django.core import checks
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
-from django.db import models, router
+from django.db import DEFAULT_DB_ALIAS, models, router
 
 from django_embeddings.conf import conf
 from django_embeddings.store import Store
@@ -159,7 +159,7 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
         root = store_root(Path(directory), using)
         # Stores of other databases say so in their label (messages, logs, errors);
         # peers only apply messages for the default database's stores.
-        label = self.label if root == Path(directory) else f"{self.label}@{using}"
+        label = self.label if using == DEFAULT_DB_ALIAS else f"{self.label}@{using}"
         return _store(root, self.model._meta.label, self.name, label, conf.COMPACT_THRESHOLD)
 
     @property
