@@ -78,7 +78,7 @@ class FieldIndex:
                 self.dimensions = int(rows.vectors.shape[1])
             # Room to grow, so the next writes append in place.
             self.tail = np.zeros((count + max(16, count // 4), self.dimensions), np.float32)
-            self.tail[:count] = normalize(rows.vectors)
+            normalize(rows.vectors, out=self.tail[:count])
             self.tail_alive = np.zeros(len(self.tail), dtype=bool)
             self.tail_alive[:count] = True
             self.tail_keys = list(rows.keys)

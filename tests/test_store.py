@@ -101,6 +101,30 @@ def test_read_tail_brings_the_vectors_of_new_entries(store):
     assert store.read_tail(tail.position) is None  # replaced: reload
 
 
+def test_journal_lines_parse_alike_at_once_and_one_by_one(store, caplog):
+    store.put_many([(str(n), vec(n), f"{n:032x}", "id") for n in range(3)])
+    store.delete("1")
+    raw = (store.path / journal.JOURNAL).read_bytes()
+    body = raw[raw.index(b"\n") + 1 :]
+    at_once = journal.parse(body).entries()
+    assert [(e.version, e.op, e.key) for e in at_once] == [
+        (1, "put", "0"),
+        (2, "put", "1"),
+        (3, "put", "2"),
+        (4, "del", "1"),
+    ]
+    # A 0.1.0 line makes the rest go one line at a time, to the same entries.
+    mixed = journal.parse(body + b'{"v": 5, "op": "del", "k": "2"}\n').entries()
+    assert mixed == [*at_once, Entry(5, "del", "2")]
+    assert [(e.offset, e.dimensions, e.checksum) for e in mixed[:4]] == [
+        (e.offset, e.dimensions, e.checksum) for e in at_once
+    ]
+    # Lines one value short and one too long would shift every column: both are refused.
+    odd = b'[5,"del","2","","",-1,0,-1]\n[6,"del","0","","",-1,0,-1,0,0]\n'
+    assert journal.parse(body + odd).entries() == at_once
+    assert caplog.text.count("Skipping a damaged line") == 2
+
+
 def test_a_position_in_a_replaced_journal_is_never_read_on(store):
     """A new journal may get the inode of the one it replaced: its header tells them apart."""
     store.put("a", vec(1), content_hash="00" * 16, identity="id")

@@ -14,6 +14,7 @@ vector of such an entry is read from its per-row ``.npy`` file (:mod:`.files`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
@@ -173,11 +174,30 @@ def _writes(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concatenat
     return wrapper
 
 
-def normalize(matrix: Matrix) -> Matrix:
-    """Rows scaled to unit length, so a dot product is the cosine similarity."""
+def normalize(matrix: Matrix, *, out: Matrix | None = None) -> Matrix:
+    """Rows scaled to unit length, so a dot product is the cosine similarity.
+
+    With ``out``, the rows are written there. Many rows are done a block at a time
+    (the same arithmetic per row), so no temporary is the size of the matrix.
+    """
     matrix = np.asarray(matrix, dtype=np.float32)
-    norms = np.linalg.norm(matrix, axis=-1, keepdims=True)
-    return (matrix / np.where(norms == 0, 1, norms)).astype(np.float32, copy=False)
+    if matrix.ndim != 2 or (out is None and len(matrix) <= _BLOCK):
+        norms = np.linalg.norm(matrix, axis=-1, keepdims=True)
+        unit = (matrix / np.where(norms == 0, 1, norms)).astype(np.float32, copy=False)
+        if out is None:
+            return unit
+        out[...] = unit
+        return out
+    if out is None:
+        out = np.empty(matrix.shape, dtype=np.float32)
+    for start in range(0, len(matrix), _BLOCK):
+        block = matrix[start : start + _BLOCK]
+        norms = np.linalg.norm(block, axis=-1, keepdims=True)
+        np.divide(block, np.where(norms == 0, 1, norms), out=out[start : start + _BLOCK])
+    return out
+
+
+_BLOCK = 4096
 
 
 @dataclass
@@ -530,7 +550,7 @@ class Store:
             )
             _journals[self.path] = known
         try:
-            index = os.stat(self.path / INDEX_FILE)
+            index = os.stat(os.path.join(self.path, INDEX_FILE))
             signature: tuple[int, int, int] | None = (
                 index.st_ino,
                 index.st_size,
@@ -564,10 +584,12 @@ class Store:
         sizes = {array.shape for array in arrays}
         if len(sizes) != 1 or len(next(iter(sizes))) != 1:
             raise StoreError(f"{self.label}: vectors must be 1-D and of one size, got {sizes!r}.")
-        matrix = np.ascontiguousarray(np.stack(arrays), dtype="<f4")
-        finite = np.isfinite(matrix).all(axis=1)
-        if not finite.all():
-            bad = [items[row][0] for row in np.flatnonzero(~finite)]
+        if len(arrays) == 1:
+            matrix = np.ascontiguousarray(arrays[0], dtype="<f4").reshape(1, -1)
+        else:
+            matrix = np.ascontiguousarray(np.stack(arrays), dtype="<f4")
+        if not np.isfinite(matrix).all():
+            bad = [items[row][0] for row in np.flatnonzero(~np.isfinite(matrix).all(axis=1))]
             raise StoreError(
                 f"{self.label}: the vectors of rows {bad!r} hold NaN or infinite values; "
                 "expected finite numbers."
@@ -837,12 +859,14 @@ class _Source:
         return out, sound
 
     def _dimensions(self, records: Records, rows: list[int]) -> int | None:
-        for row in rows:
-            if records.dimensions[row]:
-                return records.dimensions[row]
+        """What the store holds: ``_dimensions``, else what most entries say."""
         stored = self.store._stored_dimensions()
         if stored is not None:
             return stored
+        sizes = collections.Counter(records.dimensions[row] for row in rows)
+        sizes.pop(0, None)
+        if sizes:
+            return sizes.most_common(1)[0][0]
         for row in rows:  # 0.1.0 entries only, and no _dimensions file
             vector = files.load_vector(self.store.path, files.filename_for(records.keys[row]))
             if vector is not None:

@@ -13,11 +13,19 @@ never take a lock. A reader that goes on from a :class:`Position` checks the fil
 is still the same journal by its inode and header (the id: a new journal may get
 the inode of the one it replaced).
 
-A put names where its vector is: ``"o"`` (byte offset) and ``"d"`` (dimensions)
-in the vector log of the journal's generation (:mod:`.vectorlog`), and ``"c"``,
-a checksum of its bytes, so a log damaged after the fact (a power loss, a file
-cut or replaced) never yields another vector. Puts written by 0.1.0 have none of
-these; their vector is a per-row ``.npy`` file (:mod:`.files`).
+Entries are JSON arrays of nine values, by position::
+
+    [version, "put", key, content hash, provider identity, offset, dimensions, checksum, time]
+    [version, "del", key, "", "", -1, 0, -1, 0]
+
+``offset`` and ``dimensions`` locate a put's vector in the vector log of the
+journal's generation (:mod:`.vectorlog`); ``checksum`` is of its bytes, so a log
+damaged after the fact (a power loss, a file cut or replaced) never yields
+another vector; ``time`` (seconds) is when it was stored, for garbage
+collection's age guard. A whole journal of such lines parses as one flat JSON
+array, with no object per line: a cold start reads thousands of entries in a few
+milliseconds. Lines written by 0.1.0 are objects (``{"v": 1, "op": "put", "k":
+...}``) naming no offset; their vector is a per-row ``.npy`` file (:mod:`.files`).
 """
 
 from __future__ import annotations
@@ -30,9 +38,10 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from django_embeddings.typing import Vector
 
@@ -66,17 +75,14 @@ class Entry:
 
     def to_line(self, stamp: int = 0) -> bytes:
         """The journal line; ``stamp`` (seconds since the epoch) dates a put for GC's age guard."""
-        record: dict[str, object] = {"v": self.version, "op": self.op, "k": self.key}
+        record: list[object]
         if self.op == "put":
-            record["h"] = self.hash
-            record["i"] = self.identity
-            if self.offset is not None:
-                record["o"] = self.offset
-                record["d"] = self.dimensions
-                if self.checksum is not None:
-                    record["c"] = self.checksum
-            if stamp:
-                record["t"] = stamp
+            offset = NO_OFFSET if self.offset is None else self.offset
+            checksum = NO_CHECKSUM if self.checksum is None else self.checksum
+            record = [self.version, "put", self.key, self.hash, self.identity]
+            record += [offset, self.dimensions if offset != NO_OFFSET else 0, checksum, stamp]
+        else:
+            record = [self.version, self.op, self.key, "", "", NO_OFFSET, 0, NO_CHECKSUM, 0]
         return json.dumps(record, separators=(",", ":")).encode("ascii") + b"\n"
 
 
@@ -193,6 +199,8 @@ def parse_entry(line: bytes) -> Entry | None:
 
 def _fields(record: object) -> tuple[int, str, str, str, str, int, int, int, int] | None:
     """The columns of one decoded line, or ``None`` if it is not an entry."""
+    if isinstance(record, list) and len(record) == _WIDTH:
+        record = dict(zip(_NAMES, record, strict=True))
     if not isinstance(record, dict):
         return None
     version, op, key = record.get("v"), record.get("op"), record.get("k")
@@ -219,23 +227,28 @@ def _fields(record: object) -> tuple[int, str, str, str, str, int, int, int, int
     )
 
 
+_NAMES = ("v", "op", "k", "h", "i", "o", "d", "c", "t")  # the positions, as 0.1.0 named them
+_WIDTH = len(_NAMES)
+
+
 def parse(data: bytes, path: Path | str = JOURNAL) -> Records:
     """The entries of ``data``: complete lines, each ending with a newline, no header.
 
-    The usual case, lines as :meth:`Entry.to_line` writes them, is decoded in one
-    ``json.loads`` call; anything else (a damaged line, a torn fragment closed by a
-    later write) falls back to one line at a time, skipping what is not an entry.
+    Lines as :meth:`Entry.to_line` writes them are decoded as one flat JSON array
+    (``"]\\n["`` only occurs between two lines: JSON escapes a newline inside a
+    string); anything else (0.1.0 lines, a damaged line, a torn fragment closed by
+    a later write) falls back to one line at a time, skipping what is not an entry.
     """
     count = data.count(b"\n")
     if not count:
         return Records()
     try:
         text = data.decode("utf-8")
-        decoded = json.loads("[" + text[:-1].replace("\n", ",") + "]")
+        flat = json.loads(text[:-1].replace("]\n[", ",")) if text[0] == "[" else None
     except ValueError:
-        decoded = None
-    if isinstance(decoded, list) and len(decoded) == count:
-        records = _columns(decoded)
+        flat = None
+    if type(flat) is list and len(flat) == _WIDTH * count:
+        records = _columns(flat)
         if records is not None:
             return records
     records = Records()
@@ -254,22 +267,16 @@ def parse(data: bytes, path: Path | str = JOURNAL) -> Records:
     return records
 
 
-def _columns(decoded: list[Any]) -> Records | None:
-    """Columns of decoded lines when every one is a well-formed entry, else ``None``.
+def _columns(flat: list[Any]) -> Records | None:
+    """Columns of a flat array of whole entries when all are well-formed, else ``None``.
 
-    Only C-level loops (``map``, ``set``, ``min``): this runs once per line of a
-    cold start's journal.
+    Only C-level work (slices, ``map``, ``set``, ``min``): this runs over every
+    entry of a cold start's journal. Versions must increase, so a line of another
+    length (which would shift the columns) cannot go unnoticed.
     """
-    if set(map(type, decoded)) != {dict}:
-        return None
-
-    def column(name: str, default: object = None) -> list[Any]:
-        return list(map(dict.get, decoded, repeat(name), repeat(default)))
-
-    versions, ops, keys = column("v"), column("op"), column("k")
-    hashes, identities = column("h", ""), column("i", "")
-    offsets, dimensions = column("o", NO_OFFSET), column("d", 0)
-    checksums, times = column("c", NO_CHECKSUM), column("t", 0)
+    versions, ops, keys, hashes, identities, offsets, dimensions, checksums, times = (
+        flat[column::_WIDTH] for column in range(_WIDTH)
+    )
     sound = (
         _all(versions, int)
         and set(ops) <= {"put", "del"}
@@ -280,24 +287,24 @@ def _columns(decoded: list[Any]) -> Records | None:
         and _all(dimensions, int, 0)
         and _all(checksums, int, NO_CHECKSUM, (1 << 32) - 1)
         and _all(times, int, 0)
+        and bool(np.all(np.diff(np.array(versions, dtype=np.int64)) > 0))
     )
     if not sound:
         return None
-    # A put names a whole location or none; anything else is read as none.
     return Records(versions, ops, keys, hashes, identities, offsets, dimensions, checksums, times)
 
 
 def _all(values: list[Any], kind: type, low: int | None = None, high: int | None = None) -> bool:
     """Are all ``values`` exactly of type ``kind`` (no bools for ints), within the bounds?"""
-    if not values or set(map(type, values)) != {kind}:
-        return not values
+    if set(map(type, values)) != {kind}:
+        return False
     return (low is None or min(values) >= low) and (high is None or max(values) <= high)
 
 
 @contextlib.contextmanager
-def locked(directory: Path) -> Iterator[None]:
+def locked(directory: str | Path) -> Iterator[None]:
     """Hold the store's exclusive writer lock (a separate file, so journal swaps keep it)."""
-    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -313,9 +320,9 @@ def create(directory: Path, base: int) -> None:
     write_atomic(directory / JOURNAL, json.dumps(first).encode("ascii") + b"\n")
 
 
-def open_for_append(directory: Path) -> int:
+def open_for_append(directory: str | Path) -> int:
     """A descriptor to :func:`append` through; ``FileNotFoundError`` if there is no journal."""
-    return os.open(directory / JOURNAL, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+    return os.open(os.path.join(directory, JOURNAL), os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
 
 
 def append(fd: int, entries: Sequence[Entry], *, stamp: int = 0, close_line: bool = False) -> int:

@@ -37,6 +37,8 @@ def checksums(matrix: Matrix) -> npt.NDArray[np.uint32]:
     gives another sum.
     """
     words = np.ascontiguousarray(matrix, dtype=_DTYPE).view("<u4")
+    if len(words) < 64:  # dot costs least for a save's few rows, einsum for many
+        return words.dot(_weights(words.shape[1]))  # type: ignore[no-any-return]
     return np.einsum("ij,j->i", words, _weights(words.shape[1]))  # type: ignore[no-any-return]
 
 
@@ -56,14 +58,15 @@ def base_of(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def append(directory: Path, base: int, matrix: Matrix) -> int:
+def append(directory: str | Path, base: int, matrix: Matrix) -> int:
     """Append the rows of ``matrix``; returns the byte offset of the first.
 
     The caller holds the store's lock. On an error (a full disk) the file is cut
     back to its previous size, best effort: nothing names those bytes anyway.
     """
     data = np.ascontiguousarray(matrix, dtype=_DTYPE).data.cast("B")
-    fd = os.open(directory / name_for(base), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    path = os.path.join(directory, name_for(base))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         size = os.fstat(fd).st_size
         offset = -(-size // 4) * 4
