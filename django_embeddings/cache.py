@@ -126,9 +126,10 @@ class FieldIndex:
         if tail_row is not None:
             self.tail_alive[tail_row] = False
         self._changes += 1
-        if entry.op == "del" or vector is None:
+        if entry.op == "del":
             self.tail_meta.pop(entry.key, None)
             return True
+        assert vector is not None  # a put without its vector returned above
         if self.dimensions is None:
             self.dimensions = int(vector.shape[0])
             self.tail = np.zeros((0, self.dimensions), dtype=np.float32)
