@@ -26,8 +26,8 @@ from tests.testapp.models import Article, SlugDoc
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ALLOWED = re.compile(
-    r"\A(?:[0-9a-f]{64}\.npy|_journal|_lock|_index\.json|_dimensions"
-    r"|snapshot-\d+|(?:vectors|keys|hashes|identities)\.npy|meta\.json"
+    r"\A(?:_vectors-\d+|_journal|_lock|_index\.json|_dimensions"
+    r"|snapshot-\d+|(?:vectors|keys|hashes|identities|raw|times)\.npy|meta\.json"
     r"|testapp\.\w+|embedding)\Z"
 )
 NASTY_KEYS = [
