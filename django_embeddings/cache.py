@@ -44,11 +44,13 @@ class FieldIndex:
         self.store = store
         self.lock = threading.RLock()
         snap = state.snapshot
-        self.base: Matrix = snap.vectors
-        self.base_keys = snap.keys
+        # Plain ndarray views of the memory maps: the same pages, without np.memmap's
+        # per-operation overhead (a matrix product on the memmap object costs 2x).
+        self.base: Matrix = np.asarray(snap.vectors)
+        self.base_keys = np.asarray(snap.keys)
         self.base_alive = np.ones(len(snap), dtype=bool)
-        self.base_hashes = snap.hashes
-        self.base_identities = snap.identities
+        self.base_hashes = np.asarray(snap.hashes)
+        self.base_identities = np.asarray(snap.identities)
         self.identity_names = list(snap.identity_names)
         self.dimensions: int | None = snap.dimensions
         self.tail: Matrix = np.zeros((0, self.dimensions or 0), dtype=np.float32)
