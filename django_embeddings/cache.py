@@ -47,7 +47,7 @@ class FieldIndex:
         # Plain ndarray views of the memory maps: the same pages, without np.memmap's
         # per-operation overhead (a matrix product on the memmap object costs 2x).
         self.base: Matrix = np.asarray(snap.vectors)
-        self.base_keys = np.asarray(snap.keys)
+        self.base_keys: row_keys.Keys = np.asarray(snap.keys)  # type: ignore[assignment]
         self.base_alive = np.ones(len(snap), dtype=bool)
         self.base_hashes = np.asarray(snap.hashes)
         self.base_identities = np.asarray(snap.identities)
@@ -228,7 +228,7 @@ class FieldIndex:
         k: int,
         *,
         identity: str,
-        candidates: Sequence[str] | None = None,
+        candidates: Sequence[str] | npt.NDArray[np.int64] | None = None,
         exclude: str | None = None,
     ) -> list[Hit]:
         """Exact top-``k`` by cosine similarity among live rows made by ``identity``.
@@ -265,16 +265,27 @@ class FieldIndex:
         self,
         base_ok: npt.NDArray[np.bool_],
         tail_ok: npt.NDArray[np.bool_],
-        candidates: Sequence[str],
+        candidates: Sequence[str] | npt.NDArray[np.int64],
     ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """Keep only ``candidates``: string keys, or integer keys as an int64 array
+        (what a filtered queryset of an integer-keyed model gives, with no string per row)."""
         base_mask = np.zeros_like(base_ok)
-        rows = row_keys.rows_of(self.base_keys, candidates)
+        if isinstance(candidates, np.ndarray):
+            rows = row_keys.rows_of_ints(self.base_keys, candidates)
+        else:
+            rows = row_keys.rows_of(self.base_keys, candidates)
         base_mask[rows[rows >= 0]] = True
         tail_mask = np.zeros_like(tail_ok)
-        for key in candidates:
-            row = self.tail_rows.get(key)
-            if row is not None and row < len(tail_mask):
-                tail_mask[row] = True
+        if isinstance(candidates, np.ndarray):
+            wanted = set(candidates.tolist())
+            for key, row in self.tail_rows.items():
+                if row < len(tail_mask) and row_keys.as_int(key) in wanted:
+                    tail_mask[row] = True
+        else:
+            for key in candidates:
+                found = self.tail_rows.get(key)
+                if found is not None and found < len(tail_mask):
+                    tail_mask[found] = True
         return base_ok & base_mask, tail_ok & tail_mask
 
     def _valid(self, identity: str) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:

@@ -94,24 +94,32 @@ def _ranked(search: Search) -> Ranked:
     return bound[id(search)]
 
 
+_INTEGER_FIELDS = frozenset(
+    (
+        "AutoField",
+        "BigAutoField",
+        "SmallAutoField",
+        "IntegerField",
+        "BigIntegerField",
+        "SmallIntegerField",
+        "PositiveIntegerField",
+        "PositiveBigIntegerField",
+        "PositiveSmallIntegerField",
+    )
+)
+
+
+def _integer_pk(field: EmbeddingField) -> bool:
+    return field.model._meta.pk.get_internal_type() in _INTEGER_FIELDS
+
+
 class _Literals:
     """Primary keys as SQL: integers inline (no parameters, however many hits), any
     other key as a parameter."""
 
     def __init__(self, field: EmbeddingField, connection: Any) -> None:
-        pk = field.model._meta.pk
-        self.inline = pk.get_internal_type() in (
-            "AutoField",
-            "BigAutoField",
-            "SmallAutoField",
-            "IntegerField",
-            "BigIntegerField",
-            "SmallIntegerField",
-            "PositiveIntegerField",
-            "PositiveBigIntegerField",
-            "PositiveSmallIntegerField",
-        )
-        self.pk = pk
+        self.inline = _integer_pk(field)
+        self.pk = field.model._meta.pk
         self.connection = connection
 
     def sql(self, value: Any, params: list[Any]) -> str:
@@ -474,9 +482,11 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         fetch = search.k + (1 if search.exclude else 0)
         if base.query.where:
             # A narrow filter: score only the rows it selects, checked in Python.
-            cap = max(search.k, math.isqrt(search.k * stored) * 2)
+            # Reading up to a quarter of the rows' keys costs less than over-fetching
+            # blindly; past that, the filter is broad and over-fetching is cheap.
+            cap = max(4 * search.k, stored // 4)
             selected = _pks_and_hashes(base, field, limit=cap + 1)
-            if len(selected) <= cap:
+            if len(selected[0]) <= cap:
                 yield self._checked_among(search, index, identity, selected), True
                 return
             # A broad one selects at least cap rows: over-fetch by its least selectivity.
@@ -494,10 +504,27 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         search: Search,
         index: cache.FieldIndex,
         identity: str,
-        selected: dict[str, tuple[Any, str | None]],
+        selected: tuple[list[Any], list[str | None]],
     ) -> Ranked:
         """The top ``k`` of the ``selected`` rows whose vector is of their text."""
-        candidates = list(selected)
+        field = search.field
+        pks, columns = selected
+        candidates: Sequence[str] | np.ndarray[Any, Any]
+        if _integer_pk(field):
+            # No string per selected row: integer keys go to the index as one array.
+            candidates = np.fromiter(pks, dtype=np.int64, count=len(pks))
+            column_of: dict[Any, str | None] = dict(zip(pks, columns, strict=True))
+
+            def lookup(key: str) -> Any:
+                return int(key)
+
+        else:
+            candidates = [field.key(pk) for pk in pks]
+            column_of = dict(zip(candidates, columns, strict=True))
+
+            def lookup(key: str) -> Any:
+                return key
+
         fetch = search.k
         while True:
             hits = index.search(
@@ -507,10 +534,10 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
                 candidates=candidates,
                 exclude=search.exclude,
             )
-            good = [hit for hit in hits if _current(index, hit.key, selected[hit.key][1])]
+            good = [hit for hit in hits if _current(index, hit.key, column_of[lookup(hit.key)])]
             if len(good) >= search.k or len(hits) < fetch:
                 good = good[: search.k]
-                return Ranked([selected[hit.key][0] for hit in good], [hit.score for hit in good])
+                return Ranked([field.pk_from_key(hit.key) for hit in good], [h.score for h in good])
             fetch *= 4
 
     def _warn_if_never_embedded(self, field: EmbeddingField, stored: int) -> None:
@@ -548,19 +575,21 @@ def _with_hashes(field: EmbeddingField, index: cache.FieldIndex, hits: list[Hit]
 
 def _pks_and_hashes(
     base: models.QuerySet[Any], field: EmbeddingField, *, limit: int
-) -> dict[str, tuple[Any, str | None]]:
-    """``{key: (pk, column)}`` of up to ``limit`` selected rows, read without building
-    a Python object per row beyond the tuple the database driver returns."""
+) -> tuple[list[Any], list[str | None]]:
+    """Primary keys and columns of up to ``limit`` selected rows, read as the database
+    driver returns them (no Python object per row)."""
     query = base.values_list("pk", field.attname)[:limit].query
     compiler = query.get_compiler(using=base.db)
-    found: dict[str, tuple[Any, str | None]] = {}
+    pks: list[Any] = []
+    columns: list[str | None] = []
     results = compiler.execute_sql(MULTI, chunk_size=GET_ITERATOR_CHUNK_SIZE)
     converters = compiler.get_converters([column for column, _, _ in compiler.select[:2]])
     for chunk in results or ():
         rows = compiler.apply_converters(chunk, converters) if converters else chunk
         for pk, column in rows:
-            found[field.key(pk)] = (pk, column)
-    return found
+            pks.append(pk)
+            columns.append(column)
+    return pks, columns
 
 
 class EmbeddingQuerySet(EmbeddingQuerySetMixin):

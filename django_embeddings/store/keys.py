@@ -62,6 +62,19 @@ def rows_of(keys: Keys, wanted: Sequence[str]) -> npt.NDArray[np.intp]:
     return np.where(found & known, rows, -1)
 
 
+def rows_of_ints(keys: Keys, wanted: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
+    """:func:`rows_of` for integer keys given as an int64 array (vectorized throughout)."""
+    if not len(keys) or not len(wanted):
+        return np.full(len(wanted), -1, dtype=np.intp)
+    if keys.dtype.kind != "i":
+        return rows_of(keys, [str(number) for number in wanted.tolist()])
+    rows = np.searchsorted(keys, wanted)
+    inside = rows < len(keys)
+    found = np.zeros(len(wanted), dtype=bool)
+    found[inside] = np.asarray(keys[rows[inside]]) == wanted[inside]
+    return np.where(found, rows, -1)
+
+
 def find(keys: Keys, key: str) -> int | None:
     row = int(rows_of(keys, [key])[0])
     return None if row < 0 else row
