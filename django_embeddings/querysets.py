@@ -30,6 +30,7 @@ from django.db import models, router
 from django.db.models import F
 from django.db.models.functions import Cast
 from django.db.models.lookups import Lookup
+from django.db.models.query import ModelIterable
 from django.db.models.sql.constants import GET_ITERATOR_CHUNK_SIZE, MULTI
 
 from django_embeddings import cache, invalidation
@@ -427,21 +428,75 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
 
     def _fetch_top(self, search: Search) -> None:
         """Evaluate in one query where possible: the candidates are checked (hash and
-        filters) and limited to ``k`` by the database, in rank order."""
+        filters) and limited to ``k``, in rank order."""
         low, high = self.query.low_mark, self.query.high_mark
         stop = search.k if high is None else min(high, search.k)
         wanted = max(0, stop - low)
+        plain = self._plain_rows_query(search)
         for ranked, complete in self._candidates(search):
-            clone = self._chain()  # type: ignore[attr-defined]
-            clone.query.clear_limits()
-            clone.query.set_limits(low, stop)
-            with _binding(search, ranked):
-                super(EmbeddingQuerySetMixin, clone)._fetch_all()
-            rows = clone._result_cache or []
+            if plain is not None:
+                rows = self._ranked_in_python(plain, search, ranked)[low:stop]
+            else:
+                clone = self._chain()  # type: ignore[attr-defined]
+                clone.query.clear_limits()
+                clone.query.set_limits(low, stop)
+                with _binding(search, ranked):
+                    super(EmbeddingQuerySetMixin, clone)._fetch_all()
+                rows = clone._result_cache or []
             if len(rows) >= wanted or complete:
                 self._result_cache = rows
-                self._prefetch_done = clone._prefetch_done
+                if plain is not None and self._prefetch_related_lookups:  # type: ignore[attr-defined]
+                    self._prefetch_related_objects()  # type: ignore[attr-defined]
+                self._prefetch_done = True
                 return
+
+    def _plain_rows_query(self, search: Search) -> models.QuerySet[Any] | None:
+        """For model instances, the rows without the search's ``CASE`` expressions: their
+        cost grows with ``k`` for every row, while ranking ``k`` rows in Python does
+        not. ``None`` where the SQL itself needs the scores (``values()``, a filter
+        on ``similarity``, other annotations, ``distinct()``) or lacks the column."""
+        query = self.query
+        if (
+            self._iterable_class is not ModelIterable
+            or query.distinct
+            or set(query.annotations) != {"similarity"}
+            or query.deferred_loading[0]
+            and (search.field.attname in query.deferred_loading[0])
+            != (not query.deferred_loading[1])
+        ):
+            return None
+        for child in query.where.children:
+            if not isinstance(child, Matches) and _references(child, search):
+                return None
+        plain: models.QuerySet[Any] = self._chain()  # type: ignore[attr-defined]
+        plain.__class__ = models.QuerySet
+        del plain.query.annotations["similarity"]
+        plain.query.set_annotation_mask(())
+        plain.query.clear_ordering(force=True)
+        plain.query.clear_limits()
+        plain._prefetch_related_lookups = ()  # type: ignore[attr-defined]
+        return plain
+
+    def _ranked_in_python(
+        self, plain: models.QuerySet[Any], search: Search, ranked: Ranked
+    ) -> list[models.Model]:
+        """The candidates' rows, checked against their hashes and sorted by rank."""
+        unchecked = Ranked(ranked.pks, ranked.scores)  # the hashes are checked here
+        with _binding(search, unchecked):
+            rows = list(plain.all())  # a fresh evaluation for each list of candidates
+        position = {pk: n for n, pk in enumerate(ranked.pks)}
+        attname = search.field.attname
+        kept = []
+        for row in rows:
+            n = position.get(row.pk)
+            if n is None or (
+                ranked.hashes is not None and row.__dict__[attname] != ranked.hashes[n]
+            ):
+                continue
+            row.similarity = ranked.scores[n]
+            kept.append((n, row))
+        kept.sort(key=lambda item: item[0])
+        return [row for _, row in kept]
 
     def _exact(self, search: Search) -> Ranked:
         """The exact hits, checked, in rank order: what every other path binds."""
