@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from django.db.models import Model
@@ -55,3 +56,28 @@ def is_embedded(obj: Model, name: str = "embedding") -> bool:
     """Is ``obj`` served by searches: does the store hold a vector of its saved text?"""
     value = column(obj, name)
     return value is not None and stored_hash(obj, name) == value
+
+
+def pending_count(model: type[Model], name: str = "embedding") -> int:
+    """How many rows ``embeddings_backfill --missing`` would embed."""
+    from django_embeddings.backfill import embed_queryset
+
+    (result,) = embed_queryset(model._base_manager.all(), field=name, dry_run=True)
+    return result.selected
+
+
+@contextlib.contextmanager
+def failures() -> Iterator[list[dict[str, Any]]]:
+    """The ``embedding_failed`` signals sent inside the block, as their keyword arguments."""
+    from django_embeddings.signals import embedding_failed
+
+    seen: list[dict[str, Any]] = []
+
+    def receiver(sender: type[Model], **kwargs: Any) -> None:
+        seen.append({"sender": sender, **kwargs})
+
+    embedding_failed.connect(receiver, weak=False)
+    try:
+        yield seen
+    finally:
+        embedding_failed.disconnect(receiver)
