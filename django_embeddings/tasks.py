@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-
 if TYPE_CHECKING:
     from django_embeddings.fields import EmbeddingField
 

@@ -1,6 +1,6 @@
 """Moving a field's vectors between stores: one portable ``.npz`` file per field.
 
-``dumpdata``/``loaddata`` carry the rows (and the column: the dimension count),
+``dumpdata``/``loaddata`` carry the rows (and the column: the hash of each row's text),
 but not the vectors, which live in the store. :func:`export_field` writes them
 to ``<app_label>.<ModelName>.<field>.npz``; :func:`import_file` stores them in
 another deployment, for the rows that exist there, so nothing is embedded
@@ -8,7 +8,7 @@ again. Files hold only numeric and string arrays and are read with
 ``np.load(..., allow_pickle=False)``:
 
 - ``keys`` (str, n): the rows' primary keys as strings;
-- ``vectors`` (float32, n x d): the vectors as the provider returned them;
+- ``vectors`` (float32, n x d): the vectors, normalized to unit length as searches use them;
 - ``hashes`` (str, n): content hashes of the texts they were made from;
 - ``identities`` (uint16, n), indexing ``identity_names`` (str): provider identities;
 - ``meta`` (a JSON string): ``format``, ``label``, ``dimensions``, ``count``.
@@ -30,8 +30,8 @@ from django_embeddings import __version__, cache
 from django_embeddings.backfill import existing_keys
 from django_embeddings.exceptions import EmbeddingsError
 from django_embeddings.fields import EmbeddingField
-from django_embeddings.writer import put_vectors
 from django_embeddings.labels import LabelError, resolve_one
+from django_embeddings.writer import put_vectors
 
 __all__ = ["FORMAT", "ImportResult", "TransferError", "export_field", "import_file"]
 
@@ -120,8 +120,9 @@ def import_file(path: Path, *, using: str = "default") -> ImportResult:
 
     Tells peer processes, as a save does. Rows that do not exist are skipped; a row
     is searchable when its column (loaded with its data, e.g. by ``loaddata``)
-    records the text the vector was made from, and pending otherwise. Vectors made by another provider are imported all the
-    same; searches leave them out until ``embeddings_backfill --stale``.
+    records the text the vector was made from, and pending otherwise. Vectors made
+    by another provider are imported all the same; searches leave them out until
+    ``embeddings_backfill --stale``.
     """
     data = _read(Path(path))
     try:

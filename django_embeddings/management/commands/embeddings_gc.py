@@ -12,9 +12,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from django_embeddings import writer
 from django_embeddings.backfill import existing_keys
 from django_embeddings.fields import EmbeddingField
-from django_embeddings import writer
 from django_embeddings.management.commands._common import add_database, add_labels, fields_for
 
 # A store this large next to an empty table more likely means the wrong database
