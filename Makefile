@@ -18,7 +18,7 @@ TOX := $(TOOLS)/bin/tox
 # The suite on the newest Django (SQLite and PostgreSQL) and on 5.2 LTS (both databases).
 TOX_ENVS ?= lint,py312-django61-sqlite,py312-django61-postgres,py311-django52-sqlite,py311-django52-postgres
 
-.PHONY: test demo bench clean
+.PHONY: test demo bench bench-peers clean
 
 $(TOX):
 	$(PYTHON) -m venv $(TOOLS)
@@ -53,11 +53,12 @@ demo: $(DEMO_VENV)/.installed
 	@echo "==> Search: http://$(DEMO_ADDR)/  Admin: http://$(DEMO_ADDR)/admin/  API: http://$(DEMO_ADDR)/api/search?q=read+a+csv+file"
 	@$(DEMO_MANAGE) runserver $(DEMO_ADDR)
 
-# make bench: django_embeddings side by side with popoto, numpy and FAISS (bench/run.py), in a
-# virtualenv of its own. `make bench QUICK=1` runs small corpora in about two minutes; the full
-# run builds 1M-row corpora (tens of minutes, ~15 GB of temp disk). Results: bench/results/.
-# OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE (set on some machines for old OpenBLAS builds) slow a
-# current numpy, so they are unset for this command alone; the report names the BLAS kernel run.
+# make bench: what a user's calls cost next to the same written by hand, on SQLite and
+# PostgreSQL (bench/endtoend.py), in a virtualenv of its own. `make bench QUICK=1` runs 5k and
+# 100k rows in a few minutes; the full run adds 1M rows (tens of minutes, ~15 GB of temp disk).
+# make bench-peers: the store side by side with popoto, numpy and FAISS (bench/run.py).
+# Results: bench/results/. OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE (set on some machines for old
+# OpenBLAS builds) slow a current numpy, so they are unset for these commands alone.
 BENCH_VENV := .venv-bench
 BENCH_PYTHON := $(BENCH_VENV)/bin/python
 BENCH_ARGS ?=
@@ -69,6 +70,9 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	@touch $@
 
 bench: $(BENCH_VENV)/.installed
+	@env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BENCH_PYTHON) -m bench.endtoend $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+bench-peers: $(BENCH_VENV)/.installed
 	@env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BENCH_PYTHON) -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 clean:

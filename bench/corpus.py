@@ -6,6 +6,7 @@ Vectors come in fixed chunks, each from its own seeded generator, so the first
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator
 
@@ -59,6 +60,31 @@ def queries(count: int, n: int, *, seed: int = SEED + 1) -> Matrix:
     noise = rng.standard_normal((count, DIMENSIONS), dtype=np.float32)
     unit = base / np.linalg.norm(base, axis=1, keepdims=True)
     return normalized((unit + noise / 20).astype(np.float32))
+
+
+@functools.cache
+def _chunk(index: int) -> Matrix:
+    """Chunk ``index`` of the corpus in full; its first rows are those :func:`chunks` yields."""
+    return np.random.default_rng([SEED, index]).standard_normal(
+        (CHUNK, DIMENSIONS), dtype=np.float32
+    )
+
+
+def row_vector(row: int) -> Matrix:
+    """Row ``row`` of the corpus (raw, not normalized), from a chunk kept once generated."""
+    vector: Matrix = _chunk(row // CHUNK)[row % CHUNK]
+    return vector
+
+
+def row_text(row: int) -> str:
+    """The source text of corpus row ``row``: the bench's providers embed it as that row."""
+    return f"row {row}"
+
+
+def row_of(text: str) -> int | None:
+    """The corpus row a :func:`row_text` names, or ``None`` for any other text."""
+    prefix, _, number = text.partition(" ")
+    return int(number) if prefix == "row" and number.isdigit() else None
 
 
 def key(row: int) -> str:

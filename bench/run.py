@@ -280,7 +280,7 @@ def private_redis(workdir: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def private_database(keep: bool) -> Iterator[bool]:
+def private_database(keep: bool, name: str = PG_NAME) -> Iterator[bool]:
     """A PostgreSQL database of our own on the local server (dropped after unless kept)."""
     try:
         import psycopg
@@ -298,10 +298,10 @@ def private_database(keep: bool) -> Iterator[bool]:
     try:
         with psycopg.connect(**params, connect_timeout=5) as conn:
             exists = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (PG_NAME,)
+                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
             ).fetchone()
             if not exists:
-                conn.execute(f'CREATE DATABASE "{PG_NAME}"')
+                conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.Error as exc:
         log(f"PostgreSQL is not reachable ({exc}): the PostgreSQL rows are skipped")
         yield False
@@ -311,7 +311,7 @@ def private_database(keep: bool) -> Iterator[bool]:
     finally:
         if not keep:
             with psycopg.connect(**params) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{PG_NAME}" WITH (FORCE)')
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def evict(directory: Path) -> None:

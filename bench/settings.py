@@ -2,7 +2,8 @@
 
 Everything variable comes from the environment the orchestrator sets:
 ``BENCH_DB`` (``sqlite`` or ``postgres``), ``BENCH_SQLITE_PATH``, ``BENCH_PG_NAME``,
-``DJANGO_EMBEDDINGS_DIR`` and ``BENCH_REDIS_URL``.
+``DJANGO_EMBEDDINGS_DIR``, ``BENCH_REDIS_URL`` and, when set,
+``DJANGO_EMBEDDINGS_COMPACT_THRESHOLD``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ DJANGO_EMBEDDINGS_PROVIDERS = {
     # measured and subtracted) and gives the identity the corpora are stored under.
     "default": {"BACKEND": "bench.providers.BenchProvider"},
     "static": {"BACKEND": "bench.providers.TimedStaticModelProvider"},
+    # The end-to-end benchmark's: each "row i" text embeds as row i of the seeded corpus.
+    "corpus": {"BACKEND": "bench.providers.CorpusProvider"},
 }
+if "DJANGO_EMBEDDINGS_COMPACT_THRESHOLD" in os.environ:
+    DJANGO_EMBEDDINGS_COMPACT_THRESHOLD = int(os.environ["DJANGO_EMBEDDINGS_COMPACT_THRESHOLD"])
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

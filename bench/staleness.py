@@ -9,7 +9,7 @@ SQLite database, in each invalidation mode:
    by design.
 2. Catch-up cost at scale: a store of N rows x 384 dimensions (built directly with
    ``Store.put_many`` + ``compact``), loaded and warm in B. A stores one row the
-   way ``indexing`` does (store, then publish); B's next search is timed and
+   way ``writer`` does (store, then publish); B's next search is timed and
    reported as a ratio to a warm search, next to the ratio of a full reload.
 
 Prints a Markdown table; asserts nothing. Needs Redis on 127.0.0.1:6379 (or

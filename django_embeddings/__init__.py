@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # type checkers see the real classes; at run time they load lazily
+    from django_embeddings.fields import EmbeddingField
+    from django_embeddings.querysets import (
+        EmbeddingManager,
+        EmbeddingQuerySet,
+        EmbeddingQuerySetMixin,
+    )
 
 __version__ = "0.1.0"
 

@@ -65,7 +65,30 @@ class FieldIndex:
         self._changes = 0
         self._length = (-1, 0)
         self._warned_stale = False
-        self.apply(state.tail)
+        self._load_tail(state)
+
+    def _load_tail(self, state: State) -> None:
+        """Take in the journal tail at load time: its net rows, gathered by the store at once."""
+        rows = state.rows()
+        if rows.changed and len(self.base_keys):
+            found = row_keys.rows_of(self.base_keys, rows.changed)
+            self.base_alive[found[found >= 0]] = False
+        count = len(rows.keys)
+        if count:
+            if self.dimensions is None:
+                self.dimensions = int(rows.vectors.shape[1])
+            # Room to grow, so the next writes append in place.
+            self.tail = np.zeros((count + max(16, count // 4), self.dimensions), np.float32)
+            normalize(rows.vectors, out=self.tail[:count])
+            self.tail_alive = np.zeros(len(self.tail), dtype=bool)
+            self.tail_alive[:count] = True
+            self.tail_keys = list(rows.keys)
+            self.tail_rows = dict(zip(rows.keys, range(count), strict=True))
+            self.tail_meta = dict(
+                zip(rows.keys, zip(rows.hashes, rows.identities, strict=True), strict=True)
+            )
+        self._changes = len(rows.changed)
+        self.version = state.version
 
     # -- changes -------------------------------------------------------------------
 
@@ -86,11 +109,17 @@ class FieldIndex:
                 if entry.version != self.version + 1:
                     return False
                 vector = vectors[position] if vectors is not None else None
-                self._apply_one(entry, vector)
+                if not self._apply_one(entry, vector):
+                    return False
                 self.version = entry.version
         return True
 
-    def _apply_one(self, entry: Entry, vector: Vector | None) -> None:
+    def _apply_one(self, entry: Entry, vector: Vector | None) -> bool:
+        """Apply one entry; ``False`` for a put without its vector (a gap to catch up on)."""
+        if entry.op == "put" and vector is None:
+            # Its vector is in the store's log: reading the journal from our position
+            # brings it (with the entries of any other gap) in one pass.
+            return False
         row = _find(self.base_keys, entry.key)
         if row is not None:
             self.base_alive[row] = False
@@ -100,23 +129,21 @@ class FieldIndex:
         self._changes += 1
         if entry.op == "del":
             self.tail_meta.pop(entry.key, None)
-            return
-        if vector is None:
-            vector = self.store.load_vector(entry.key)
-            if vector is None:
-                return  # deleted again since; a later entry says so
+            return True
+        assert vector is not None  # a put without its vector returned above
         if self.dimensions is None:
             self.dimensions = int(vector.shape[0])
             self.tail = np.zeros((0, self.dimensions), dtype=np.float32)
         if vector.shape != (self.dimensions,):
             logger.warning("%s: ignoring row %r of another size", self.store.label, entry.key)
-            return
+            return True
         self.tail_meta[entry.key] = (entry.hash, entry.identity)
         if tail_row is not None:
             self.tail[tail_row] = normalize(vector)
             self.tail_alive[tail_row] = True
-            return
+            return True
         self._append(entry.key, normalize(vector))
+        return True
 
     def _append(self, key: str, unit: Vector) -> None:
         used = len(self.tail_keys)
@@ -145,6 +172,26 @@ class FieldIndex:
                 return None
             identity = self.identity_names[int(self.base_identities[row])]
             return bytes(self.base_hashes[row]).hex(), identity
+
+    def hashes(self, keys: Sequence[str]) -> list[str | None]:
+        """The content hash of each of ``keys``' live rows (``None`` where there is
+        none): :meth:`meta` for many keys at once, with one search of the snapshot."""
+        with self.lock:
+            rows = row_keys.rows_of(self.base_keys, keys)
+            found = None
+            if len(rows) and len(self.base_keys):
+                found = np.asarray(self.base_hashes[np.where(rows >= 0, rows, 0)])
+            result: list[str | None] = []
+            for position, key in enumerate(keys):
+                meta = self.tail_meta.get(key)
+                row = int(rows[position])
+                if meta is not None:
+                    result.append(meta[0])
+                elif row >= 0 and self.base_alive[row] and found is not None:
+                    result.append(found[position].tobytes().hex())
+                else:
+                    result.append(None)
+            return result
 
     def vector(self, key: str) -> Vector | None:
         """The normalized vector of a live row."""
@@ -358,7 +405,7 @@ def catch_up(index: FieldIndex, *, force: bool = False) -> FieldIndex:
         return index
     with index.lock:
         tail = index.store.read_tail(index.position)
-        if tail is not None and index.apply(tail.entries):
+        if tail is not None and index.apply(tail.entries, tail.vectors):
             index.position = tail.position
             index.journal_stat = stat
             return index

@@ -11,6 +11,7 @@ primary's name, hence its store.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -39,8 +40,13 @@ def is_test_database(using: str) -> bool:
 
 def store_root(directory: Path, using: str) -> Path:
     """The directory under which database ``using`` keeps its stores."""
-    if is_test_database(using):
-        name = str(connections[using].settings_dict.get("NAME"))
+    name = connections[using].settings_dict.get("NAME")
+    return _root(directory, using, str(name), using in _configured and name != _configured[using])
+
+
+@functools.lru_cache(maxsize=64)
+def _root(directory: Path, using: str, name: str, testing: bool) -> Path:
+    if testing:
         digest = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=6)
         return directory / f"@test-{digest.hexdigest()}"
     if using == DEFAULT_DB_ALIAS:

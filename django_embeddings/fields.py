@@ -18,17 +18,35 @@ import functools
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from django.core import checks
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
-from django.db import models, router
+from django.db import DEFAULT_DB_ALIAS, models, router
 
 from django_embeddings.conf import conf
 from django_embeddings.store import Store
 from django_embeddings.typing import DeconstructResult
 
 Source = str | Callable[[models.Model], Any]
+
+
+class FieldOptions(TypedDict, total=False):
+    """The options of Django's ``Field`` that an EmbeddingField takes (typed, so that a
+    misspelt option is an error in the user's editor)."""
+
+    max_length: int
+    null: bool
+    blank: bool
+    editable: bool
+    db_column: str
+    db_comment: str
+    db_index: bool
+    db_tablespace: str
+    help_text: str
+    serialize: bool
+    unique: bool
+
 
 HASH_LENGTH = 32  # hex digits of a 16-byte BLAKE2b digest
 
@@ -55,13 +73,15 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
 
     def __init__(
         self,
-        *args: Any,
+        verbose_name: str | None = None,
+        name: str | None = None,
+        *,
         source: Source | None = None,
         provider: str = "default",
         auto_embed: bool = True,
         cache: bool = True,
         defer: bool | None = None,
-        **kwargs: Any,
+        **kwargs: Unpack[FieldOptions],
     ) -> None:
         self.source = source
         self.provider_alias = provider
@@ -72,7 +92,7 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
         kwargs.setdefault("null", True)
         kwargs.setdefault("blank", True)
         kwargs.setdefault("editable", False)
-        super().__init__(*args, **kwargs)
+        super().__init__(verbose_name, name, **kwargs)
 
     def deconstruct(self) -> DeconstructResult:
         name, _, args, kwargs = super().deconstruct()
@@ -137,7 +157,10 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
         from django_embeddings.databases import store_root
 
         root = store_root(Path(directory), using)
-        return _store(root, self.model._meta.label, self.name, conf.COMPACT_THRESHOLD)
+        # Stores of other databases say so in their label (messages, logs, errors);
+        # peers only apply messages for the default database's stores.
+        label = self.label if using == DEFAULT_DB_ALIAS else f"{self.label}@{using}"
+        return _store(root, self.model._meta.label, self.name, label, conf.COMPACT_THRESHOLD)
 
     @property
     def deferred(self) -> bool:
@@ -270,11 +293,11 @@ def _is_composite(pk: Any) -> bool:
 
 
 @functools.cache
-def _store(directory: Path, model_label: str, field_name: str, compact_threshold: int) -> Store:
+def _store(
+    directory: Path, model_label: str, field_name: str, label: str, compact_threshold: int
+) -> Store:
     return Store(
-        Path(directory) / model_label / field_name,
-        label=f"{model_label}.{field_name}",
-        compact_threshold=compact_threshold,
+        Path(directory) / model_label / field_name, label=label, compact_threshold=compact_threshold
     )
 
 

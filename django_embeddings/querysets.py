@@ -157,7 +157,7 @@ class _SearchExpression(models.Expression):
     def values(self) -> list[str]:
         raise NotImplementedError
 
-    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+    def as_sql(self, compiler: Any, connection: Any) -> Any:
         pk_sql, pk_params = compiler.compile(self.pk)
         return _case(self.search, pk_sql, pk_params, self.values(), connection)
 
@@ -182,7 +182,7 @@ class Rank(_SearchExpression):
         return [str(position) for position in range(len(_ranked(self.search).pks))]
 
 
-class Matches(Lookup):  # type: ignore[type-arg]
+class Matches(Lookup):
     """``pk IN (<hits>)``, and, for candidates not checked yet, ``AND <column> =
     CASE pk WHEN <pk> THEN '<hash>' ... END``: rows whose vector is of their text."""
 
@@ -199,7 +199,7 @@ class Matches(Lookup):  # type: ignore[type-arg]
     def get_prep_lookup(self) -> Any:
         return self.rhs
 
-    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+    def as_sql(self, compiler: Any, connection: Any) -> Any:
         ranked = _ranked(self.search)
         if not ranked.pks:
             raise EmptyResultSet
@@ -302,7 +302,7 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
     # -- evaluation: every path that runs SQL resolves the search first ----------------
 
     def _clone(self) -> Self:
-        clone = super()._clone()
+        clone: Self = super()._clone()  # type: ignore[misc]
         clone._search = self._search
         return clone
 
@@ -320,10 +320,10 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
     def _iterator(self, use_chunked_fetch: bool, chunk_size: int | None) -> Iterator[Any]:
         search = self._search
         if search is None:
-            yield from super()._iterator(use_chunked_fetch, chunk_size)
+            yield from super()._iterator(use_chunked_fetch, chunk_size)  # type: ignore[misc]
             return
         with _binding(search, self._exact(search)):
-            yield from super()._iterator(use_chunked_fetch, chunk_size)
+            yield from super()._iterator(use_chunked_fetch, chunk_size)  # type: ignore[misc]
 
     def count(self) -> int:
         if self._search is None or self._result_cache is not None:
@@ -394,7 +394,7 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
     def _store_alias(self) -> str:
         # Vectors are written by the database rows are written to; a read replica
         # chosen by a router reads the same store.
-        return self._db or router.db_for_write(self.model)
+        return self._db or router.db_for_write(self.model)  # type: ignore[attr-defined]
 
     def _index(self, field: EmbeddingField) -> cache.FieldIndex:
         store = field.store_for(self._store_alias())
@@ -406,7 +406,11 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
 
     def _candidates_base(self, search: Search) -> models.QuerySet[Any]:
         """This queryset's own filters, without the search's (nor filters on its scores)."""
-        base = models.QuerySet(self.model, query=self.query.chain(), using=self._db)
+        base: models.QuerySet[Any] = models.QuerySet(
+            self.model,
+            query=self.query.chain(),
+            using=self._db,  # type: ignore[attr-defined]
+        )
         where = base.query.where
         where.children = [child for child in where.children if not _references(child, search)]
         base.query.clear_ordering(force=True)
@@ -420,7 +424,7 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         stop = search.k if high is None else min(high, search.k)
         wanted = max(0, stop - low)
         for ranked, complete in self._candidates(search):
-            clone = self._chain()
+            clone = self._chain()  # type: ignore[attr-defined]
             clone.query.clear_limits()
             clone.query.set_limits(low, stop)
             with _binding(search, ranked):
@@ -450,7 +454,10 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         if self.query.is_sliced:
             low, high = self.query.low_mark, self.query.high_mark
             ranked = Ranked(ranked.pks[low:high], ranked.scores[low:high])
-        return self.model._base_manager.using(self.db).filter(pk__in=ranked.pks)
+        hits: models.QuerySet[Any] = self.model._base_manager.using(self.db).filter(
+            pk__in=ranked.pks
+        )
+        return hits
 
     def _candidates(self, search: Search) -> Iterator[tuple[Ranked, bool]]:
         """Growing lists of hits for the database to check; ``complete`` when no row
@@ -530,13 +537,12 @@ def _current(index: cache.FieldIndex, key: str, column: str | None) -> bool:
 
 def _with_hashes(field: EmbeddingField, index: cache.FieldIndex, hits: list[Hit]) -> Ranked:
     pks, scores, hashes = [], [], []
-    for hit in hits:
-        meta = index.meta(hit.key)
-        if meta is None:
+    for hit, value in zip(hits, index.hashes([hit.key for hit in hits]), strict=True):
+        if value is None:
             continue
         pks.append(field.pk_from_key(hit.key))
         scores.append(hit.score)
-        hashes.append(meta[0])
+        hashes.append(value)
     return Ranked(pks, scores, hashes)
 
 

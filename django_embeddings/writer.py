@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import TYPE_CHECKING, Any
 
-from django.db import models, transaction
+from django.db import connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from django_embeddings import cache, invalidation
@@ -54,6 +55,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _MAX_ROUNDS = 5
+_CHUNK = 500  # primary keys per query (SQLite's parameter limit is 999 on old builds)
 _BATCHES = "_django_embeddings_batches"  # per-connection {(label, alias): Batch}
 
 
@@ -158,12 +160,12 @@ def _with_batch(field: EmbeddingField, using: str, change: Any) -> None:
         batch.flush()
         return
     batches: dict[tuple[str, str], Batch] = connection.__dict__.setdefault(_BATCHES, {})
-    batch = batches.get((field.label, using))
-    if batch is None or not _registered(connection, batch):
-        batch = Batch(field, using)
-        batches[(field.label, using)] = batch
-        transaction.on_commit(batch.callback, using=using, robust=True)
-    change(batch)
+    current = batches.get((field.label, using))
+    if current is None or not _registered(connection, current):
+        current = Batch(field, using)
+        batches[(field.label, using)] = current
+        transaction.on_commit(current.callback, using=using, robust=True)
+    change(current)
 
 
 def _registered(connection: BaseDatabaseWrapper, batch: Batch) -> bool:
@@ -296,12 +298,7 @@ def _recheck(
     """Go round again for rows whose committed hash is not the one just stored."""
     if not stored:
         return
-    pks = [field.pk_from_key(key) for key in stored]
-    manager = field.model._base_manager.using(using)
-    committed = {
-        field.key(pk): value
-        for pk, value in manager.filter(pk__in=pks).values_list("pk", field.attname)
-    }
+    committed = _committed_hashes(field, using, list(stored))
     gone = [key for key in stored if key not in committed]
     changed = [key for key, value in stored.items() if key in committed and committed[key] != value]
     if gone:
@@ -320,6 +317,29 @@ def _recheck(
         again = _store_texts(field, using, texts, previous=None)
         _fix_columns(field, using, texts, columns)
         _recheck(field, using, again, rounds=rounds - 1)
+
+
+def _committed_hashes(field: EmbeddingField, using: str, keys: list[str]) -> dict[str, Any]:
+    """``{key: column}`` of the rows of ``keys`` that exist: one plain query (this runs
+    after every save, so it skips the ORM's query building)."""
+    connection = connections[using]
+    meta = field.model._meta
+    pk = meta.pk
+    quote = connection.ops.quote_name
+    found: dict[str, Any] = {}
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        values = [pk.get_db_prep_value(field.pk_from_key(key), connection) for key in chunk]
+        sql = (
+            f"SELECT {quote(str(pk.column))}, {quote(str(field.column))} "
+            f"FROM {quote(meta.db_table)} "
+            f"WHERE {quote(str(pk.column))} IN ({', '.join(['%s'] * len(values))})"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, values)
+            for value, column in cursor.fetchall():
+                found[field.key(pk.to_python(value))] = column
+    return found
 
 
 def _fix_columns(

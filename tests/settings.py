@@ -56,6 +56,9 @@ if os.environ.get("DJANGO_EMBEDDINGS_TEST_DB") == "postgres":
 else:
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 
+# A second database: each database has a store of its own (tests/test_databases.py).
+DATABASES["other"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CACHES = {

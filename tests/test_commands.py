@@ -18,7 +18,7 @@ from django_embeddings.fields import content_hash
 from django_embeddings.management.commands import embeddings_gc
 from django_embeddings.management.commands.embeddings_backfill import ProgressBar
 from django_embeddings.providers import get_provider
-from django_embeddings.store import files
+from django_embeddings.store import files, journal
 from tests.otherapp.models import Doc as OtherDoc
 from tests.testapp.models import Article, Doc, Product, SlugDoc
 from tests.utils import is_embedded
@@ -58,8 +58,12 @@ def age(path: Path, seconds: float) -> None:
 
 
 def age_store(model, seconds: float) -> None:  # type: ignore[no-untyped-def]
-    for path in field_of(model).store.path.glob("*.npy"):
-        age(path, seconds)
+    """Date the journal's puts ``seconds`` earlier, as the GC's age guard reads them."""
+    path = field_of(model).store.path / journal.JOURNAL
+    header, body = path.read_bytes().split(b"\n", 1)
+    records = journal.parse(body)
+    lines = [records.entry(n).to_line(records.times[n] - int(seconds)) for n in range(len(records))]
+    path.write_bytes(header + b"\n" + b"".join(lines))
 
 
 class TestLabels:

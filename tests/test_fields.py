@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import hashlib
 import uuid
 
 import numpy as np
@@ -63,12 +62,12 @@ class TestSave:
         expected = get_provider().embed(["Read and write comma separated files"])[0]
         np.testing.assert_array_equal(vector, expected)
 
-    def test_vector_file_is_private_and_named_by_hash(self):
-        article = Article.objects.create(title="a", body="alpha beta")
+    def test_vector_goes_to_the_private_vector_log(self):
+        Article.objects.create(title="a", body="alpha beta")
         folder = field_of(Article).store.path
-        names = [p.name for p in folder.glob("*.npy")]
-        assert len(names) == 1
-        assert names == [hashlib.sha256(str(article.pk).encode()).hexdigest() + ".npy"]
+        assert not list(folder.glob("*.npy"))  # no file per row
+        names = [p.name for p in folder.glob("_vectors-*")]
+        assert names == ["_vectors-0"]
         assert (folder / names[0]).stat().st_mode & 0o077 == 0
 
     def test_unchanged_text_makes_no_provider_call(self):
@@ -199,7 +198,7 @@ class TestKeys:
         folder = field_of(SlugDoc).store.path
         for path in store_dir.rglob("*"):
             assert path.resolve().is_relative_to(store_dir.resolve())
-        assert len(list(folder.glob("*.npy"))) == 1
+        assert [p.name for p in folder.glob("_vectors-*")] == ["_vectors-0"]
         hits = SlugDoc.objects.semantic_search(f"document {slug}", k=1)
         assert [h.pk for h in hits] == [slug]
 

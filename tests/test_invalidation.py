@@ -751,8 +751,8 @@ def test_writes_in_one_process_reach_another(deployment, mode):
         assert looker("top", text="kappa lambda mu")[1] > 0.999
         assert b("index") == index
         assert str(created) not in b("keys")
-        # B's index still holds the vector of the first text, but the row's column
-        # names the new one: B finds nothing rather than serve the old vector.
+        # B's index still has the vector of `first`'s old text: the row's column
+        # names the new one, so B never serves it.
         assert b("top", text="kappa lambda mu") is None
         return
     if mode == "pubsub":

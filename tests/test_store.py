@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import django_embeddings.store as store_module
+from django_embeddings import cache
 from django_embeddings.exceptions import StoreError
-from django_embeddings.store import Store, files, journal
+from django_embeddings.store import Entry, Store, files, journal, snapshot, vectorlog
 
 
 def vec(seed: int, dims: int = 8) -> np.ndarray:
@@ -47,22 +49,163 @@ def test_put_assigns_consecutive_versions(store):
     assert live(store) == {"0": f"{0:032x}", "2": f"{2:032x}"}
 
 
-def test_vectors_round_trip_as_npy_without_pickle(store):
-    store.put("k", vec(1), content_hash="00" * 16, identity="id")
-    path = store.path / files.filename_for("k")
-    np.testing.assert_array_equal(np.load(path, allow_pickle=False), vec(1))
-    np.testing.assert_array_equal(store.load_vector("k"), vec(1))
+def logs(store: Store) -> list[str]:
+    return sorted(p.name for p in store.path.glob(f"{vectorlog.PREFIX}*"))
 
 
-def test_pickled_npy_is_never_loaded(store, caplog):
-    store.put("k", vec(1), content_hash="00" * 16, identity="id")
+def test_vectors_go_to_one_log_not_a_file_per_row(store):
+    entries = store.put_many([(str(n), vec(n), "00" * 16, "id") for n in range(3)])
+    store.put("3", vec(3), content_hash="00" * 16, identity="id")
+    assert logs(store) == [vectorlog.name_for(0)]
+    assert not list(store.path.glob("*.npy"))
+    raw = (store.path / vectorlog.name_for(0)).read_bytes()
+    assert len(raw) == 4 * 8 * 4
+    assert [e.offset for e in entries] == [0, 32, 64]
+    np.testing.assert_array_equal(np.frombuffer(raw[32:64], dtype="<f4"), vec(1))
+    for n in range(4):
+        np.testing.assert_array_equal(store.load_vector(str(n)), vec(n))
+    assert store.load_vector("missing") is None
+
+
+def test_stored_vectors_read_back_exactly_after_compaction(store):
+    for n in range(5):
+        store.put(str(n), vec(n) * 10, content_hash="00" * 16, identity="id")
+    store.delete("2")
+    store.compact()
+    assert logs(store) == []  # the new journal's log starts with the next put
+    for n in (0, 1, 3, 4):
+        np.testing.assert_array_equal(store.load_vector(str(n)), vec(n) * 10)
+    assert store.load_vector("2") is None
+    store.put("1", vec(11), content_hash="00" * 16, identity="id")
+    np.testing.assert_array_equal(store.load_vector("1"), vec(11))
+    assert logs(store) == [vectorlog.name_for(6)]
+
+
+def test_entries_compare_without_their_location(store):
+    (entry,) = store.put_many([("k", vec(1), "ab" * 16, "id")])
+    assert entry.offset == 0 and entry.dimensions == 8
+    assert entry == Entry(1, "put", "k", "ab" * 16, "id")  # as a peer receives it
+
+
+def test_read_tail_brings_the_vectors_of_new_entries(store):
+    store.put("a", vec(1), content_hash="00" * 16, identity="id")
+    state = store.read_state()
+    store.put_many([("b", vec(2), "00" * 16, "id"), ("c", vec(3), "00" * 16, "id")])
+    store.delete("a")
+    tail = store.read_tail(state.position)
+    assert [(e.op, e.key) for e in tail.entries] == [("put", "b"), ("put", "c"), ("del", "a")]
+    np.testing.assert_array_equal(tail.vectors[0], vec(2))
+    np.testing.assert_array_equal(tail.vectors[1], vec(3))
+    assert tail.vectors[2] is None
+    store.compact()
+    assert store.read_tail(tail.position) is None  # replaced: reload
+
+
+def test_journal_lines_parse_alike_at_once_and_one_by_one(store, caplog):
+    store.put_many([(str(n), vec(n), f"{n:032x}", "id") for n in range(3)])
+    store.delete("1")
+    raw = (store.path / journal.JOURNAL).read_bytes()
+    body = raw[raw.index(b"\n") + 1 :]
+    at_once = journal.parse(body).entries()
+    assert [(e.version, e.op, e.key) for e in at_once] == [
+        (1, "put", "0"),
+        (2, "put", "1"),
+        (3, "put", "2"),
+        (4, "del", "1"),
+    ]
+    # A 0.1.0 line makes the rest go one line at a time, to the same entries.
+    mixed = journal.parse(body + b'{"v": 5, "op": "del", "k": "2"}\n').entries()
+    assert mixed == [*at_once, Entry(5, "del", "2")]
+    assert [(e.offset, e.dimensions, e.checksum) for e in mixed[:4]] == [
+        (e.offset, e.dimensions, e.checksum) for e in at_once
+    ]
+    # Lines one value short and one too long would shift every column: both are refused.
+    odd = b'[5,"del","2","","",-1,0,-1]\n[6,"del","0","","",-1,0,-1,0,0]\n'
+    assert journal.parse(body + odd).entries() == at_once
+    assert caplog.text.count("Skipping a damaged line") == 2
+
+
+def test_a_position_in_a_replaced_journal_is_never_read_on(store):
+    """A new journal may get the inode of the one it replaced: its header tells them apart."""
+    store.put("a", vec(1), content_hash="00" * 16, identity="id")
+    state = store.read_state()
+    store.compact()
+    store.put("b", vec(2), content_hash="00" * 16, identity="id")
+    inode = os.stat(store.path / journal.JOURNAL).st_ino
+    reused = journal.Position(inode, state.position.offset, state.position.header)
+    assert store.read_tail(reused) is None
+    assert store.read_tail(store.read_state().position).entries == []
+
+
+def test_a_peer_entry_without_its_vector_is_caught_up_from_the_journal(store):
+    """A message that left the vector out (too large) is a gap, not a deleted row."""
+    cache.clear()
+    store.put("a", vec(1), content_hash="00" * 16, identity="id")
+    index = cache.get(store)
+    entries = store.put_many([("b", vec(2), "00" * 16, "id")])
+    peer_view = [Entry(e.version, e.op, e.key, e.hash, e.identity) for e in entries]
+    cache.apply_delta(store, peer_view)
+    assert sorted(index.keys()) == ["a", "b"]
+    np.testing.assert_allclose(index.vector("b"), vec(2) / np.linalg.norm(vec(2)), rtol=1e-6)
+    cache.clear()
+
+
+def test_a_torn_vector_write_shifts_nothing(store):
+    store.put("a", vec(1), content_hash="00" * 16, identity="id")
+    with open(store.path / vectorlog.name_for(0), "ab") as handle:
+        handle.write(b"\x01\x02\x03\x04\x05")  # a writer killed mid-write: no entry names it
+    (entry,) = store.put_many([("b", vec(2), "00" * 16, "id")])
+    assert entry.offset == 40  # 32 + 5, rounded up to 4 bytes
+    index = cache.FieldIndex(store, store.read_state())
+    assert sorted(index.keys()) == ["a", "b"]
+    np.testing.assert_array_equal(store.load_vector("b"), vec(2))
+    store.compact()
+    np.testing.assert_array_equal(store.load_vector("b"), vec(2))
+
+
+def test_a_vector_the_log_does_not_hold_reads_as_missing(store, caplog):
+    store.put_many([(str(n), vec(n), "00" * 16, "id") for n in range(3)])
+    path = store.path / vectorlog.name_for(0)
+    path.write_bytes(path.read_bytes()[:70])  # damaged: row 2 cut, row 1 whole
+    index = cache.FieldIndex(store, store.read_state())
+    assert sorted(index.keys()) == ["0", "1"]
+    assert "1 stored vectors cannot be read (rows '2')" in caplog.text
+    assert store.load_vector("2") is None
+    store.put("3", vec(3), content_hash="00" * 16, identity="id")
+    np.testing.assert_array_equal(store.load_vector("3"), vec(3))
+    store.compact()  # drops the unreadable row, keeps the others
+    assert set(live(store)) == {"0", "1", "3"}
+
+
+def test_non_finite_values_in_the_log_are_never_loaded(store, caplog):
+    store.put_many([("a", vec(1), "00" * 16, "id"), ("b", vec(2), "00" * 16, "id")])
+    path = store.path / vectorlog.name_for(0)
+    data = bytearray(path.read_bytes())
+    data[32:36] = np.array([np.nan], dtype="<f4").tobytes()
+    path.write_bytes(bytes(data))
+    assert sorted(cache.FieldIndex(store, store.read_state()).keys()) == ["a"]
+
+
+def test_a_missing_log_leaves_the_snapshot_searchable(store, caplog):
+    store.put("a", vec(1), content_hash="00" * 16, identity="id")
+    store.compact()
+    store.put("b", vec(2), content_hash="00" * 16, identity="id")
+    (store.path / vectorlog.name_for(1)).unlink()
+    index = cache.FieldIndex(store, store.read_state())
+    assert sorted(index.keys()) == ["a"]
+    assert "is missing" in caplog.text
+    assert store.load_vector("b") is None
+
+
+def test_pickled_npy_is_never_loaded(tmp_path, caplog):
+    store = legacy_store(tmp_path, {"k": vec(1)})
     np.save(store.path / files.filename_for("k"), np.array([object()]), allow_pickle=True)
     assert store.load_vector("k") is None
     assert "unreadable" in caplog.text
 
 
-def test_truncated_npy_is_skipped(store, caplog):
-    store.put("k", vec(1), content_hash="00" * 16, identity="id")
+def test_truncated_npy_is_skipped(tmp_path):
+    store = legacy_store(tmp_path, {"k": vec(1)})
     path = store.path / files.filename_for("k")
     path.write_bytes(path.read_bytes()[:40])
     assert store.load_vector("k") is None
@@ -148,27 +291,34 @@ def test_damaged_index_json_falls_back_to_the_newest_snapshot(store, caplog):
     assert json.loads((store.path / "_index.json").read_text())["_version"] == 2
 
 
-def test_garbage_collection_respects_the_age_guard(store):
-    for key in "abc":
+def test_garbage_collection_respects_the_age_guard(store, monkeypatch):
+    store.put("b", vec(2), content_hash="00" * 16, identity="id")
+    store.compact()  # "b" ages in the snapshot, "a" and "c" in the journal
+    for key in "ac":
         store.put(key, vec(ord(key)), content_hash="00" * 16, identity="id")
-    orphan = store.path / files.filename_for("zombie")
+    orphan = store.path / files.filename_for("zombie")  # a 0.1.0 file no entry names
     np.save(orphan, vec(5))
+    stale_log = store.path / vectorlog.name_for(0)  # left by a compaction killed midway
+    stale_log.write_bytes(b"\0" * 32)
 
     def is_live(keys: list[str]) -> set[str]:
         return {"a"} & set(keys)
 
     report = store.collect_garbage(is_live, min_age=300)
-    assert report.entries == [] and report.files == [] and report.skipped_recent == 3
-    old = time.time() - 600
-    for path in store.path.glob("*.npy"):
-        os.utime(path, (old, old))
+    assert report.entries == [] and report.files == [] and report.skipped_recent == 4
+    assert store.stats().unindexed_files == 2
+    later = time.time() + 600
+    monkeypatch.setattr(store_module.time, "time", lambda: later)
     report = store.collect_garbage(is_live, min_age=300, dry_run=True)
-    assert report.entries == ["b", "c"] and report.files == [orphan.name]
+    assert report.entries == ["b", "c"]
+    assert report.files == [orphan.name, stale_log.name]
     assert set(live(store)) == {"a", "b", "c"}
     store.collect_garbage(is_live, min_age=300)
     assert set(live(store)) == {"a"}
-    assert not orphan.exists()
-    assert sorted(p.name for p in store.path.glob("*.npy")) == [files.filename_for("a")]
+    assert not orphan.exists() and not stale_log.exists()
+    assert logs(store) == [vectorlog.name_for(1)]  # the current log stays
+    assert store.stats().unindexed_files == 0
+    np.testing.assert_array_equal(store.load_vector("a"), vec(ord("a")))
 
 
 def test_sweep_removes_only_old_temp_files(store):
@@ -206,9 +356,16 @@ def test_concurrent_writer_processes_lose_nothing(tmp_path):
     expected = {f"w{w}-{n}" for w in range(4) for n in range(60) if n % 7 != 3}
     assert set(live(store)) == expected
     assert store.version() == 4 * (60 + len([n for n in range(60) if n % 7 == 3]))
+    for key in sorted(expected)[::17]:
+        worker, n = (int(part) for part in key[1:].split("-"))
+        np.testing.assert_array_equal(store.load_vector(key), vec(worker * 1000 + n))
     store.compact()
     assert set(live(store)) == expected
-    assert {files.filename_for(k) for k in expected} == {p.name for p in path.glob("*.npy")}
+    assert not list(path.glob("*.npy"))
+    assert logs(store) == []
+    for key in sorted(expected)[::17]:
+        worker, n = (int(part) for part in key[1:].split("-"))
+        np.testing.assert_array_equal(store.load_vector(key), vec(worker * 1000 + n))
 
 
 @pytest.mark.parametrize(
@@ -247,10 +404,118 @@ def test_a_key_given_twice_in_one_batch_keeps_its_last_vector(store):
     np.testing.assert_array_equal(store.load_vector("k"), vec(2))
     assert live(store) == {"k": "02" * 16}
     assert not list(store.path.glob("tmp*"))
+    index = cache.FieldIndex(store, store.read_state())
+    np.testing.assert_allclose(index.vector("k"), vec(2) / np.linalg.norm(vec(2)), rtol=1e-6)
 
 
-def test_vector_files_of_another_numpy_layout_still_load(store):
-    store.put("k", vec(1), content_hash="00" * 16, identity="id")
+def test_vector_files_of_another_numpy_layout_still_load(tmp_path):
+    store = legacy_store(tmp_path, {"k": vec(1)})
     np.save(store.path / files.filename_for("k"), vec(1).astype(np.float64))
     np.testing.assert_allclose(store.load_vector("k"), vec(1), rtol=1e-6)
     assert store.load_vector("k").dtype == np.float32
+
+
+def test_versions_continue_after_a_snapshot_whose_journal_was_never_started(store, monkeypatch):
+    """A crash between publishing a snapshot and starting its journal loses no later put."""
+    store.put_many([("a", vec(1), "00" * 16, "id"), ("b", vec(2), "00" * 16, "id")])
+
+    def killed(directory: Path, base: int) -> None:
+        raise OSError("killed")
+
+    monkeypatch.setattr(journal, "create", killed)
+    with pytest.raises(StoreError):
+        store.clear()  # the empty snapshot 3 is published, the old journal stays
+    monkeypatch.undo()
+    (entry,) = store.put_many([("c", vec(3), "00" * 16, "id")])
+    assert entry.version == 4
+    assert set(live(store)) == {"c"}
+    np.testing.assert_array_equal(store.load_vector("c"), vec(3))
+
+
+def _clear_then_store_16(path: str) -> None:
+    other = Store(Path(path), label="app.Model.field")
+    other.clear()
+    other.put("b", vec(2, 16), content_hash="00" * 16, identity="id")
+
+
+def test_a_writer_sees_the_dimensions_another_process_set(store):
+    """What a writer keeps between puts (versions, dimensions) follows other processes."""
+    store.put("a", vec(1), content_hash="00" * 16, identity="id")
+    process = multiprocessing.get_context("spawn").Process(
+        target=_clear_then_store_16, args=(str(store.path),)
+    )
+    process.start()
+    process.join(60)
+    assert process.exitcode == 0
+    with pytest.raises(StoreError, match="holds 16-dimensional vectors"):
+        store.put("c", vec(3), content_hash="00" * 16, identity="id")
+    entry = store.put("c", vec(3, 16), content_hash="00" * 16, identity="id")
+    assert entry.version == store.version() == 4
+    assert set(live(store)) == {"b", "c"}
+
+
+def legacy_store(tmp_path: Path, rows: dict[str, np.ndarray], *, snapshot_rows: int = 0) -> Store:
+    """A store as 0.1.0 wrote it: a file per row, a journal without offsets, snapshots
+    without stored vectors. The first ``snapshot_rows`` rows are in a snapshot."""
+    path = tmp_path / "legacy.Model" / "field"
+    path.mkdir(parents=True, mode=0o700)
+    for key, vector in rows.items():
+        np.save(path / files.filename_for(key), vector)
+    (path / "_dimensions").write_text(str(len(next(iter(rows.values())))))
+    items = list(rows.items())
+    folded, journaled = items[:snapshot_rows], items[snapshot_rows:]
+    base = len(folded)
+    if folded:
+        from django_embeddings.store import keys, normalize
+
+        packed = keys.pack([key for key, _ in folded])
+        order = np.argsort(packed, kind="stable")
+        snapshot.write(
+            path,
+            snapshot.Snapshot(
+                version=base,
+                vectors=normalize(np.array([v for _, v in folded]))[order],
+                keys=packed[order],
+                hashes=np.zeros((base, 16), np.uint8),
+                identities=np.zeros(base, np.uint16),
+                identity_names=["id"],
+            ),
+        )
+    else:
+        snapshot.write_index(path, 0, None)
+    lines = [json.dumps({"base": base})]
+    for n, (key, _) in enumerate(journaled, start=base + 1):
+        lines.append(json.dumps({"v": n, "op": "put", "k": key, "h": "00" * 16, "i": "id"}))
+    (path / "_journal").write_text("\n".join(lines) + "\n")
+    return Store(path, label="legacy.Model.field", compact_threshold=1000)
+
+
+def test_a_store_written_by_0_1_0_loads_and_migrates(tmp_path):
+    rows = {str(n): vec(n) * (n + 1) for n in range(6)}
+    store = legacy_store(tmp_path, rows, snapshot_rows=3)
+    assert set(live(store)) == set(rows)
+    for key, vector in rows.items():
+        np.testing.assert_array_equal(store.load_vector(key), vector)
+    index = cache.FieldIndex(store, store.read_state())
+    assert sorted(index.keys()) == sorted(rows)
+    assert index.search(vec(4), 1, identity="id")[0].key == "4"
+    assert store.stats().unindexed_files == 0  # every file is still needed
+    # New writes go to the log; the legacy rows keep their files.
+    store.put("4", vec(40), content_hash="00" * 16, identity="id")
+    store.put("9", vec(9), content_hash="00" * 16, identity="id")
+    rows.update({"4": vec(40), "9": vec(9)})
+    assert store.stats().unindexed_files == 1  # the file of "4", replaced by a logged vector
+    for key, vector in rows.items():
+        np.testing.assert_array_equal(store.load_vector(key), vector)
+    store.compact()  # folds both kinds, and the old snapshot's stored vectors
+    assert set(live(store)) == set(rows)
+    for key, vector in rows.items():
+        np.testing.assert_array_equal(store.load_vector(key), vector)
+    assert store.stats().unindexed_files == 6
+    report = store.collect_garbage(lambda keys: set(keys), min_age=0)
+    assert sorted(report.files) == sorted(files.filename_for(str(n)) for n in range(6))
+    assert not list(store.path.glob("*.npy"))
+    for key, vector in rows.items():
+        np.testing.assert_array_equal(store.load_vector(key), vector)
+    fresh = cache.FieldIndex(store, store.read_state())
+    assert sorted(fresh.keys()) == sorted(rows)

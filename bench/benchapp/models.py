@@ -1,5 +1,6 @@
 """``Doc``: corpora built from deterministic vectors; ``Passage``: texts for the backfill;
-``PlainDoc``: the save baseline."""
+``PlainDoc``: the save baseline. ``Article``, ``PlainArticle`` and ``UncachedArticle``:
+the end-to-end benchmark's (:mod:`bench.endtoend`)."""
 
 from __future__ import annotations
 
@@ -27,5 +28,35 @@ class PlainDoc(models.Model):
 class Passage(models.Model):
     text = models.TextField()
     embedding = EmbeddingField(source="text", provider="static")
+
+    objects = EmbeddingManager()
+
+
+# The end-to-end benchmark's models (bench.endtoend): each row's text is "row i" and the
+# "corpus" provider embeds it as row i of the seeded corpus.
+
+
+class Article(models.Model):
+    # bucket = row % 100: ``bucket=0`` selects 1 % of the rows, ``bucket__lt=10`` 10 %.
+    bucket = models.PositiveSmallIntegerField(db_index=True)
+    text = models.TextField()
+    embedding = EmbeddingField(source="text", provider="corpus")
+
+    objects = EmbeddingManager()
+
+
+class PlainArticle(models.Model):
+    """``Article`` without the EmbeddingField: what the same create costs without it."""
+
+    bucket = models.PositiveSmallIntegerField(db_index=True)
+    text = models.TextField()
+
+
+class UncachedArticle(models.Model):
+    """``Article`` whose field keeps no index in the process (``cache=False``)."""
+
+    bucket = models.PositiveSmallIntegerField(db_index=True)
+    text = models.TextField()
+    embedding = EmbeddingField(source="text", provider="corpus", cache=False)
 
     objects = EmbeddingManager()

@@ -2,14 +2,15 @@
 
 Modes (``DJANGO_EMBEDDINGS_INVALIDATION``; the environment variable wins):
 
-- ``pubsub`` (default): after each committed write a process PUBLISHes the journal
-  entries and vectors (:mod:`~django_embeddings.coherence.messages`); one daemon
-  thread per process, on one Redis connection, applies its peers' writes to the
-  cached indexes in place. While that listener is healthy a search costs nothing
-  extra: no stat. A peer's write becomes visible after Redis' round trip plus the
-  time to apply it, a few milliseconds. While the listener is not connected (Redis
-  down, refusing, restarting), searches fall back to the ``mtime`` check, so a
-  process can be slow to see a peer's write but never stale for good.
+- ``pubsub`` (the default when Redis is configured): after each committed write a
+  process PUBLISHes the journal entries and vectors
+  (:mod:`~django_embeddings.coherence.messages`); one daemon thread per process,
+  on one Redis connection, applies its peers' writes to the cached indexes in
+  place. While that listener is healthy a search costs nothing extra: no stat. A
+  peer's write becomes visible after Redis' round trip plus the time to apply it,
+  a few milliseconds. While the listener is not connected (Redis down, refusing,
+  restarting), searches fall back to the ``mtime`` check, so a process can be slow
+  to see a peer's write but never stale for good.
 - ``mtime``: before each search, stat the store's journal; when it changed, read
   only the new entries. No Redis.
 - ``none``: never look; for a single process. No thread, no connection, no stat.

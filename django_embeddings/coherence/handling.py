@@ -14,6 +14,7 @@ import time
 
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.connection import ConnectionDoesNotExist
 
 from django_embeddings import cache
 from django_embeddings.coherence import LOGGER_NAME, messages, process
@@ -88,17 +89,19 @@ def store_for_label(label: str) -> Store | None:
     # Imported here, not at the top: fields leads to the writer, which imports this package.
     from django_embeddings.fields import embedding_fields
 
-    app_label, model_name, field_name = label.split(".")
+    name, _, alias = label.partition("@")
+    app_label, model_name, field_name = name.split(".")
     try:
         model = apps.get_model(app_label, model_name)
     except LookupError:
         return None
     for field in embedding_fields(model):
-        if field.name == field_name and field.label == label and field.cache:
+        if field.name == field_name and field.label == name and field.cache:
             try:
-                return field.store
-            except ImproperlyConfigured:
+                store = field.store_for(alias) if alias else field.store
+            except (ImproperlyConfigured, ConnectionDoesNotExist):
                 return None
+            return store if store.label == label else None
     return None
 
 

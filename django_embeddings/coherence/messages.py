@@ -46,7 +46,10 @@ _MAX_TEXT = 1_000
 _MAX_VERSION = (1 << 63) - 1
 _OPS = frozenset({"put", "del"})
 # app_label.ModelName.field: three Python identifiers, as Django requires of each part.
-LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\Z")
+# app_label.Model.field, then "@alias" for a store of another database than the default.
+LABEL = re.compile(
+    r"[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*(@[A-Za-z0-9_-]+)?\Z"
+)
 
 
 class InvalidMessage(ValueError):

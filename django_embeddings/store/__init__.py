@@ -1,33 +1,59 @@
-"""The vector store of one model field: files, journal and snapshot behind one facade.
+"""The vector store of one model field: journal, vector log and snapshot behind one facade.
 
 A store lives in ``<DJANGO_EMBEDDINGS_DIR>/<app_label>.<ModelName>/<field>/`` and
-knows nothing of Django models: rows are identified by string keys. Writes are
-safe from any number of processes at once; a process killed at any instant
-leaves a store that loads consistently, plus temp files or orphans that
+knows nothing of Django models: rows are identified by string keys. A put appends
+its vectors to the vector log and its entries to the journal, under one short
+lock; compaction folds both into a memory-mapped snapshot. Writes are safe from
+any number of processes at once; a process killed at any instant leaves a store
+that loads consistently, plus temp files or orphans that
 :meth:`Store.sweep_tempfiles` and :meth:`Store.collect_garbage` remove.
+
+Stores written by 0.1.0 keep working: their entries name no log offset, and the
+vector of such an entry is read from its per-row ``.npy`` file (:mod:`.files`).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from django_embeddings.exceptions import StoreError
-from django_embeddings.store import files, journal, snapshot
+from django_embeddings.store import files, journal, snapshot, vectorlog
 from django_embeddings.store import keys as row_keys
-from django_embeddings.store.journal import Entry, Position, Tail
+from django_embeddings.store.journal import (
+    NO_CHECKSUM,
+    NO_OFFSET,
+    Entry,
+    Position,
+    Records,
+    Tail,
+)
 from django_embeddings.store.snapshot import Snapshot
 from django_embeddings.typing import Matrix, Vector
 
-__all__ = ["Entry", "GarbageReport", "Position", "Snapshot", "State", "Stats", "Store", "Tail"]
+__all__ = [
+    "Entry",
+    "GarbageReport",
+    "Position",
+    "Snapshot",
+    "State",
+    "Stats",
+    "Store",
+    "Tail",
+    "TailRows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +63,80 @@ DIMENSIONS = "_dimensions"  # fixed by the first vector stored; cleared by clear
 
 
 @dataclass
-class State:
-    """A consistent view: the snapshot plus the journal entries written after it."""
+class TailRows:
+    """The net effect of a journal tail: the keys it changed, and the rows it leaves live.
 
-    snapshot: Snapshot
-    tail: list[Entry]
-    position: Position
-    version: int
+    Rows whose vector cannot be read (a damaged log or file, another size) are
+    left out, with a warning: they read as missing, for ``embeddings_backfill``.
+    """
+
+    changed: list[str] = field(default_factory=list)  # every key put or deleted in the tail
+    keys: list[str] = field(default_factory=list)  # live after the tail, with a sound vector
+    hashes: list[str] = field(default_factory=list)
+    identities: list[str] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)  # when each was stored (seconds; 0: unknown)
+    vectors: Matrix = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # as stored
+
+
+class State:
+    """A consistent view: the snapshot plus the journal entries written after it.
+
+    ``tail`` (entries) and :meth:`rows` (the tail's live rows with their vectors,
+    gathered from the vector log in one pass) are built on first use.
+    """
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        records: Records,
+        position: Position,
+        version: int,
+        *,
+        base: int = -1,
+        source: _Source | None = None,
+    ) -> None:
+        self.snapshot = snapshot
+        self.records = records
+        self.position = position
+        self.version = version
+        self.base = base  # the journal generation read (-1: none)
+        self._source = source
+        self._rows: TailRows | None = None
+
+    @functools.cached_property
+    def tail(self) -> list[Entry]:
+        return self.records.entries()
+
+    def newest(self) -> dict[str, int]:
+        """key -> record of its newest entry in the tail."""
+        return dict(zip(self.records.keys, range(len(self.records)), strict=True))
+
+    def rows(self) -> TailRows:
+        if self._rows is None:
+            self._rows = self._net()
+        return self._rows
+
+    def _net(self) -> TailRows:
+        records = self.records
+        newest = self.newest()
+        live = [row for row in newest.values() if records.ops[row] == "put"]
+        rows = TailRows(changed=list(newest))
+        if not live or self._source is None:
+            return rows
+        vectors, sound = self._source.gather(records, live, self.snapshot.dimensions)
+        kept = [row for row, ok in zip(live, sound.tolist(), strict=True) if ok]
+        rows.keys = [records.keys[row] for row in kept]
+        rows.hashes = [records.hashes[row] for row in kept]
+        rows.identities = [records.identities[row] for row in kept]
+        rows.times = [records.times[row] for row in kept]
+        rows.vectors = vectors if len(kept) == len(live) else vectors[sound]
+        return rows
 
 
 @dataclass
 class GarbageReport:
     entries: list[str] = field(default_factory=list)  # keys whose index entry was removed
-    files: list[str] = field(default_factory=list)  # vector files removed with no entry
+    files: list[str] = field(default_factory=list)  # vector files (or old logs) with no entry
     skipped_recent: int = 0  # orphans younger than the age guard
     journal: list[Entry] = field(default_factory=list)  # the deletions written, to announce
 
@@ -65,7 +152,7 @@ class Stats:
     dimensions: int | None = None
     identities: dict[str, int] = field(default_factory=dict)  # live vectors per identity
     temp_files: int = 0  # tmp* leftovers of interrupted writes, any age
-    unindexed_files: int = 0  # vector files with no index entry (garbage collection removes)
+    unindexed_files: int = 0  # files no entry needs (garbage collection removes them)
 
 
 _P = ParamSpec("_P")
@@ -87,11 +174,60 @@ def _writes(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concatenat
     return wrapper
 
 
-def normalize(matrix: Matrix) -> Matrix:
-    """Rows scaled to unit length, so a dot product is the cosine similarity."""
+def normalize(matrix: Matrix, *, out: Matrix | None = None) -> Matrix:
+    """Rows scaled to unit length, so a dot product is the cosine similarity.
+
+    With ``out``, the rows are written there. Many rows are done a block at a time
+    (the same arithmetic per row), so no temporary is the size of the matrix.
+    """
     matrix = np.asarray(matrix, dtype=np.float32)
-    norms = np.linalg.norm(matrix, axis=-1, keepdims=True)
-    return (matrix / np.where(norms == 0, 1, norms)).astype(np.float32, copy=False)
+    if matrix.ndim != 2 or (out is None and len(matrix) <= _BLOCK):
+        norms = np.linalg.norm(matrix, axis=-1, keepdims=True)
+        unit = (matrix / np.where(norms == 0, 1, norms)).astype(np.float32, copy=False)
+        if out is None:
+            return unit
+        out[...] = unit
+        return out
+    if out is None:
+        out = np.empty(matrix.shape, dtype=np.float32)
+    for start in range(0, len(matrix), _BLOCK):
+        block = matrix[start : start + _BLOCK]
+        norms = np.linalg.norm(block, axis=-1, keepdims=True)
+        np.divide(block, np.where(norms == 0, 1, norms), out=out[start : start + _BLOCK])
+    return out
+
+
+_BLOCK = 4096
+
+
+@dataclass
+class _Journal:
+    """What this process knows of a store's journal between two writes.
+
+    Checked under the lock against the file itself (inode, header, size), so a
+    put reads only what other processes appended since, never the whole journal,
+    ``_index.json`` or ``_dimensions`` again.
+    """
+
+    inode: int
+    header: bytes
+    size: int
+    base: int
+    last: int | None  # the newest complete entry's version (None: no entry yet)
+    ends_line: bool  # the file ends with a newline (else a killed writer's fragment)
+    dimensions: int | None = None
+    index_stat: tuple[int, int, int] | None = None
+    index_version: int = 0
+
+    @property
+    def version(self) -> int:
+        last = self.last if self.last is not None else self.base
+        # The index is ahead of the journal only after a crash between writing a
+        # snapshot and starting its journal: versions continue after the snapshot.
+        return max(last, self.index_version)
+
+
+_journals: dict[Path, _Journal] = {}  # store path -> its journal, as this process last saw it
 
 
 class Store:
@@ -99,6 +235,8 @@ class Store:
         self.path = Path(path)
         self.label = label or str(path)
         self.compact_threshold = compact_threshold
+        self._lookup: _Lookup | None = None
+        self._lookup_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<Store {self.label!r} at {str(self.path)!r}>"
@@ -110,40 +248,37 @@ class Store:
 
     @_writes
     def put_many(self, items: Iterable[tuple[str, Vector, str, str]]) -> list[Entry]:
-        """Store vectors: files first, then one journal append for the batch.
+        """Store vectors: one write to the vector log, then one journal append, under the lock.
 
-        Files are written to temp files outside the lock, then renamed into place
-        under it, just before the append: so the file of a key always holds the
-        vector of the key's newest entry, even when processes store one key at once.
-        A crash after the renames but before the append leaves files with no entry
-        (garbage collection removes them) or a newer vector under an older entry
-        (whose hash no longer matches the row's text: ``embeddings_backfill --stale``);
-        never an entry with no file.
+        A crash between the two leaves vectors no entry names (compaction drops
+        them); a torn write of either is ignored by readers. Never an entry whose
+        vector was not written in full.
         """
         items = list(items)
         if not items:
             return []
-        self._prepare()
-        dimensions = self._check_dimensions(items)
-        staged: list[tuple[str, str]] = []
-        installed = 0
-        try:
-            for key, vector, _, _ in items:
-                staged.append((key, self._stage_file(key, vector)))
-            with journal.locked(self.path):
-                for key, tmp in staged:  # in order: a key given twice keeps its last vector
-                    self._install_file(key, tmp)
-                    installed += 1
-                version = self._last_version()
-                entries = [
-                    Entry(version + offset, "put", key, content_hash, identity)
-                    for offset, (key, _, content_hash, identity) in enumerate(items, start=1)
-                ]
-                journal.append(self.path, entries)
-                self._maybe_compact(entries[-1].version)
-        finally:
-            for _, tmp in staged[installed:]:
-                files.discard(tmp)  # staged by a write that failed
+        matrix = self._matrix(items)
+        dimensions = int(matrix.shape[1])
+        with self._writing() as (fd, known):
+            self._check_dimensions(known, dimensions)
+            offset = vectorlog.append(self.path, known.base, matrix)
+            first, stride = known.version + 1, 4 * dimensions
+            sums = vectorlog.checksums(matrix).tolist()
+            entries = [
+                Entry(
+                    first + n,
+                    "put",
+                    key,
+                    digest,
+                    identity,
+                    offset + n * stride,
+                    dimensions,
+                    sums[n],
+                )
+                for n, (key, _, digest, identity) in enumerate(items)
+            ]
+            self._append(fd, known, entries, stamp=int(time.time()))
+            self._maybe_compact(known, entries[-1].version)
         logger.debug("%s: stored %d vectors of %d dimensions", self.label, len(items), dimensions)
         return entries
 
@@ -155,16 +290,11 @@ class Store:
         keys = list(keys)
         if not keys or not self.path.is_dir():
             return []
-        self._prepare()
-        with journal.locked(self.path):
-            version = self._last_version()
-            entries = [Entry(version + n, "del", key) for n, key in enumerate(keys, start=1)]
-            journal.append(self.path, entries)
-            # Under the lock, so a concurrent put of the same key cannot land between
-            # our append and our unlink.
-            for key in keys:
-                files.delete_vector(self.path, files.filename_for(key))
-            self._maybe_compact(entries[-1].version)
+        with self._writing() as (fd, known):
+            first = known.version + 1
+            entries = [Entry(first + n, "del", key) for n, key in enumerate(keys)]
+            self._append(fd, known, entries)
+            self._maybe_compact(known, entries[-1].version)
         return entries
 
     @_writes
@@ -172,8 +302,7 @@ class Store:
         """Fold the journal into a new snapshot now; returns the snapshot's version."""
         if not self.path.is_dir():
             return 0
-        self._prepare()
-        with journal.locked(self.path):
+        with self._writing():
             return self._compact_locked()
 
     # -- reads -------------------------------------------------------------------
@@ -197,7 +326,7 @@ class Store:
             tail = journal.read(self.path)
             if tail is None:
                 if not (self.path / journal.JOURNAL).exists():
-                    return State(snap, [], Position(0, 0), snap.version)
+                    return State(snap, Records(), Position(0, 0), snap.version)
                 if journal.unreadable(self.path):
                     # Not a race: journals are swapped whole. The next append heals it.
                     if (self.path, -1) not in _damaged:
@@ -207,21 +336,62 @@ class Store:
                             self.label,
                             self.path,
                         )
-                    return State(snap, [], Position(0, 0), snap.version)
+                    return State(snap, Records(), Position(0, 0), snap.version)
                 continue
             if tail.base > snap.version:
                 continue  # journal newer than the snapshot we read: a compaction raced us
-            entries = [entry for entry in tail.entries if entry.version > snap.version]
-            version = entries[-1].version if entries else snap.version
-            return State(snap, entries, tail.position, version)
+            records = tail.records.since(snap.version)
+            source = self._source(tail, records)
+            if source is None:
+                continue  # the log went with a compaction that raced us
+            version = records.versions[-1] if records.versions else snap.version
+            return State(snap, records, tail.position, version, base=tail.base, source=source)
         raise StoreError(f"{self.label}: the store kept changing while it was read.")
 
     def read_tail(self, position: Position) -> Tail | None:
-        """Entries appended since ``position``; ``None`` after a compaction."""
-        return journal.read(self.path, position)
+        """Entries appended since ``position``, with their vectors; ``None`` after a compaction.
+
+        ``Tail.vectors`` is aligned with ``Tail.entries``: a put's vector as stored
+        (``None`` for a delete, or a vector that cannot be read).
+        """
+        tail = journal.read(self.path, position)
+        if tail is None:
+            return None
+        records = tail.records
+        vectors: list[Vector | None] = [None] * len(records)
+        puts = [row for row, op in enumerate(records.ops) if op == "put"]
+        if puts:
+            source = self._source(tail, records)
+            if source is None:
+                return None
+            found, sound = source.gather(records, puts, None)
+            for n, row in enumerate(puts):
+                if sound[n]:
+                    vectors[row] = found[n]
+        tail.vectors = vectors
+        return tail
 
     def load_vector(self, key: str) -> Vector | None:
-        return files.load_vector(self.path, files.filename_for(key))
+        """The vector stored for ``key`` (as the provider returned it), or ``None``.
+
+        Repeated calls read only what the journal gained since the last one.
+        """
+        with self._lookup_lock:
+            for _ in range(_READ_ATTEMPTS):
+                lookup = self._lookup
+                if lookup is not None:
+                    tail = journal.read(self.path, lookup.position)
+                    if tail is None:
+                        lookup = None
+                    else:
+                        lookup.extend(tail)
+                if lookup is None:
+                    lookup = self._lookup = _Lookup(self, self.read_state())
+                try:
+                    return lookup.find(key)
+                except FileNotFoundError:
+                    self._lookup = None  # its log went with a compaction: read again
+        raise StoreError(f"{self.label}: the store kept changing while it was read.")
 
     def stats(self) -> Stats:
         """Counts for a status report; reads, never writes (or creates) anything."""
@@ -229,14 +399,14 @@ class Store:
             return Stats()
         state = self.read_state()
         snap = state.snapshot
+        records = state.records
         latest: dict[str, str | None] = {}  # key -> identity after the tail; None: deleted
-        for entry in state.tail:
-            latest[entry.key] = entry.identity if entry.op == "put" else None
+        for key, op, identity in zip(records.keys, records.ops, records.identities, strict=True):
+            latest[key] = identity if op == "put" else None
         base_alive = np.ones(len(snap), dtype=bool)
-        for key in latest:
-            row = snap.find(key)
-            if row is not None:
-                base_alive[row] = False
+        if latest:
+            rows = row_keys.rows_of(snap.keys, list(latest))
+            base_alive[rows[rows >= 0]] = False
         identities: dict[str, int] = {}
         if len(snap):
             counts = np.bincount(
@@ -245,22 +415,19 @@ class Store:
             for name, count in zip(snap.identity_names, counts, strict=False):
                 if count:
                     identities[name] = identities.get(name, 0) + int(count)
-        for identity in latest.values():
-            if identity is not None:
-                identities[identity] = identities.get(identity, 0) + 1
-        known = {files.filename_for(key) for key in _live_keys(state)}
+        for alive in latest.values():
+            if alive is not None:
+                identities[alive] = identities.get(alive, 0) + 1
         names = os.listdir(self.path)
         return Stats(
             version=state.version,
             snapshot_version=snap.version,
             vectors=sum(identities.values()),
-            journal_entries=len(state.tail),
+            journal_entries=len(records),
             dimensions=self._stored_dimensions(),
             identities=identities,
             temp_files=sum(1 for name in names if files.TEMP_NAME.match(name)),
-            unindexed_files=sum(
-                1 for name in names if files.VECTOR_NAME.match(name) and name not in known
-            ),
+            unindexed_files=len(_unneeded(names, state)),
         )
 
     # -- maintenance ---------------------------------------------------------------
@@ -272,11 +439,13 @@ class Store:
         min_age: float = 300,
         dry_run: bool = False,
     ) -> GarbageReport:
-        """Remove entries and files of rows that no longer exist.
+        """Remove entries of rows that no longer exist, and files no entry needs.
 
-        ``is_live(keys)`` returns the subset of ``keys`` whose row exists. Files
-        younger than ``min_age`` seconds are kept: a save may have written its file
-        before the row became visible to us (popoto's mtime race guard).
+        ``is_live(keys)`` returns the subset of ``keys`` whose row exists. Entries
+        and files younger than ``min_age`` seconds are kept: a save may have stored
+        its vector before the row became visible to us (popoto's mtime race guard).
+        Files no entry needs are per-row files of 0.1.0 and vector logs of journals
+        a compaction replaced while a process was killed.
         """
         report = GarbageReport()
         if not self.path.is_dir():
@@ -285,30 +454,33 @@ class Store:
         indexed = _live_keys(state)
         live = is_live(sorted(indexed))
         cutoff = time.time() - min_age
+        newest = state.newest()
         dead = []
         for key in sorted(set(indexed) - live):
-            mtime = _mtime(self.path / files.filename_for(key))
-            if mtime is not None and mtime >= cutoff:
+            stored = self._stored_at(state, newest, key)
+            if stored is not None and stored >= cutoff:
                 report.skipped_recent += 1
                 continue
             dead.append(key)
         report.entries = dead
-        known = {files.filename_for(key) for key in indexed}
-        for name in sorted(os.listdir(self.path)):
-            if files.VECTOR_NAME.match(name) and name not in known:
-                mtime = _mtime(self.path / name)
-                if mtime is None:
-                    continue
-                if mtime >= cutoff:
-                    report.skipped_recent += 1
-                    continue
-                report.files.append(name)
+        for name in sorted(_unneeded(os.listdir(self.path), state)):
+            mtime = _mtime(self.path / name)
+            if mtime is None:
+                continue
+            if mtime >= cutoff:
+                report.skipped_recent += 1
+                continue
+            report.files.append(name)
         if dry_run:
             return report
         if dead:
             report.journal = self.delete_many(dead)
+        logs = [name for name in report.files if vectorlog.base_of(name) is not None]
         for name in report.files:
-            files.delete_vector(self.path, name)
+            if name not in logs:
+                files.delete_vector(self.path, name)
+        if logs:
+            self._remove_old_logs(logs, report)
         return report
 
     def sweep_tempfiles(self, max_age: float = 3600) -> list[str]:
@@ -325,59 +497,269 @@ class Store:
                 if files.VECTOR_NAME.match(name) or name == DIMENSIONS:
                     files.delete_vector(self.path, name)
 
-    # -- internals -----------------------------------------------------------------
+    # -- internals: writing ----------------------------------------------------------
 
-    def _prepare(self) -> None:
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[tuple[int, _Journal]]:
+        """Hold the lock with the journal open for appending, and what it holds known."""
         try:
             files.ensure_dir(self.path)
         except StoreError as exc:
             raise StoreError(f"{self.label}: {exc}") from exc
-        if not (self.path / journal.JOURNAL).exists():
-            with journal.locked(self.path):
+        with journal.locked(self.path):
+            try:
+                fd = journal.open_for_append(self.path)
+            except FileNotFoundError:
                 if not (self.path / INDEX_FILE).exists():
                     # An index from the start: a missing one would make every read
                     # list the directory, looking for snapshots to recover.
                     snapshot.write_index(self.path, self._index_version(), None)
-                if not (self.path / journal.JOURNAL).exists():
-                    journal.create(self.path, self._index_version())
+                journal.create(self.path, self._index_version())
+                fd = journal.open_for_append(self.path)
+            try:
+                yield fd, self._known(fd)
+            finally:
+                os.close(fd)
 
-    def _stage_file(self, key: str, vector: Vector) -> str:
-        if "\0" in key:
-            # numpy's fixed-width strings drop trailing NULs, so such a key could not
-            # be found again in a snapshot; no database keeps NUL in a key in practice.
-            raise StoreError(f"{self.label}: row key {key!r} contains a NUL character.")
+    def _known(self, fd: int) -> _Journal:
+        """The journal open at ``fd``: read only what changed since this process last wrote."""
+        stat = os.fstat(fd)
+        head = journal.header(fd)
+        known = _journals.get(self.path)
+        if (
+            known is not None
+            and known.inode == stat.st_ino
+            and known.header == head
+            and stat.st_size >= known.size
+        ):
+            if stat.st_size > known.size:  # other processes appended since
+                last = journal.last_version_in(fd, known.size, stat.st_size)
+                if last is not None:
+                    known.last = last
+                known.ends_line = os.pread(fd, 1, stat.st_size - 1) == b"\n"
+                known.size = stat.st_size
+        else:
+            start = min(stat.st_size, len(head) + 1)
+            known = _Journal(
+                inode=stat.st_ino,
+                header=head,
+                size=stat.st_size,
+                base=journal.read_base(head),
+                last=journal.last_version_in(fd, start, stat.st_size),
+                ends_line=not stat.st_size or os.pread(fd, 1, stat.st_size - 1) == b"\n",
+            )
+            _journals[self.path] = known
         try:
-            return files.stage_vector(self.path, vector)
-        except OSError as exc:
-            raise StoreError(
-                f"Cannot write the embedding of {self.label} row {key!r} to "
-                f"{str(self.path)!r}: {exc}"
-            ) from exc
+            index = os.stat(os.path.join(self.path, INDEX_FILE))
+            signature: tuple[int, int, int] | None = (
+                index.st_ino,
+                index.st_size,
+                index.st_mtime_ns,
+            )
+        except FileNotFoundError:
+            signature = None
+        if signature is None or signature != known.index_stat:
+            known.index_version = self._index_version()
+            known.index_stat = signature
+        return known
 
-    def _install_file(self, key: str, tmp: str) -> None:
+    def _append(self, fd: int, known: _Journal, entries: list[Entry], *, stamp: int = 0) -> None:
         try:
-            files.install_vector(self.path, key, tmp)
-        except OSError as exc:
-            raise StoreError(
-                f"Cannot write the embedding of {self.label} row {key!r} to "
-                f"{str(self.path)!r}: {exc}"
-            ) from exc
+            written = journal.append(fd, entries, stamp=stamp, close_line=not known.ends_line)
+        except BaseException:
+            _journals.pop(self.path, None)  # part of it may be there: read the file next time
+            raise
+        known.size += written
+        known.last = entries[-1].version
+        known.ends_line = True
 
-    def _check_dimensions(self, items: list[tuple[str, Vector, str, str]]) -> int:
-        sizes = {np.asarray(vector).shape for _, vector, _, _ in items}
+    def _matrix(self, items: list[tuple[str, Vector, str, str]]) -> Matrix:
+        """The batch's vectors as one little-endian float32 matrix; checks keys and shapes."""
+        for key, _, _, _ in items:
+            if "\0" in key:
+                # numpy's fixed-width strings drop trailing NULs, so such a key could not
+                # be found again in a snapshot; no database keeps NUL in a key in practice.
+                raise StoreError(f"{self.label}: row key {key!r} contains a NUL character.")
+        arrays = [np.asarray(vector) for _, vector, _, _ in items]
+        sizes = {array.shape for array in arrays}
         if len(sizes) != 1 or len(next(iter(sizes))) != 1:
             raise StoreError(f"{self.label}: vectors must be 1-D and of one size, got {sizes!r}.")
-        dimensions = next(iter(sizes))[0]
-        stored = self._stored_dimensions()
-        if stored is None:
-            files.write_atomic(self.path / DIMENSIONS, str(dimensions).encode("ascii"))
-        elif stored != dimensions:
+        if len(arrays) == 1:
+            matrix = np.ascontiguousarray(arrays[0], dtype="<f4").reshape(1, -1)
+        else:
+            matrix = np.ascontiguousarray(np.stack(arrays), dtype="<f4")
+        if not np.isfinite(matrix).all():
+            bad = [items[row][0] for row in np.flatnonzero(~np.isfinite(matrix).all(axis=1))]
             raise StoreError(
-                f"{self.label} holds {stored}-dimensional vectors; cannot store "
+                f"{self.label}: the vectors of rows {bad!r} hold NaN or infinite values; "
+                "expected finite numbers."
+            )
+        return matrix
+
+    def _check_dimensions(self, known: _Journal, dimensions: int) -> None:
+        if known.dimensions is None:
+            known.dimensions = self._stored_dimensions()
+        if known.dimensions is None:
+            files.write_atomic(self.path / DIMENSIONS, str(dimensions).encode("ascii"))
+            known.dimensions = dimensions
+        elif known.dimensions != dimensions:
+            raise StoreError(
+                f"{self.label} holds {known.dimensions}-dimensional vectors; cannot store "
                 f"{dimensions}-dimensional ones. Re-embed everything with "
                 f"`manage.py embeddings_backfill {self.label} --all --reset`."
             )
-        return int(dimensions)
+
+    def _maybe_compact(self, known: _Journal, version: int) -> None:
+        if version - known.index_version >= self.compact_threshold:
+            try:
+                self._compact_locked()
+            except (OSError, StoreError) as exc:
+                # The write that got us here is in the journal already: failing it now
+                # (a full disk) would report a stored vector as lost. A later write retries.
+                logger.warning("%s: could not compact the store: %s", self.label, exc)
+
+    def _compact_locked(self) -> int:
+        state = self.read_state()
+        snap = state.snapshot
+        legacy = len(snap) > 0 and snap.raw is None  # written by 0.1.0: vectors in per-row files
+        if not len(state.records) and snap.name is not None and not legacy:
+            return snap.version
+        rows = state.rows()
+        keep = np.ones(len(snap), dtype=bool)
+        if rows.changed and len(snap):
+            found = row_keys.rows_of(snap.keys, rows.changed)
+            keep[found[found >= 0]] = False
+        dims = snap.dimensions or (int(rows.vectors.shape[1]) if rows.keys else 0)
+        if not dims or not (keep.any() or rows.keys):
+            return self._install(Snapshot(version=state.version))
+        identity_names = list(snap.identity_names)
+        numbers = {name: n for n, name in enumerate(identity_names)}
+        for name in rows.identities:
+            if name not in numbers:
+                numbers[name] = len(identity_names)
+                identity_names.append(name)
+        kept = np.flatnonzero(keep)
+        raw = rows.vectors.reshape(-1, dims)
+        all_keys = row_keys.concat(np.asarray(snap.keys[kept]), row_keys.pack(rows.keys))
+        order = np.argsort(all_keys, kind="stable")
+        merged = Snapshot(
+            version=state.version,
+            vectors=np.concatenate(
+                [np.asarray(snap.vectors[kept]).reshape(-1, dims), normalize(raw)]
+            )[order],
+            keys=all_keys[order],
+            hashes=np.concatenate(
+                [
+                    np.asarray(snap.hashes[kept]).reshape(-1, 16),
+                    np.array([_digest(h) for h in rows.hashes], dtype=np.uint8).reshape(-1, 16),
+                ]
+            )[order],
+            identities=np.concatenate(
+                [
+                    np.asarray(snap.identities[kept]),
+                    np.array([numbers[i] for i in rows.identities], dtype=np.uint16),
+                ]
+            )[order],
+            identity_names=identity_names,
+            raw=np.concatenate([self._kept_raw(snap, kept).reshape(-1, dims), raw])[order],
+            times=np.concatenate(
+                [self._kept_times(snap, kept), np.array(rows.times, dtype=np.uint32)]
+            )[order],
+        )
+        logger.debug("%s: compacting %d rows at version %d", self.label, len(order), state.version)
+        return self._install(merged)
+
+    def _kept_raw(self, snap: Snapshot, kept: npt.NDArray[np.intp]) -> Matrix:
+        """The stored vectors of the snapshot rows a compaction keeps."""
+        if snap.raw is not None or not len(kept):
+            return np.asarray(
+                (snap.raw if snap.raw is not None else snap.vectors)[kept], np.float32
+            )
+        # A 0.1.0 snapshot: the per-row files hold them (read once, by this compaction).
+        raw = np.array(snap.vectors[kept], dtype=np.float32)
+        lost = 0
+        for n, row in enumerate(kept):
+            vector = files.load_vector(self.path, files.filename_for(str(snap.keys[row])))
+            if vector is not None and vector.shape == raw[n].shape:
+                raw[n] = vector
+            else:
+                lost += 1
+        if lost:
+            logger.warning(
+                "%s: %d rows of the snapshot have no readable vector file; their normalized "
+                "vectors are kept instead.",
+                self.label,
+                lost,
+            )
+        return raw
+
+    def _kept_times(self, snap: Snapshot, kept: npt.NDArray[np.intp]) -> npt.NDArray[np.uint32]:
+        if snap.times is not None:
+            return np.asarray(snap.times[kept], dtype=np.uint32)
+        times = [_mtime(self.path / files.filename_for(str(snap.keys[row]))) for row in kept]
+        return np.array([int(t or 0) for t in times], dtype=np.uint32)
+
+    def _install(self, snap: Snapshot) -> int:
+        """Publish ``snap``, then start an empty journal (and log); the caller holds the lock."""
+        snapshot.write(self.path, snap)
+        journal.create(self.path, snap.version)
+        _journals.pop(self.path, None)
+        vectorlog.remove_others(self.path, snap.version)
+        snapshot.remove_unreferenced(self.path, f"snapshot-{snap.version}")
+        return snap.version
+
+    def _remove_old_logs(self, names: list[str], report: GarbageReport) -> None:
+        """Remove logs of replaced journals, under the lock (never the current one)."""
+        with journal.locked(self.path):
+            current = journal.last_base(self.path)
+            for name in names:
+                if vectorlog.base_of(name) == current:
+                    report.files.remove(name)  # a compaction made it current meanwhile
+                else:
+                    files.delete_vector(self.path, name)
+
+    # -- internals: reading ------------------------------------------------------------
+
+    def _source(self, tail: Tail, records: Records) -> _Source | None:
+        """Where the vectors of ``records`` are; ``None`` if a compaction took the log away."""
+        if not records.offsets or max(records.offsets) == NO_OFFSET:
+            return _Source(self, tail.base, None)
+        try:
+            return _Source(self, tail.base, vectorlog.Reader(self.path, tail.base))
+        except FileNotFoundError:
+            if not self._same_journal(tail.position):
+                return None
+        if (self.path, tail.base) not in _damaged:
+            _damaged.add((self.path, tail.base))
+            logger.warning(
+                "%s: the vector log %s is missing; the rows stored since the last compaction "
+                "read as missing until `manage.py embeddings_backfill %s` embeds them again.",
+                self.label,
+                self.path / vectorlog.name_for(tail.base),
+                self.label,
+            )
+        return _Source(self, tail.base, None)
+
+    def _same_journal(self, position: Position) -> bool:
+        """Is the journal ``position`` was taken in still the current one?"""
+        current = journal.identity(self.path)
+        return current is not None and position.same_journal(*current)
+
+    def _stored_at(self, state: State, newest: dict[str, int], key: str) -> float | None:
+        """When the live vector of ``key`` was stored (``None``: not known)."""
+        records = state.records
+        row = newest.get(key)
+        if row is not None:
+            if records.times[row]:
+                return float(records.times[row])
+            if records.offsets[row] == NO_OFFSET:
+                return _mtime(self.path / files.filename_for(key))
+            return None
+        snap = state.snapshot
+        found = snap.find(key)
+        if found is not None and snap.times is not None:
+            return float(snap.times[found]) or None
+        return _mtime(self.path / files.filename_for(key))
 
     def _stored_dimensions(self) -> int | None:
         try:
@@ -413,101 +795,172 @@ class Store:
             )
         return Snapshot(version=version)
 
-    def _maybe_compact(self, version: int) -> None:
-        if version - self._index_version() >= self.compact_threshold:
-            try:
-                self._compact_locked()
-            except (OSError, StoreError) as exc:
-                # The write that got us here is in the journal already: failing it now
-                # (a full disk) would report a stored vector as lost. A later write retries.
-                logger.warning("%s: could not compact the store: %s", self.label, exc)
 
-    def _compact_locked(self) -> int:
-        state = self.read_state()
-        snap = state.snapshot
-        if not state.tail and snap.name is not None:
-            return snap.version
-        keep = np.ones(len(snap), dtype=bool)
-        fresh: dict[str, tuple[str, str]] = {}
-        for entry in state.tail:
-            row = snap.find(entry.key)
-            if row is not None:
-                keep[row] = False
-            if entry.op == "put":
-                fresh[entry.key] = (entry.hash, entry.identity)
+class _Source:
+    """Where the vectors of one journal generation are: its log, or per-row files (0.1.0)."""
+
+    def __init__(self, store: Store, base: int, reader: vectorlog.Reader | None) -> None:
+        self.store = store
+        self.base = base
+        self.reader = reader
+
+    def gather(
+        self, records: Records, rows: list[int], dimensions: int | None
+    ) -> tuple[Matrix, npt.NDArray[np.bool_]]:
+        """The vectors of the puts at ``rows`` and which are sound, in one pass over the log.
+
+        ``dimensions`` is what the store holds (``None``: take the first vector's).
+        """
+        if dimensions is None:
+            dimensions = self._dimensions(records, rows)
+        out = np.zeros((len(rows), dimensions or 0), dtype=np.float32)
+        sound = np.zeros(len(rows), dtype=bool)
+        if not dimensions:
+            return out, sound
+        offsets = np.array([records.offsets[row] for row in rows], dtype=np.int64)
+        sizes = np.array([records.dimensions[row] for row in rows], dtype=np.int64)
+        expected = np.array([records.checksums[row] for row in rows], dtype=np.int64)
+        logged = offsets != NO_OFFSET
+        fits = logged & (sizes == dimensions)
+        if self.reader is not None and fits.any():
+            if fits.all():
+                out, sound = self.reader.gather(offsets, dimensions, expected)
             else:
-                fresh.pop(entry.key, None)
-        identity_names = list(snap.identity_names)
-        new_keys, new_vectors, new_hashes, new_ids = [], [], [], []
-        expected = snap.dimensions or self._stored_dimensions()
-        for key, (content_hash, identity) in fresh.items():
-            vector = self.load_vector(key)
-            if vector is None:
-                logger.warning("%s: the file of row %r is missing; dropping it", self.label, key)
-                continue
-            if expected is not None and vector.shape != (expected,):
-                logger.warning(
-                    "%s: the file of row %r holds %d values, not %d; dropping it",
-                    self.label,
-                    key,
-                    vector.shape[0],
-                    expected,
+                out[fits], sound[fits] = self.reader.gather(
+                    offsets[fits], dimensions, expected[fits]
                 )
+        other_size = int((logged & ~fits).sum())
+        for n in np.flatnonzero(~logged):
+            key = records.keys[rows[n]]
+            vector = files.load_vector(self.store.path, files.filename_for(key))
+            if vector is None:
                 continue
-            if identity not in identity_names:
-                identity_names.append(identity)
-            new_keys.append(key)
-            new_vectors.append(vector)
-            new_hashes.append(_digest(content_hash))
-            new_ids.append(identity_names.index(identity))
-        dims = snap.dimensions or (len(new_vectors[0]) if new_vectors else 0)
-        if not dims or not (keep.any() or new_keys):
-            return self._install(Snapshot(version=state.version))
-        vectors = np.concatenate(
-            [
-                np.asarray(snap.vectors[keep]).reshape(-1, dims),
-                normalize(np.array(new_vectors, np.float32).reshape(-1, dims)),
-            ]
-        )
-        all_keys = row_keys.concat(np.asarray(snap.keys[keep]), row_keys.pack(new_keys))
-        order = np.argsort(all_keys, kind="stable")
-        merged = Snapshot(
-            version=state.version,
-            vectors=np.ascontiguousarray(vectors[order]),
-            keys=all_keys[order],
-            hashes=np.concatenate(
-                [
-                    np.asarray(snap.hashes[keep]).reshape(-1, 16),
-                    np.array(new_hashes, dtype=np.uint8).reshape(-1, 16),
-                ]
-            )[order],
-            identities=np.concatenate(
-                [np.asarray(snap.identities[keep]), np.array(new_ids, dtype=np.uint16)]
-            )[order],
-            identity_names=identity_names,
-        )
-        logger.debug("%s: compacting %d rows at version %d", self.label, len(order), state.version)
-        return self._install(merged)
+            if vector.shape != (dimensions,):
+                other_size += 1
+                continue
+            out[n], sound[n] = vector, True
+        unread = [records.keys[rows[n]] for n in np.flatnonzero(~sound)]
+        if other_size:
+            logger.warning(
+                "%s: ignoring %d rows of another size than %d dimensions",
+                self.store.label,
+                other_size,
+                dimensions,
+            )
+        if len(unread) > other_size:
+            logger.warning(
+                "%s: %d stored vectors cannot be read (rows %s); they read as missing until "
+                "`manage.py embeddings_backfill %s` embeds them again.",
+                self.store.label,
+                len(unread),
+                ", ".join(repr(key) for key in unread[:5]) + (", ..." if len(unread) > 5 else ""),
+                self.store.label,
+            )
+        return out, sound
 
-    def _install(self, snap: Snapshot) -> int:
-        """Publish ``snap`` and start an empty journal after it; the caller holds the lock."""
-        snapshot.write(self.path, snap)
-        journal.create(self.path, snap.version)
-        snapshot.remove_unreferenced(self.path, f"snapshot-{snap.version}")
-        return snap.version
+    def _dimensions(self, records: Records, rows: list[int]) -> int | None:
+        """What the store holds: ``_dimensions``, else what most entries say."""
+        stored = self.store._stored_dimensions()
+        if stored is not None:
+            return stored
+        sizes = collections.Counter(records.dimensions[row] for row in rows)
+        sizes.pop(0, None)
+        if sizes:
+            return sizes.most_common(1)[0][0]
+        for row in rows:  # 0.1.0 entries only, and no _dimensions file
+            vector = files.load_vector(self.store.path, files.filename_for(records.keys[row]))
+            if vector is not None:
+                return int(vector.shape[0])
+        return None
 
 
-_damaged: set[tuple[Path, int]] = set()  # snapshots already reported as damaged
+class _Lookup:
+    """Where the newest vector of each key is, kept in step with the journal by reading on."""
+
+    def __init__(self, store: Store, state: State) -> None:
+        self.store = store
+        self.snapshot = state.snapshot
+        self.base = state.base
+        self.position = state.position
+        self.records = Records()
+        self.records.extend(state.records)
+        self.newest = state.newest()
+
+    def extend(self, tail: Tail) -> None:
+        start = len(self.records)
+        self.records.extend(tail.records)
+        self.newest.update(zip(tail.records.keys, range(start, len(self.records)), strict=True))
+        self.position = tail.position
+
+    def find(self, key: str) -> Vector | None:
+        path = self.store.path
+        row = self.newest.get(key)
+        if row is not None:
+            records = self.records
+            if records.ops[row] != "put":
+                return None
+            if records.offsets[row] == NO_OFFSET:
+                return files.load_vector(path, files.filename_for(key))
+            checksum = records.checksums[row]
+            try:
+                return vectorlog.read_one(
+                    path,
+                    self.base,
+                    records.offsets[row],
+                    records.dimensions[row],
+                    None if checksum == NO_CHECKSUM else checksum,
+                )
+            except FileNotFoundError:
+                if not self.store._same_journal(self.position):
+                    raise  # a compaction replaced journal and log: the caller reads again
+                return None
+        snap = self.snapshot
+        found = snap.find(key)
+        if found is None:
+            return None
+        if snap.raw is not None:
+            vector: Vector = np.array(snap.raw[found], dtype=np.float32)
+            return vector
+        return files.load_vector(path, files.filename_for(key))  # a 0.1.0 snapshot
+
+
+_damaged: set[tuple[Path, int]] = set()  # snapshots and logs already reported as damaged
 
 
 def _live_keys(state: State) -> set[str]:
     live = {str(key) for key in state.snapshot.keys}
-    for entry in state.tail:
-        if entry.op == "put":
-            live.add(entry.key)
+    records = state.records
+    for key, op in zip(records.keys, records.ops, strict=True):
+        if op == "put":
+            live.add(key)
         else:
-            live.discard(entry.key)
+            live.discard(key)
     return live
+
+
+def _unneeded(names: Iterable[str], state: State) -> list[str]:
+    """Per-row files no live entry reads, and vector logs of replaced journals."""
+    records = state.records
+    newest = state.newest()
+    needed = set()
+    if state.snapshot.raw is None:  # a 0.1.0 snapshot: its rows' vectors are in their files
+        needed = {files.filename_for(str(key)) for key in state.snapshot.keys}
+    for key, row in newest.items():
+        name = files.filename_for(key)
+        if records.ops[row] == "put" and records.offsets[row] == NO_OFFSET:
+            needed.add(name)
+        else:
+            needed.discard(name)
+    unneeded = []
+    for name in names:
+        if files.VECTOR_NAME.match(name):
+            if name not in needed:
+                unneeded.append(name)
+        else:
+            base = vectorlog.base_of(name)
+            if base is not None and base != state.base:
+                unneeded.append(name)
+    return unneeded
 
 
 def _digest(content_hash: str) -> list[int]:

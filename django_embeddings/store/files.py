@@ -1,15 +1,17 @@
-"""One vector per row as a ``.npy`` file, written atomically.
+"""Files of a store directory: atomic writes, temp-file sweeping, and per-row vectors.
 
-File names are the SHA-256 of the row's key, never user text, so a key holding
-``/``, ``..`` or NUL cannot leave the store directory. Writes go to a temp file in
-the same directory and are renamed over the target, so a reader never sees half a
-file (the approach of ``django.contrib.sessions.backends.file``).
+Stores written by 0.1.0 keep one ``.npy`` file per row, named by the SHA-256 of
+the row's key (never user text, so a key holding ``/``, ``..`` or NUL cannot leave
+the store directory); their journal entries name no log offset, and are read from
+here. Newer stores append vectors to the vector log instead (:mod:`.vectorlog`).
+Small files (the index, ``_dimensions``, a new journal) go to a temp file in the
+same directory and are renamed over the target, so a reader never sees half a file
+(the approach of ``django.contrib.sessions.backends.file``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import io
 import logging
@@ -30,7 +32,7 @@ TEMP_PREFIX = "tmp"
 VECTOR_NAME = re.compile(r"\A[0-9a-f]{64}\.npy\Z")
 TEMP_NAME = re.compile(r"\Atmp.*\Z")
 
-# Vectors are private data: files are created 0600 by mkstemp and directories 0700.
+# Vectors are private data: files are created 0600 (mkstemp's mode) and directories 0700.
 DIR_MODE = 0o700
 
 
@@ -67,63 +69,13 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def save_vector(directory: Path, key: str, vector: Vector) -> str:
-    """Store ``vector`` for ``key``; returns the file name."""
-    tmp = stage_vector(directory, vector)
-    try:
-        return install_vector(directory, key, tmp)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-
-
-def stage_vector(directory: Path, vector: Vector) -> str:
-    """Write ``vector`` to a new temp file in ``directory``; returns its path.
-
-    :func:`install_vector` renames it into place. Writers stage outside the
-    store's lock and install under it, so files change in journal order.
-    """
-    row = np.ascontiguousarray(vector, dtype="<f4")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(_npy_header(len(row)) + row.tobytes())
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    return tmp
-
-
-@functools.cache
-def _npy_header(dimensions: int) -> bytes:
-    """The header ``np.save`` writes for a 1-D float32 array of ``dimensions``."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.zeros(dimensions, dtype="<f4"), allow_pickle=False)
-    return buffer.getvalue()[: -4 * dimensions]
-
-
-# Files in exactly the format we write are read with one read() and np.frombuffer
+# Files in exactly the format 0.1.0 wrote are read with one read() and np.frombuffer
 # (a third of np.load's time, which counts when a compaction reads thousands);
 # anything else goes through np.load, never with pickles.
 _OWN_FORMAT = re.compile(
     rb"\x93NUMPY\x01\x00..\{'descr': '<f4', 'fortran_order': False, 'shape': \((\d+),\), \} *\n",
     re.DOTALL,
 )
-
-
-def install_vector(directory: Path, key: str, tmp: str) -> str:
-    """Rename a staged file to the vector file of ``key``; returns the file name."""
-    name = filename_for(key)
-    # No fsync: the rename is atomic for every process on the machine, which is
-    # what crash safety needs; a power loss can lose the newest files, and those
-    # rows then read as missing for embeddings_backfill (see "Reliability").
-    os.replace(tmp, directory / name)
-    return name
-
-
-def discard(tmp: str) -> None:
-    """Remove a staged file that was not installed (no error if it was)."""
-    _unlink_quietly(tmp)
 
 
 def load_vector(directory: Path, name: str) -> Vector | None:

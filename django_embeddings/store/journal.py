@@ -5,82 +5,306 @@ happen under a short exclusive ``flock`` so concurrent writer processes never
 lose or duplicate each other's entries, and cost O(1) whatever the store's size
 (popoto rewrote the whole ``_index.json`` per save and lost entries under races).
 
-The first line is a header ``{"base": N}``: the snapshot version the journal
-continues. Compaction replaces the journal with a new file whose base is the new
-snapshot's version; a reader that sees a base newer than the snapshot it read
-knows it raced a compaction and reads again, so readers never take a lock.
+The first line is a header ``{"base": N, "id": "..."}``: the snapshot version the
+journal continues, and a random id. Compaction replaces the journal with a new
+file whose base is the new snapshot's version; a reader that sees a base newer
+than the snapshot it read knows it raced a compaction and reads again, so readers
+never take a lock. A reader that goes on from a :class:`Position` checks the file
+is still the same journal by its inode and header (the id: a new journal may get
+the inode of the one it replaced).
+
+Entries are JSON arrays of nine values, by position::
+
+    [version, "put", key, content hash, provider identity, offset, dimensions, checksum, time]
+    [version, "del", key, "", "", -1, 0, -1, 0]
+
+``offset`` and ``dimensions`` locate a put's vector in the vector log of the
+journal's generation (:mod:`.vectorlog`); ``checksum`` is of its bytes, so a log
+damaged after the fact (a power loss, a file cut or replaced) never yields
+another vector; ``time`` (seconds) is when it was stored, for garbage
+collection's age guard. A whole journal of such lines parses as one flat JSON
+array, with no object per line: a cold start reads thousands of entries in a few
+milliseconds. Lines written by 0.1.0 are objects (``{"v": 1, "op": "put", "k":
+...}``) naming no offset; their vector is a per-row ``.npy`` file (:mod:`.files`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from django_embeddings.typing import Vector
 
 logger = logging.getLogger(__name__)
 
 JOURNAL = "_journal"
 LOCK = "_lock"
 _TAIL_PROBE = 4096
+_HEADER_PROBE = 128
+NO_OFFSET = -1
+NO_CHECKSUM = -1
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One index change: ``op`` is ``"put"`` or ``"del"``."""
+    """One index change: ``op`` is ``"put"`` or ``"del"``.
+
+    ``offset``, ``dimensions`` and ``checksum`` locate a put's vector in the vector
+    log of the journal it was read from (``offset`` ``None``: a per-row file, or not
+    known, e.g. an entry received from a peer). They are not part of its identity.
+    """
 
     version: int
     op: str
     key: str
     hash: str = ""
     identity: str = ""
+    offset: int | None = field(default=None, compare=False)
+    dimensions: int = field(default=0, compare=False)
+    checksum: int | None = field(default=None, compare=False)
 
-    def to_line(self) -> bytes:
-        record: dict[str, object] = {"v": self.version, "op": self.op, "k": self.key}
+    def to_line(self, stamp: int = 0) -> bytes:
+        """The journal line; ``stamp`` (seconds since the epoch) dates a put for GC's age guard."""
+        record: list[object]
         if self.op == "put":
-            record["h"] = self.hash
-            record["i"] = self.identity
+            offset = NO_OFFSET if self.offset is None else self.offset
+            checksum = NO_CHECKSUM if self.checksum is None else self.checksum
+            record = [self.version, "put", self.key, self.hash, self.identity]
+            record += [offset, self.dimensions if offset != NO_OFFSET else 0, checksum, stamp]
+        else:
+            record = [self.version, self.op, self.key, "", "", NO_OFFSET, 0, NO_CHECKSUM, 0]
         return json.dumps(record, separators=(",", ":")).encode("ascii") + b"\n"
 
 
 @dataclass(frozen=True)
 class Position:
-    """Where a reader stopped: the journal file's identity and a byte offset."""
+    """Where a reader stopped: the journal file's identity (inode and header) and an offset."""
 
     inode: int
     offset: int
+    header: bytes = b""
+
+    def same_journal(self, inode: int, header: bytes) -> bool:
+        return self.inode == inode and self.header == header
 
 
-@dataclass(frozen=True)
+@dataclass
+class Records:
+    """Journal entries as columns: parsing thousands of lines builds no object per line.
+
+    ``offsets`` holds :data:`NO_OFFSET` for deletes and for puts whose vector is a
+    per-row file; ``checksums`` :data:`NO_CHECKSUM` where there is none; ``times``
+    the put's date in seconds (0: unknown).
+    """
+
+    versions: list[int] = field(default_factory=list)
+    ops: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    identities: list[str] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    dimensions: list[int] = field(default_factory=list)
+    checksums: list[int] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.versions)
+
+    def entry(self, row: int) -> Entry:
+        offset, checksum = self.offsets[row], self.checksums[row]
+        return Entry(
+            self.versions[row],
+            self.ops[row],
+            self.keys[row],
+            self.hashes[row],
+            self.identities[row],
+            None if offset == NO_OFFSET else offset,
+            self.dimensions[row],
+            None if checksum == NO_CHECKSUM else checksum,
+        )
+
+    def entries(self) -> list[Entry]:
+        return [self.entry(row) for row in range(len(self))]
+
+    def since(self, version: int) -> Records:
+        """The entries newer than ``version`` (all of them, in the usual case)."""
+        if not self.versions or min(self.versions) > version:
+            return self
+        rows = [row for row, v in enumerate(self.versions) if v > version]
+        return Records(*([column[row] for row in rows] for column in self._columns()))
+
+    def extend(self, other: Records) -> None:
+        for mine, theirs in zip(self._columns(), other._columns(), strict=True):
+            mine.extend(theirs)
+
+    def _columns(self) -> tuple[list[Any], ...]:
+        return (
+            self.versions,
+            self.ops,
+            self.keys,
+            self.hashes,
+            self.identities,
+            self.offsets,
+            self.dimensions,
+            self.checksums,
+            self.times,
+        )
+
+
 class Tail:
-    base: int
-    entries: list[Entry]
-    position: Position
+    """The entries of the journal of generation ``base`` read up to ``position``."""
+
+    def __init__(self, base: int, records: Records, position: Position) -> None:
+        self.base = base
+        self.records = records
+        self.position = position
+        # Aligned with ``entries`` when the store read them (None: a delete, or lost).
+        self.vectors: list[Vector | None] | None = None
+
+    @functools.cached_property
+    def entries(self) -> list[Entry]:
+        return self.records.entries()
 
 
 def parse_entry(line: bytes) -> Entry | None:
     try:
         record = json.loads(line)
-        op = record["op"]
-        if op not in ("put", "del"):
-            return None
-        version = record["v"]
-        key = record["k"]
-        if not isinstance(version, int) or not isinstance(key, str):
-            return None
-        return Entry(version, op, key, str(record.get("h", "")), str(record.get("i", "")))
-    except (ValueError, KeyError, TypeError):
+    except ValueError:
         return None
+    fields = _fields(record)
+    if fields is None:
+        return None
+    version, op, key, content_hash, identity, offset, dimensions, checksum, _ = fields
+    return Entry(
+        version,
+        op,
+        key,
+        content_hash,
+        identity,
+        None if offset == NO_OFFSET else offset,
+        dimensions,
+        None if checksum == NO_CHECKSUM else checksum,
+    )
+
+
+def _fields(record: object) -> tuple[int, str, str, str, str, int, int, int, int] | None:
+    """The columns of one decoded line, or ``None`` if it is not an entry."""
+    if isinstance(record, list) and len(record) == _WIDTH:
+        record = dict(zip(_NAMES, record, strict=True))
+    if not isinstance(record, dict):
+        return None
+    version, op, key = record.get("v"), record.get("op"), record.get("k")
+    if type(version) is not int or op not in ("put", "del") or not isinstance(key, str):
+        return None
+    if op == "del":
+        return version, op, key, "", "", NO_OFFSET, 0, NO_CHECKSUM, 0
+    offset, dimensions, stamp = record.get("o"), record.get("d"), record.get("t")
+    checksum = record.get("c", NO_CHECKSUM)
+    if not (type(offset) is int and offset >= 0 and type(dimensions) is int and dimensions > 0):
+        offset, dimensions = NO_OFFSET, 0
+    if not (type(checksum) is int and 0 <= checksum < 1 << 32):
+        checksum = NO_CHECKSUM
+    return (
+        version,
+        op,
+        key,
+        str(record.get("h", "")),
+        str(record.get("i", "")),
+        offset,
+        dimensions,
+        checksum,
+        stamp if type(stamp) is int and stamp > 0 else 0,
+    )
+
+
+_NAMES = ("v", "op", "k", "h", "i", "o", "d", "c", "t")  # the positions, as 0.1.0 named them
+_WIDTH = len(_NAMES)
+
+
+def parse(data: bytes, path: Path | str = JOURNAL) -> Records:
+    """The entries of ``data``: complete lines, each ending with a newline, no header.
+
+    Lines as :meth:`Entry.to_line` writes them are decoded as one flat JSON array
+    (``"]\\n["`` only occurs between two lines: JSON escapes a newline inside a
+    string); anything else (0.1.0 lines, a damaged line, a torn fragment closed by
+    a later write) falls back to one line at a time, skipping what is not an entry.
+    """
+    count = data.count(b"\n")
+    if not count:
+        return Records()
+    try:
+        text = data.decode("utf-8")
+        flat = json.loads(text[:-1].replace("]\n[", ",")) if text[0] == "[" else None
+    except ValueError:
+        flat = None
+    if type(flat) is list and len(flat) == _WIDTH * count:
+        records = _columns(flat)
+        if records is not None:
+            return records
+    records = Records()
+    columns = records._columns()
+    for line in data.split(b"\n")[:-1]:
+        try:
+            fields = _fields(json.loads(line))
+        except ValueError:
+            fields = None
+        if fields is None:
+            if line.strip():
+                logger.warning("Skipping a damaged line in %s: %r", path, line[:80])
+            continue
+        for column, value in zip(columns, fields, strict=True):
+            column.append(value)
+    return records
+
+
+def _columns(flat: list[Any]) -> Records | None:
+    """Columns of a flat array of whole entries when all are well-formed, else ``None``.
+
+    Only C-level work (slices, ``map``, ``set``, ``min``): this runs over every
+    entry of a cold start's journal. Versions must increase, so a line of another
+    length (which would shift the columns) cannot go unnoticed.
+    """
+    versions, ops, keys, hashes, identities, offsets, dimensions, checksums, times = (
+        flat[column::_WIDTH] for column in range(_WIDTH)
+    )
+    sound = (
+        _all(versions, int)
+        and set(ops) <= {"put", "del"}
+        and _all(keys, str)
+        and _all(hashes, str)
+        and _all(identities, str)
+        and _all(offsets, int, NO_OFFSET)
+        and _all(dimensions, int, 0)
+        and _all(checksums, int, NO_CHECKSUM, (1 << 32) - 1)
+        and _all(times, int, 0)
+        and bool(np.all(np.diff(np.array(versions, dtype=np.int64)) > 0))
+    )
+    if not sound:
+        return None
+    return Records(versions, ops, keys, hashes, identities, offsets, dimensions, checksums, times)
+
+
+def _all(values: list[Any], kind: type, low: int | None = None, high: int | None = None) -> bool:
+    """Are all ``values`` exactly of type ``kind`` (no bools for ints), within the bounds?"""
+    if set(map(type, values)) != {kind}:
+        return False
+    return (low is None or min(values) >= low) and (high is None or max(values) <= high)
 
 
 @contextlib.contextmanager
-def locked(directory: Path) -> Iterator[None]:
+def locked(directory: str | Path) -> Iterator[None]:
     """Hold the store's exclusive writer lock (a separate file, so journal swaps keep it)."""
-    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -92,49 +316,105 @@ def create(directory: Path, base: int) -> None:
     """Start a new journal continuing snapshot ``base``; the caller holds the lock."""
     from django_embeddings.store.files import write_atomic
 
-    write_atomic(directory / JOURNAL, json.dumps({"base": base}).encode("ascii") + b"\n")
+    first = {"base": base, "id": os.urandom(8).hex()}
+    write_atomic(directory / JOURNAL, json.dumps(first).encode("ascii") + b"\n")
 
 
-def append(directory: Path, entries: list[Entry]) -> None:
-    """Append entries; the caller holds the lock and numbered them from :func:`last_version`."""
-    path = directory / JOURNAL
-    fd = os.open(path, os.O_RDWR | os.O_APPEND)
+def open_for_append(directory: str | Path) -> int:
+    """A descriptor to :func:`append` through; ``FileNotFoundError`` if there is no journal."""
+    return os.open(os.path.join(directory, JOURNAL), os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+
+
+def append(fd: int, entries: Sequence[Entry], *, stamp: int = 0, close_line: bool = False) -> int:
+    """Append entries through ``fd``; returns the bytes written.
+
+    The caller holds the lock and numbered the entries after the last one. With
+    ``close_line``, a fragment left by a writer killed mid-line is ended first, so
+    our lines stay parseable.
+    """
+    payload = b"".join(entry.to_line(stamp) for entry in entries)
+    if close_line:
+        payload = b"\n" + payload
+    # One write per batch; readers stop at the last full line. A full disk can take
+    # part of it: write on until the rest fails, so the caller learns of it (a short
+    # write taken as complete would hand out versions the journal does not hold).
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view) :]
+    return len(payload)
+
+
+def header(fd: int) -> bytes:
+    """The first line of the journal open at ``fd`` (without its newline)."""
+    head = os.pread(fd, _HEADER_PROBE, 0)
+    return head.split(b"\n", 1)[0]
+
+
+def read_base(line: bytes) -> int:
+    """The base version a header line names; -1 if it is not a header."""
     try:
-        payload = b"".join(entry.to_line() for entry in entries)
-        if _ends_without_newline(fd):
-            # A writer killed mid-line left a fragment: close it so ours stays parseable.
-            payload = b"\n" + payload
-        # One write per batch; readers stop at the last full line. A full disk can take
-        # part of it: write on until the rest fails, so the caller learns of it (a short
-        # write taken as complete would hand out versions the journal does not hold).
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view) :]
+        base = json.loads(line)["base"]
+    except (ValueError, KeyError, TypeError):
+        return -1
+    return base if type(base) is int else -1
+
+
+def last_version_in(fd: int, start: int, end: int) -> int | None:
+    """The version of the last complete entry between byte ``start`` and ``end``; O(1) in size.
+
+    ``start`` must be a line's start. ``None`` when no complete entry lies there.
+    """
+    probe = max(start, end - _TAIL_PROBE)
+    while True:
+        lines = os.pread(fd, end - probe, probe).split(b"\n")
+        # lines[0] may be cut by the probe window; the last may be a torn fragment.
+        for line in reversed(lines[1:] if probe > start else lines):
+            entry = parse_entry(line) if line else None
+            if entry is not None:
+                return entry.version
+        if probe == start:
+            return None
+        probe = max(start, probe - _TAIL_PROBE * 16)
+
+
+def identity(directory: Path) -> tuple[int, bytes] | None:
+    """The current journal's inode and header line (``None``: no journal)."""
+    try:
+        fd = os.open(directory / JOURNAL, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        return os.fstat(fd).st_ino, header(fd)
+    finally:
+        os.close(fd)
+
+
+def last_base(directory: Path) -> int | None:
+    """The base version of the current journal (-1: a damaged header; ``None``: no journal)."""
+    try:
+        fd = os.open(directory / JOURNAL, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        return read_base(header(fd))
     finally:
         os.close(fd)
 
 
 def last_version(directory: Path) -> int | None:
     """The version of the last complete entry (or the header's base); O(1) in the size."""
-    path = directory / JOURNAL
     try:
-        with open(path, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            start = max(0, size - _TAIL_PROBE)
-            while True:
-                handle.seek(start)
-                lines = handle.read(size - start).split(b"\n")
-                # lines[0] may be cut by the probe window; the last may be a torn fragment.
-                candidates = lines[1:] if start else lines
-                for line in reversed(candidates):
-                    entry = parse_entry(line) if line else None
-                    if entry is not None:
-                        return entry.version
-                if start == 0:
-                    return _read_base(lines[0])
-                start = max(0, start - _TAIL_PROBE * 16)
+        fd = os.open(directory / JOURNAL, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    try:
+        size = os.fstat(fd).st_size
+        first = header(fd)
+        start = min(size, len(first) + 1)
+        last = last_version_in(fd, start, size)
+        return last if last is not None else read_base(first)
+    finally:
+        os.close(fd)
 
 
 def read(directory: Path, position: Position | None = None) -> Tail | None:
@@ -146,31 +426,28 @@ def read(directory: Path, position: Position | None = None) -> Tail | None:
     path = directory / JOURNAL
     offset = position.offset if position else 0
     try:
-        with open(path, "rb") as handle:
-            inode = os.fstat(handle.fileno()).st_ino
-            if position is not None and position.inode != inode:
-                return None
-            handle.seek(offset)
-            data = handle.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    end = data.rfind(b"\n") + 1  # a torn last line is left for the next read
-    lines = data[:end].split(b"\n")[:-1]
-    base = -1
-    if offset == 0:
-        if not lines:
+    try:
+        inode = os.fstat(fd).st_ino
+        first = header(fd)
+        if position is not None and not position.same_journal(inode, first):
             return None
-        base = _read_base(lines[0])
-        lines = lines[1:]
-    entries = []
-    for line in lines:
-        entry = parse_entry(line)
-        if entry is None:
-            if line.strip():
-                logger.warning("Skipping a damaged line in %s: %r", path, line[:80])
-            continue
-        entries.append(entry)
-    return Tail(base, entries, Position(inode, offset + end))
+        with open(fd, "rb", closefd=False) as handle:
+            handle.seek(offset)
+            data = handle.read()
+    finally:
+        os.close(fd)
+    end = data.rfind(b"\n") + 1  # a torn last line is left for the next read
+    if offset == 0:
+        if not end:
+            return None
+        start = data.find(b"\n") + 1  # after the header
+    else:
+        start = 0
+    records = parse(data[start:end], path)
+    return Tail(read_base(first), records, Position(inode, offset + end, first))
 
 
 def unreadable(directory: Path) -> bool:
@@ -180,16 +457,3 @@ def unreadable(directory: Path) -> bool:
             return b"\n" not in handle.read(1 << 16)
     except FileNotFoundError:
         return False
-
-
-def _read_base(line: bytes) -> int:
-    try:
-        base = json.loads(line)["base"]
-    except (ValueError, KeyError, TypeError):
-        return -1
-    return base if isinstance(base, int) else -1
-
-
-def _ends_without_newline(fd: int) -> bool:
-    size = os.fstat(fd).st_size
-    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"

@@ -1,10 +1,15 @@
 """The packed snapshot: every live row's normalized vector in one matrix.
 
 A snapshot is a directory ``snapshot-<version>/`` of ``.npy`` arrays, sorted by
-key, that a cold start memory-maps instead of opening one file per row; all
+key, that a cold start memory-maps instead of reading the journal's vectors; all
 worker processes on a machine then share its pages. ``_index.json`` names the
 current snapshot and its ``_version``; it is replaced atomically, and only after
 the snapshot it names is complete.
+
+Beside the normalized matrix that searches use, a snapshot keeps each row's vector
+as it was stored (``raw``) and when (``times``, for garbage collection's age
+guard). Snapshots written by 0.1.0 have neither: their rows' vectors are still in
+per-row files, which the next compaction reads once.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +35,7 @@ logger = logging.getLogger(__name__)
 INDEX = "_index.json"
 FORMAT = 1
 _ARRAYS = ("vectors", "keys", "hashes", "identities")
+_OPTIONAL = ("raw", "times")
 
 
 @dataclass
@@ -45,6 +52,8 @@ class Snapshot:
     )
     identity_names: list[str] = field(default_factory=list)
     name: str | None = None
+    raw: Matrix | None = None  # the vectors as stored, not normalized
+    times: npt.NDArray[np.uint32] | None = None  # when each row was stored (seconds)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -124,7 +133,24 @@ def load(directory: Path) -> Snapshot:
         **arrays,
     )
     _check(snap)
+    snap.raw = _optional(path, "raw", snap.vectors.shape, "f")
+    snap.times = _optional(path, "times", (len(snap),), "u")
     return snap
+
+
+def _optional(path: Path, array: str, shape: tuple[int, ...], kind: str) -> Any:
+    """An optional array, or ``None`` when it is absent or does not fit (searches need none)."""
+    try:
+        loaded = np.load(path / f"{array}.npy", mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        logger.warning("Ignoring %s/%s.npy: %s", path, array, exc)
+        return None
+    if loaded.shape != shape or loaded.dtype.kind != kind:
+        logger.warning("Ignoring %s/%s.npy: it does not fit the snapshot", path, array)
+        return None
+    return loaded
 
 
 def _check(snap: Snapshot) -> None:
@@ -150,7 +176,9 @@ def write(directory: Path, snapshot: Snapshot) -> None:
     name = f"snapshot-{snapshot.version}"
     staging = Path(tempfile.mkdtemp(dir=directory, prefix=TEMP_PREFIX))
     try:
-        for array in _ARRAYS:
+        for array in _ARRAYS + _OPTIONAL:
+            if getattr(snapshot, array) is None:
+                continue
             with open(staging / f"{array}.npy", "xb", opener=_private) as handle:
                 np.save(handle, getattr(snapshot, array), allow_pickle=False)
                 handle.flush()

@@ -31,8 +31,8 @@ from tests.utils import failures, is_embedded, pending_count
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ALLOWED = re.compile(
-    r"\A(?:[0-9a-f]{64}\.npy|_journal|_lock|_index\.json|_dimensions"
-    r"|snapshot-\d+|(?:vectors|keys|hashes|identities)\.npy|meta\.json"
+    r"\A(?:_vectors-\d+|_journal|_lock|_index\.json|_dimensions"
+    r"|snapshot-\d+|(?:vectors|keys|hashes|identities|raw|times)\.npy|meta\.json"
     r"|testapp\.\w+|embedding|@test-[0-9a-f]{12})\Z"
 )
 NASTY_KEYS = [

@@ -6,19 +6,22 @@ from a file (``allow_pickle=False`` everywhere) and never makes a search fail.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
 from collections.abc import Iterator
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
 import pytest
+from django.core.management import call_command
 
 from django_embeddings import cache
 from django_embeddings.fields import EmbeddingField
 from django_embeddings.store import Store, files
-from tests.testapp.models import Article, Product
+from tests.testapp.models import Article
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -73,35 +76,47 @@ def fresh() -> None:
     cache.clear()
 
 
-class TestVectorFiles:
-    def test_truncated_vector_file_is_skipped_with_a_warning(self, caplog) -> None:  # type: ignore[no-untyped-def]
-        articles = rows()
-        path = store().path / files.filename_for(str(articles[0].pk))
-        path.write_bytes(path.read_bytes()[:70])
+def log_path() -> Path:
+    (path,) = store().path.glob("_vectors-*")
+    return path
+
+
+class TestVectorLog:
+    def test_truncated_vector_log_is_skipped_with_a_warning(self, caplog) -> None:  # type: ignore[no-untyped-def]
+        rows()
+        path = log_path()
+        path.write_bytes(path.read_bytes()[:-70])  # the last row's vector cut
         fresh()
         with caplog.at_level(logging.WARNING):
-            # The damaged row would be the best hit for its own text: the search
-            # still answers, with k healthy rows and without it.
-            own = search("csv files")
             found = search("about", k=10)
-        assert len(own) == 3 and "csv files" not in own
-        assert "csv files" not in found and len(found) == 5
-        warnings = [r for r in caplog.records if "unreadable" in r.getMessage()]
+        assert "ini keys" not in found and len(found) == 5
+        warnings = [r for r in caplog.records if "cannot be read" in r.getMessage()]
         assert len(warnings) == 1
+        # A new write lands after the cut, and is read back whole.
+        Article.objects.create(title="after", body="about the vector log")
+        fresh()
+        assert "after" in search("about", k=10)
         # Compaction drops the row too; a backfill restores it.
         store().compact()
         fresh()
-        assert "csv files" not in search("about", k=10)
-
-    def test_pickled_vector_file_never_runs(self, marker: Path) -> None:
-        articles = rows()
-        write_pickle_npy(store().path / files.filename_for(str(articles[1].pk)), marker)
+        assert "ini keys" not in search("about", k=10)
+        call_command("embeddings_backfill", field().label, "--missing", stdout=StringIO())
         fresh()
-        assert "json parsing" not in search("about", k=10)
+        assert "ini keys" in search("about", k=10)
+
+    def test_vector_log_replaced_by_a_pickle_never_runs(self, marker: Path) -> None:
+        rows()
+        path = log_path()
+        size = path.stat().st_size
+        with open(path, "wb") as handle:  # np.save would add ".npy" to the name
+            np.save(handle, np.array([Payload(marker)], dtype=object), allow_pickle=True)
+            handle.truncate(size)  # as long as before: every offset lands in the pickle
+        fresh()
+        assert search("about", k=10) == []  # no vector passes its checksum
         store().compact()
         store().stats()
         fresh()
-        assert len(search("about", k=10)) == 5
+        assert search("about", k=10) == []
 
     def test_pickled_file_under_an_unknown_name_is_garbage(self, marker: Path) -> None:
         rows(2)
@@ -111,20 +126,19 @@ class TestVectorFiles:
         report = store().collect_garbage(lambda keys: set(keys), min_age=0)
         assert report.files == [files.filename_for("no such row")]
 
-    def test_vector_file_of_another_model_is_skipped(self, caplog) -> None:  # type: ignore[no-untyped-def]
-        """A 16-dimension file (Product.name_embedding) dropped over a 64-dimension row's."""
+    def test_an_entry_naming_a_vector_of_another_size_is_skipped(self, caplog) -> None:  # type: ignore[no-untyped-def]
+        """A journal line naming a 16-dimension vector (as Product.name_embedding stores)."""
         articles = rows()
-        product = Product.objects.create(name="csv files", description="a product")
-        name_store = Product._meta.get_field("name_embedding").store  # type: ignore[union-attr]
-        foreign = name_store.path / files.filename_for(str(product.pk))
-        target = store().path / files.filename_for(str(articles[2].pk))
-        target.write_bytes(foreign.read_bytes())
+        line = {"v": store().version() + 1, "op": "put", "k": str(articles[2].pk)}
+        line.update(h="00" * 16, i="hashing-v1-64", o=0, d=16)
+        with open(store().path / "_journal", "a") as handle:
+            handle.write(json.dumps(line) + "\n")
         fresh()
         with caplog.at_level(logging.WARNING):
             found = search("about", k=10)
         assert "yaml config" not in found and len(found) == 5
         assert any("another size" in r.getMessage() for r in caplog.records)
-        store().compact()  # the odd file does not break compaction either
+        store().compact()  # the odd entry does not break compaction either
         fresh()
         assert len(search("about", k=10)) == 5
 
@@ -134,7 +148,7 @@ class TestSnapshot:
         (path,) = store().path.glob("snapshot-*")
         return path
 
-    @pytest.mark.parametrize("array", ["vectors", "keys", "hashes", "identities"])
+    @pytest.mark.parametrize("array", ["vectors", "keys", "hashes", "identities", "raw", "times"])
     def test_truncated_snapshot_array(self, array: str, caplog) -> None:  # type: ignore[no-untyped-def]
         rows()
         store().compact()
@@ -145,7 +159,7 @@ class TestSnapshot:
             search("about", k=10)  # no exception
         assert caplog.records
 
-    @pytest.mark.parametrize("array", ["vectors", "keys", "hashes", "identities"])
+    @pytest.mark.parametrize("array", ["vectors", "keys", "hashes", "identities", "raw", "times"])
     def test_pickled_snapshot_array_never_runs(self, array: str, marker: Path) -> None:
         rows()
         store().compact()

@@ -18,13 +18,13 @@ from tests.testapp.models import Article, Product
 pytestmark = pytest.mark.django_db(transaction=True)
 
 KINDS = {
-    "vector": lambda name: name.endswith(".npy") and len(name) == 68,
+    "vector log": lambda name: name.startswith("_vectors-"),
     "journal": lambda name: name == "_journal",
     "lock": lambda name: name == "_lock",
     "index": lambda name: name == "_index.json",
     "dimensions": lambda name: name == "_dimensions",
     "snapshot array": lambda name: (
-        name in {"vectors.npy", "keys.npy", "hashes.npy", "identities.npy"}
+        name in {"vectors.npy", "keys.npy", "hashes.npy", "identities.npy", "raw.npy", "times.npy"}
     ),
     "snapshot meta": lambda name: name == "meta.json",
 }

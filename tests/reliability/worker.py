@@ -102,7 +102,7 @@ def audit(*, searches: int = 40) -> dict[str, Any]:
 
     from django_embeddings import cache
     from django_embeddings.fields import content_hash
-    from django_embeddings.store import files
+    from django_embeddings.store import files, journal, vectorlog
     from tests.testapp.models import Article
 
     field = article_field()
@@ -164,9 +164,12 @@ def audit(*, searches: int = 40) -> dict[str, Any]:
             if stored is None or not np.array_equal(stored, vector):
                 report["corrupt"].append(key)
     names = os.listdir(store.path)
-    known = {files.filename_for(key) for key in live}
+    # No per-row file is written any more, and only the current journal's log is read.
+    current = journal.last_base(store.path)
     report["orphan_files"] = sorted(
-        n for n in names if files.VECTOR_NAME.match(n) and n not in known
+        n
+        for n in names
+        if files.VECTOR_NAME.match(n) or vectorlog.base_of(n) not in (None, current)
     )
     report["temp_files"] = sorted(n for n in names if files.TEMP_NAME.match(n))
     garbage = store.collect_garbage(_is_live, min_age=0, dry_run=True)
@@ -342,11 +345,11 @@ def _wait_for(path: Path, *, deadline: float) -> None:
 KILL_POINTS = (
     "in-transaction",  # saves done, COMMIT not sent: nothing may change
     "after-commit",  # committed, the on_commit store write not started
-    "before-append",  # vector files in place, no journal entry yet
+    "before-append",  # vectors in the log, no journal entry yet
     "after-append",  # journal entry written, column and cache not updated
-    "before-unlink",  # a delete's journal entry written, its file still there
     "compact-before-index",  # new snapshot directory complete, _index.json not switched
     "compact-before-journal",  # _index.json switched, the old journal still in place
+    "compact-before-log-removal",  # new journal in place, the old vector log still there
 )
 
 
@@ -372,7 +375,7 @@ def _arm(point: str, hit: int, action: str = "kill") -> None:
     process is resumed by the test with SIGCONT, as if the scheduler had paused it.
     """
     from django_embeddings import writer
-    from django_embeddings.store import files, journal, snapshot
+    from django_embeddings.store import journal, snapshot, vectorlog
 
     counts: dict[str, int] = {}
     wanted = dict.fromkeys(point.split(","), hit)
@@ -400,10 +403,11 @@ def _arm(point: str, hit: int, action: str = "kill") -> None:
     wrap(writer.Batch, "flush", "after-commit")
     wrap(writer, "_recheck", "before-reread")
     wrap(writer, "remove", "after-commit" if action == "kill" else "before-remove")
-    wrap(journal, "append", "before-append", "after-append")
-    wrap(files, "delete_vector", "before-unlink")
+    wrap(vectorlog, "append", None, "before-append")
+    wrap(journal, "append", None, "after-append")
     wrap(snapshot, "write_atomic", "compact-before-index")
     wrap(journal, "create", "compact-before-journal")
+    wrap(vectorlog, "remove_others", "compact-before-log-removal")
     global _in_transaction_hook
     _in_transaction_hook = lambda: maybe_stop("in-transaction")  # noqa: E731
 

@@ -1,0 +1,618 @@
+"""What a user's calls cost, next to what they would write by hand: ``python -m bench.endtoend``.
+
+``make bench`` runs this (``make bench QUICK=1`` the quick mode). Each scenario
+runs in its own process (:mod:`bench.endtoend_worker`), both sides of a
+comparison in the same process on the same data, and the report gives medians
+and their ratio against a goal, one Markdown table per section:
+
+1. ``list(qs.semantic_search(vector, k))``, unfiltered and filtered, vs numpy
+   + the ORM by hand, on SQLite (a file) and PostgreSQL;
+2. ``Model.objects.create()`` with an ``EmbeddingField`` vs without it, alone and
+   five in one ``transaction.atomic()`` (with the provider calls they make);
+3. a save of a ``cache=False`` field as the stored rows grow;
+4. the first search of a new process, with a compacted store and with every
+   vector still in the journal.
+
+A private redis-server and a PostgreSQL database of the bench's own are made
+for the run and removed after it. Results go to ``bench/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import machine
+from bench.run import RESULTS, ROOT, _last_result, log, private_database, private_redis
+
+PG_NAME = "django_embeddings_endtoend"
+SEARCH_GOAL = 1.3  # ours / by hand
+CREATE_GOAL = 1.3  # with the field / without
+FLAT_GOAL = 1.3  # a cache=False save at N rows / at the smallest N
+COLD_GOALS = {5_000: 0.050, 100_000: 0.300}  # seconds for a new process's first search
+
+
+@dataclass
+class Plan:
+    """Sizes and repetitions of one mode."""
+
+    sizes: list[int]  # search corpora, built on each database
+    ks: list[int]
+    queries: int  # timed queries per search row, at most
+    row_budget: float  # seconds after which a search row stops, once it has 3 queries
+    create_sizes: list[int]  # corpora (of ``sizes``) that the creates go into
+    creates: int
+    transactions: int  # atomic() blocks of 5 creates, each way
+    uncached_sizes: list[int]
+    uncached_creates: int
+    cold_sizes: list[int]  # of ``sizes``: first searches, compacted and journal-only
+    cold_runs: int  # timed runs, after one that warms the page cache
+
+
+QUICK = Plan(
+    sizes=[5_000, 100_000],
+    ks=[10, 100, 1000],
+    queries=15,
+    row_budget=3.0,
+    create_sizes=[5_000, 100_000],
+    creates=40,
+    transactions=10,
+    uncached_sizes=[1_000, 10_000],
+    uncached_creates=40,
+    cold_sizes=[5_000, 100_000],
+    cold_runs=3,
+)
+FULL = Plan(
+    sizes=[5_000, 100_000, 1_000_000],
+    ks=[10, 100, 1000],
+    queries=31,
+    row_budget=15.0,
+    create_sizes=[5_000, 100_000],
+    creates=200,
+    transactions=40,
+    uncached_sizes=[1_000, 10_000, 100_000],
+    uncached_creates=50,
+    cold_sizes=[5_000, 100_000],
+    cold_runs=7,
+)
+SECTIONS = ("search", "create", "uncached", "cold")
+
+
+class Runner:
+    """Starts worker processes, each with its own store directory and SQLite file."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        redis_url: str,
+        invalidation: str,
+        keep: bool,
+        blas_threads: int | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.redis_url = redis_url
+        self.invalidation = invalidation
+        self.keep = keep
+        self.blas_threads = blas_threads
+        self.logs = workdir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    def env(self, db: str, tag: str, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            DJANGO_SETTINGS_MODULE="bench.settings",
+            PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+            PYTHONDONTWRITEBYTECODE="1",
+            BENCH_DB=db,
+            BENCH_SQLITE_PATH=str(self.workdir / f"{tag}.sqlite3"),
+            BENCH_PG_NAME=PG_NAME,
+            BENCH_REDIS_URL=self.redis_url,
+            DJANGO_EMBEDDINGS_DIR=str(self.workdir / f"store-{tag}"),
+            DJANGO_EMBEDDINGS_INVALIDATION=self.invalidation,
+        )
+        env.pop("DJANGO_EMBEDDINGS_COMPACT_THRESHOLD", None)  # the default, unless extra says
+        if self.blas_threads is not None:
+            for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                env[name] = str(self.blas_threads)
+        env.update(extra)
+        return env
+
+    def run(self, scenario: str, args: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+        log_path = self.logs / f"{scenario}.log"
+        started = time.perf_counter()
+        with open(log_path, "ab") as stderr:
+            completed = subprocess.run(
+                [sys.executable, "-m", "bench.endtoend_worker", scenario, json.dumps(args)],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                check=False,
+            )
+        if completed.returncode != 0:
+            raise RuntimeError(
+                f"bench.endtoend_worker {scenario} {args} failed ({completed.returncode}); "
+                f"see {log_path}:\n{log_path.read_text()[-3000:]}"
+            )
+        result = _last_result(completed.stdout.decode())
+        result["wall_seconds"] = time.perf_counter() - started
+        return result
+
+    def discard(self, tag: str) -> None:
+        """Set a corpus aside (unless --keep) for removal with the workdir once the report
+        is out: unlinking a store of one file per row takes minutes on a busy disk."""
+        if self.keep:
+            return
+        trash = self.workdir / "trash"
+        trash.mkdir(exist_ok=True)
+        for path in (self.workdir / f"store-{tag}", self.workdir / f"{tag}.sqlite3"):
+            if path.exists():
+                path.rename(trash / f"{path.name}-{time.monotonic_ns()}")
+
+
+def run_all(runner: Runner, plan: Plan, dbs: list[str], wanted: set[str]) -> dict[str, Any]:
+    results: dict[str, Any] = {"build": {}, "search": [], "create": [], "uncached": [], "cold": []}
+    for db in dbs:
+        for n in plan.sizes:
+            cold_here = "cold" in wanted and n in plan.cold_sizes
+            create_here = "create" in wanted and n in plan.create_sizes
+            if not ("search" in wanted or cold_here or create_here):
+                continue
+            tag = f"{db}-{n}"
+            env = runner.env(db, tag)
+            if cold_here and db == "sqlite":
+                # One backfill serves both stores: first left with every vector in the
+                # journal (a threshold above n, and the backfill's closing compaction
+                # skipped), then compacted by `manage.py embeddings_compact`.
+                loading = runner.env(db, tag, DJANGO_EMBEDDINGS_COMPACT_THRESHOLD=str(2**40))
+                log(f"{db}, {n:,} rows: bulk_create + embed_queryset, nothing compacted")
+                build = runner.run("build", {"n": n, "journal": True}, loading)
+                results["build"][tag] = build
+                results["cold"].append(cold(runner, plan, loading, n, "journal"))
+                log(f"{db}, {n:,} rows: manage.py embeddings_compact")
+                build["compact_seconds"] = runner.run("compact", {}, env)["seconds"]
+            else:
+                log(f"{db}, {n:,} rows: bulk_create + embed_queryset")
+                results["build"][tag] = runner.run("build", {"n": n}, env)
+            if "search" in wanted:
+                log(f"{db}, {n:,} rows: semantic_search vs by hand")
+                args = {"n": n, "queries": plan.queries, "ks": plan.ks, "budget": plan.row_budget}
+                results["search"].append(runner.run("search", args, env))
+            if cold_here:
+                results["cold"].append(cold(runner, plan, env, n, "compacted"))
+            if create_here:
+                log(f"{db}, {n:,} rows: create() with and without the field")
+                args = {"n": n, "creates": plan.creates, "transactions": plan.transactions}
+                results["create"].append(runner.run("create", args, env))
+            runner.discard(tag)
+    if "uncached" in wanted:
+        for n in plan.uncached_sizes:
+            tag = f"uncached-{n}"
+            env = runner.env("sqlite", tag)
+            log(f"sqlite, {n:,} rows of a cache=False field: create()")
+            results["build"][tag] = runner.run("build", {"n": n, "model": "uncached"}, env)
+            args = {"n": n, "creates": plan.uncached_creates, "model": "uncached"}
+            results["uncached"].append(runner.run("create", args, env))
+            runner.discard(tag)
+    return results
+
+
+def cold(runner: Runner, plan: Plan, env: dict[str, str], n: int, store: str) -> dict[str, Any]:
+    """Medians of new processes' first searches, after one more that brings the store's
+    files into the page cache and reports the store's journal length. A first search
+    slower than a second is timed once: its median would not tell more."""
+    log(f"{env['BENCH_DB']}, {n:,} rows, {store} store: first search in new processes")
+    warming = runner.run("cold", {"n": n, "status": True}, env)
+    runs = [runner.run("cold", {"n": n}, env)]
+    while len(runs) < plan.cold_runs and runs[-1]["first_search_seconds"] < 1.0:
+        runs.append(runner.run("cold", {"n": n}, env))
+    keys = ("first_search_seconds", "second_search_seconds", "wall_seconds")
+    summary: dict[str, Any] = {key: statistics.median(run[key] for run in runs) for key in keys}
+    summary.update(
+        n=n,
+        database=warming["database"],
+        store=store,
+        runs=len(runs),
+        journal_entries=warming["journal_entries"],
+    )
+    return summary
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+DATABASES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+FILTER_CALLS = {
+    "none": ("", ""),
+    "1%": ("filter(bucket=0).", " (1 %)"),
+    "10%": ("filter(bucket__lt=10).", " (10 %)"),
+    "50%": ("filter(bucket__lt=50).", " (50 %)"),
+}
+
+
+def _n(value: int) -> str:
+    if value >= 1_000_000 and value % 1_000_000 == 0:
+        return f"{value // 1_000_000}M"
+    if value >= 1_000 and value % 1_000 == 0:
+        return f"{value // 1_000}k"
+    return f"{value:,}"
+
+
+def _ms(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f} ms"
+    if value >= 10:
+        return f"{value:.1f} ms"
+    return f"{value:.2f} ms"
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def _row(*cells: object) -> str:
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
+def search_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "### 1. `list(qs.semantic_search(vector, k))` vs the same by hand",
+        "",
+        _row("call", "rows", "db", "ours", "by hand", "ratio", "goal", "met", "same rows"),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    met = total = 0
+    for item in results["search"]:
+        for row in item["rows"]:
+            prefix, share = FILTER_CALLS[row["filter"]]
+            ratio = row["ours_ms"] / row["by_hand_ms"]
+            ok = ratio <= SEARCH_GOAL
+            met, total = met + ok, total + 1
+            hand = _ms(row["by_hand_ms"]) + (f" ({row['strategy']})" if row["strategy"] else "")
+            lines.append(
+                _row(
+                    f"`{prefix}semantic_search(v, k={row['k']})`{share}",
+                    _n(item["n"]),
+                    DATABASES[item["database"]],
+                    _ms(row["ours_ms"]),
+                    hand,
+                    f"{ratio:.2f}×",
+                    f"≤ {SEARCH_GOAL}×",
+                    _met(ok),
+                    f"{row['same']}/{row['queries']}",
+                )
+            )
+    lines += [
+        "",
+        f"Goal met by {met} of {total} rows. First search in each search process (index "
+        "load included): "
+        + "; ".join(
+            f"{DATABASES[item['database']]} {_n(item['n'])} {_ms(item['first_search_ms'])}"
+            for item in results["search"]
+        )
+        + ".",
+        "",
+    ]
+    return lines
+
+
+def create_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "### 2. `Model.objects.create()` with an EmbeddingField vs the same model without it",
+        "",
+        _row("call", "rows", "db", "ours", "by hand", "ratio", "goal", "met"),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for item in results["create"]:
+        where = (_n(item["n"]), DATABASES[item["database"]])
+        for key, call in (("single", "`create()`"), ("atomic", "5 × `create()` in one `atomic()`")):
+            part = item[key]
+            ratio = part["ours_ms"] / part["plain_ms"]
+            lines.append(
+                _row(
+                    call,
+                    *where,
+                    _ms(part["ours_ms"]),
+                    _ms(part["plain_ms"]),
+                    f"{ratio:.2f}×",
+                    f"≤ {CREATE_GOAL}×",
+                    _met(ratio <= CREATE_GOAL),
+                )
+            )
+        calls = item["atomic"]["provider_calls"]
+        lines.append(
+            _row(
+                "provider calls of 5 `create()` in one `atomic()`",
+                *where,
+                calls,
+                "",
+                "",
+                "1 (one batch per field)",
+                _met(calls == 1 and item["atomic"]["provider_calls_max"] == 1),
+            )
+        )
+        notes.append(
+            f"{where[1]} {where[0]}: {_ms(item['single']['provider_ms'])} in the provider per "
+            f"create, {_ms(item['atomic']['provider_ms'])} per transaction; rows left without "
+            f"an embedding: {item['missing_after']}"
+        )
+    lines += ["", "Provider time (excluded above): " + "; ".join(notes) + ".", ""]
+    return lines
+
+
+def uncached_table(results: dict[str, Any]) -> list[str]:
+    items = sorted(results["uncached"], key=lambda item: item["n"])
+    if not items:
+        return []
+    base = items[0]
+    lines = [
+        "### 3. `create()` of a model whose field has `cache=False`, as the stored rows grow",
+        "",
+        _row("call", "rows", "db", "ours", f"at {_n(base['n'])} rows", "ratio", "goal", "met"),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for item in items:
+        ratio = item["single"]["ours_ms"] / base["single"]["ours_ms"]
+        first = item is base
+        lines.append(
+            _row(
+                "`create()`, `cache=False`",
+                _n(item["n"]),
+                DATABASES[item["database"]],
+                _ms(item["single"]["ours_ms"]),
+                _ms(base["single"]["ours_ms"]),
+                "(baseline)" if first else f"{ratio:.2f}×",
+                "" if first else f"≈ 1× (≤ {FLAT_GOAL}×)",
+                "" if first else _met(ratio <= FLAT_GOAL),
+            )
+        )
+    lines += [
+        "",
+        "The same create without the field: "
+        + "; ".join(f"{_ms(item['single']['plain_ms'])} at {_n(item['n'])}" for item in items)
+        + ".",
+        "",
+    ]
+    return lines
+
+
+def cold_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "### 4. First search in a new process (page cache warm)",
+        "",
+        _row(
+            "store",
+            "rows",
+            "db",
+            "first search",
+            "goal",
+            "met",
+            "second search",
+            "whole process",
+            "journal entries",
+            "runs",
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for item in results["cold"]:
+        goal = COLD_GOALS.get(item["n"])
+        first = item["first_search_seconds"]
+        lines.append(
+            _row(
+                item["store"],
+                _n(item["n"]),
+                DATABASES[item["database"]],
+                _ms(first * 1000),
+                "" if goal is None else f"≤ {_ms(goal * 1000)}",
+                "" if goal is None else _met(first <= goal),
+                _ms(item["second_search_seconds"] * 1000),
+                f"{item['wall_seconds']:.2f} s",
+                f"{item['journal_entries']:,}",
+                item["runs"],
+            )
+        )
+    return [*lines, ""]
+
+
+def build_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Building the corpora",
+        "",
+        _row(
+            "corpus",
+            "rows",
+            "bulk_create",
+            "embed_queryset",
+            "of it in the provider",
+            "rows/s",
+            "then embeddings_compact",
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
+    for tag, item in results["build"].items():
+        lines.append(
+            _row(
+                tag,
+                _n(item["n"]),
+                f"{item['bulk_create_seconds']:.1f} s",
+                f"{item['backfill_seconds']:.1f} s",
+                f"{item['backfill_provider_seconds']:.1f} s",
+                f"{item['n'] / item['backfill_seconds']:,.0f}",
+                f"{item['compact_seconds']:.1f} s" if "compact_seconds" in item else "",
+            )
+        )
+    return [*lines, ""]
+
+
+NOTES = """\
+### What each row measures
+
+- **Data.** Row `i` of every corpus has the text `"row i"`, `bucket = i % 100` (an indexed
+  integer column) and primary key `i + 1`. The bench provider embeds `"row i"` as row `i` of a
+  seeded matrix of 384-dimensional float32 vectors (`bench/corpus.py`), from a chunk it generates
+  once per process: a few µs per text. Corpora are built with public APIs only: `bulk_create`,
+  then `django_embeddings.backfill.embed_queryset` (which compacts the store at its end), in a
+  SQLite file or a PostgreSQL database of the bench's own.
+  Queries are vectors near corpus rows (a row plus noise), given to `semantic_search` as vectors.
+- **1. Search.** Ours: `list(Article.objects.semantic_search(v, k=k))`, or with
+  `.filter(bucket=0)` (1 % of the rows), `.filter(bucket__lt=10)` (10 %) or
+  `.filter(bucket__lt=50)` (50 %) before it. By hand, in the same process: the normalized matrix
+  and its primary keys held in a numpy array; `scores = matrix @ v`;
+  `np.argpartition(-scores, k - 1)[:k]`; `list(Article.objects.filter(pk__in=ids))`, each row
+  given its score, sorted in Python by score. A filter by hand: its primary keys from
+  `values_list("pk", flat=True)` per query, mapped to matrix rows (`np.searchsorted`), then either
+  only those rows are scored, `matrix[rows] @ v` (**gather**), or all rows are scored and the
+  others set to -inf (**mask**), whichever was faster for that filter on warm-up queries (shown
+  next to the time). Medians over the same queries, the two sides alternating which goes first.
+  "Same rows": queries where both returned the same rows with the same scores position by
+  position (scores equal to 6 digits may swap). A row stops early, after at least 3 queries, once
+  it has taken its time budget (k=1000 rows can take a second a call).
+- **2. Create.** `Article.objects.create(bucket=..., text=...)` (autocommit: the field's work
+  runs at commit, inside the timing) minus the time spent inside the provider, vs
+  `PlainArticle.objects.create(...)`, the same model without the EmbeddingField, with as many
+  rows in its table. Then 5 creates in one `transaction.atomic()` each way, timed to the end of
+  the block (commit included), and the provider calls they made.
+- **3. `cache=False`.** The same create (minus provider time) of `UncachedArticle`, whose field is
+  declared with `cache=False`, at each number of rows already stored; SQLite.
+- **4. First search.** A new process sets Django up and opens its database connection, then
+  runs one `list(Article.objects.semantic_search(v, k=10))`, timed alone (the second search is
+  shown for reference; "whole process" is the subprocess's wall time). One untimed run first
+  brings the files into the page cache; medians of the runs after it ("runs"; one when it took
+  over a second). "journal" (SQLite):
+  `DJANGO_EMBEDDINGS_COMPACT_THRESHOLD` set above the row count and the backfill stopped by its
+  `progress` callback after its last batch, before its closing compaction (as an interrupted
+  backfill is), so that no vector is compacted; "compacted": that store after
+  `manage.py embeddings_compact` (SQLite), or the store `embed_queryset` left (PostgreSQL).
+  "Journal entries" is what `manage.py embeddings_status --json` reports for the store.
+- **BLAS.** Both sides run the same numpy in the same process, with its default threads unless
+  `--blas-threads` says otherwise (shown above). On a busy machine a multi-threaded matrix product
+  waits for every one of its threads to get a core: milliseconds added to both sides, which
+  narrows their ratio; `--blas-threads 1` steadies the figures there.
+"""
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    blas = (
+        ", ".join(
+            f"{b['api']} {b.get('version') or ''} kernel={b['kernel']} threads={b['threads']}"
+            for b in m["blas"]
+        )
+        or "not listed (threadpoolctl missing)"
+    )
+    lines = [
+        f"## django_embeddings end to end, ours vs by hand ({results['mode']} mode)",
+        "",
+        f"{m['date']}; {m['nproc']} cores, {m['cpu']}, {m['ram_gib']} GiB RAM; "
+        f"Python {m['python']}, numpy {m['numpy']}; BLAS: {blas}; "
+        f"BLAS threads {results.get('blas_threads') or 'numpy default'}; "
+        f"invalidation {results['invalidation']}; load average at the start "
+        f"{m['load_average']}, at the end {results['load_average_end']}; "
+        f"run took {results['seconds']:.0f} s.",
+        "",
+    ]
+    if results["search"]:
+        lines += search_table(results)
+    if results["create"]:
+        lines += create_table(results)
+    lines += uncached_table(results)
+    if results["cold"]:
+        lines += cold_table(results)
+    lines += build_table(results)
+    lines.append(NOTES)
+    return "\n".join(lines)
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.endtoend", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="5k and 100k rows, a few minutes")
+    parser.add_argument("--workdir", type=Path, help="where corpora go (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the corpora and the database")
+    parser.add_argument("--only", help=f"comma-separated sections: {','.join(SECTIONS)}")
+    parser.add_argument(
+        "--db", default="sqlite,postgres", help="comma-separated: sqlite,postgres (default both)"
+    )
+    parser.add_argument(
+        "--invalidation",
+        default="pubsub",
+        choices=("pubsub", "mtime", "none"),
+        help="DJANGO_EMBEDDINGS_INVALIDATION of the processes (default: pubsub, the default)",
+    )
+    parser.add_argument(
+        "--blas-threads",
+        type=int,
+        help="threads of numpy's BLAS in every process (default: numpy's own choice); "
+        "1 steadies the figures on a busy machine",
+    )
+    options = parser.parse_args(argv)
+    wanted = set(options.only.split(",")) if options.only else set(SECTIONS)
+    if wanted - set(SECTIONS):
+        parser.error(f"--only takes {','.join(SECTIONS)}, not {options.only!r}")
+    dbs = options.db.split(",")
+    if not dbs or set(dbs) - {"sqlite", "postgres"}:
+        parser.error(f"--db takes sqlite,postgres, not {options.db!r}")
+    plan = QUICK if options.quick else FULL
+    mode = "quick" if options.quick else "full"
+    # A partial or tuned run never becomes latest-endtoend-<quick|full>.md.
+    if options.only:
+        mode += "-only-" + "-".join(sorted(wanted))
+    if set(dbs) != {"sqlite", "postgres"}:
+        mode += "-" + "-".join(dbs)
+    if options.blas_threads is not None:
+        mode += f"-blas{options.blas_threads}"
+    workdir = options.workdir or Path(tempfile.mkdtemp(prefix="django-embeddings-endtoend-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    described = machine.describe()
+    started = time.perf_counter()
+    try:
+        with (
+            private_redis(workdir) as redis_url,
+            private_database(options.keep, PG_NAME)
+            if "postgres" in dbs
+            else contextlib.nullcontext(False) as postgres,
+        ):
+            runner = Runner(
+                workdir, redis_url, options.invalidation, options.keep, options.blas_threads
+            )
+            usable = [db for db in dbs if db == "sqlite" or postgres]
+            results = run_all(runner, plan, usable, wanted)
+        results.update(
+            mode=mode,
+            plan=asdict(plan),
+            machine=described,
+            invalidation=options.invalidation,
+            blas_threads=options.blas_threads,
+            load_average_end=[round(x, 2) for x in os.getloadavg()],
+            seconds=time.perf_counter() - started,
+        )
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        (RESULTS / f"{stamp}-endtoend-{mode}.json").write_text(json.dumps(results, indent=2))
+        text = markdown(results)
+        (RESULTS / f"{stamp}-endtoend-{mode}.md").write_text(text)
+        (RESULTS / f"latest-endtoend-{mode}.md").write_text(text)
+        print(text, flush=True)
+        log(f"measured in {results['seconds']:.0f} s; results in {RESULTS}")
+    finally:
+        if not options.keep:
+            log(f"removing {workdir}")
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
