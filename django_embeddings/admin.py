@@ -12,8 +12,9 @@ Mix it into a ``ModelAdmin`` of a model with an EmbeddingField::
   and back; provider failures fall back to word search with a warning.
 - The change page gets a "Similar items" link (``?similar_to=<pk>`` on the
   changelist), and the changelist a "Show similar items" action.
-- The EmbeddingField column (the dimension count; empty: not embedded yet) is
-  shown read-only, never as an input.
+- The EmbeddingField column is shown read-only, never as an input, as the row's
+  state: "embedded" (searches find it), "pending" (saved but not embedded yet),
+  "stale" (embedded by another provider) or "-" (no text to embed).
 """
 
 from __future__ import annotations
@@ -30,21 +31,94 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.translation import gettext, gettext_lazy
 
+from django_embeddings import cache, invalidation
+from django_embeddings.backfill import is_pending
 from django_embeddings.exceptions import EmbeddingsError
 from django_embeddings.fields import EmbeddingField, embedding_fields
 from django_embeddings.querysets import EmbeddingQuerySetMixin
 
-__all__ = ["SEMANTIC_VAR", "SIMILAR_VAR", "SemanticSearchAdminMixin"]
+__all__ = ["SEMANTIC_VAR", "SIMILAR_VAR", "EmbeddingColumn", "SemanticSearchAdminMixin"]
 
 logger = logging.getLogger(__name__)
 
 SEMANTIC_VAR = "semantic"  # "0": search by words, as Django does
 SIMILAR_VAR = "similar_to"  # a quoted primary key: rank rows by similarity to it
 
+EMBEDDED, PENDING, STALE = "embedded", "pending", "stale"
+_STATE_LABELS = {
+    EMBEDDED: gettext_lazy("embedded"),
+    PENDING: gettext_lazy("pending"),
+    STALE: gettext_lazy("stale"),
+}
+
 if TYPE_CHECKING:
     _Base = admin.ModelAdmin[Any]
 else:
     _Base = object
+
+
+class EmbeddingColumn:
+    """How the admin shows an EmbeddingField: the row's state, not the hash the
+    column holds. The mixin puts one in place of the field's name in
+    ``list_display``, ``list_display_links``, fieldsets and ``readonly_fields``.
+
+    One is made per request, and reads the field's index once.
+    """
+
+    def __init__(self, field: EmbeddingField, empty_value_display: str) -> None:
+        self.field = field
+        self.__name__ = field.name  # the admin's CSS classes: field-<name>, column-<name>
+        self.short_description = field.verbose_name
+        self.empty_value_display = empty_value_display
+        self._indexes: dict[str, cache.FieldIndex] = {}
+        self._identity: tuple[str | None] | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, EmbeddingColumn):
+            return other.field is self.field
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((EmbeddingColumn, id(self.field)))
+
+    def __repr__(self) -> str:
+        return f"<EmbeddingColumn {self.field.label}>"
+
+    def __call__(self, obj: models.Model) -> str:
+        state = self.state(obj)
+        return self.empty_value_display if state is None else str(_STATE_LABELS[state])
+
+    def state(self, obj: models.Model) -> str | None:
+        """``"embedded"``, ``"pending"``, ``"stale"``, or ``None``: no text to embed."""
+        field = self.field
+        column = obj.__dict__.get(field.attname)
+        meta = self._index(obj._state.db or "default").meta(field.key(obj.pk))
+        if column is None and meta is None:
+            # No save recorded a text (raw SQL, rows from before the field existed) or
+            # the text is empty: only the text tells.
+            return PENDING if field.source_text(obj).strip() else None
+        if is_pending(column, meta):
+            return PENDING
+        identity = self._provider_identity()
+        if meta is not None and identity is not None and meta[1] != identity:
+            return STALE
+        return EMBEDDED
+
+    def _index(self, using: str) -> cache.FieldIndex:
+        if using not in self._indexes:
+            store = self.field.store_for(using)
+            check = invalidation.needs_check()
+            self._indexes[using] = cache.get(store, check=check, keep=self.field.cache)
+        return self._indexes[using]
+
+    def _provider_identity(self) -> str | None:
+        if self._identity is None:
+            try:
+                self._identity = (str(self.field.get_provider().identity),)
+            except Exception:  # a misconfigured provider must not break the admin
+                logger.warning("%s: cannot build its provider", self.field.label, exc_info=True)
+                self._identity = (None,)
+        return self._identity[0]
 
 
 class SemanticChangeList(ChangeList):
@@ -161,10 +235,14 @@ class SemanticSearchAdminMixin(_Base):
         return self._keep_sort(request, queryset, ranked), False
 
     def get_list_display(self, request: HttpRequest) -> Any:
-        display = super().get_list_display(request)
+        display = self._columns(super().get_list_display(request))
         if self._is_ranked(request) and "semantic_similarity" not in display:
             return [*display, "semantic_similarity"]
         return display
+
+    def get_list_display_links(self, request: HttpRequest, list_display: Any) -> Any:
+        links = super().get_list_display_links(request, list_display)
+        return None if links is None else self._columns(links)
 
     @admin.display(description=gettext_lazy("similarity"))
     def semantic_similarity(self, obj: models.Model) -> str:
@@ -198,11 +276,18 @@ class SemanticSearchAdminMixin(_Base):
     # -- change page -------------------------------------------------------------------
 
     def get_readonly_fields(self, request: HttpRequest, obj: models.Model | None = None) -> Any:
-        readonly = list(super().get_readonly_fields(request, obj))
+        readonly = self._columns(super().get_readonly_fields(request, obj))
         for field in embedding_fields(self.model):
-            if field.name not in readonly:
-                readonly.append(field.name)
+            column = self._column(field.name)
+            if column not in readonly:
+                readonly.append(column)
         return readonly
+
+    def get_fieldsets(self, request: HttpRequest, obj: models.Model | None = None) -> Any:
+        return [
+            (name, {**options, "fields": [self._line(line) for line in options["fields"]]})
+            for name, options in super().get_fieldsets(request, obj)
+        ]
 
     def render_change_form(
         self,
@@ -214,8 +299,8 @@ class SemanticSearchAdminMixin(_Base):
         obj: models.Model | None = None,
     ) -> HttpResponse:
         if change and obj is not None:
-            field = self._embedding_field()
-            if getattr(obj, field.attname) is not None:
+            column = EmbeddingColumn(self._embedding_field(), "")
+            if column.state(obj) == EMBEDDED:
                 context["similar_items_url"] = self._similar_url(obj)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
@@ -242,6 +327,23 @@ class SemanticSearchAdminMixin(_Base):
             f"{type(self).__name__}.semantic_search_field is {self.semantic_search_field!r}, "
             f"but {self.model._meta.label} has EmbeddingFields {[f.name for f in fields]!r}."
         )
+
+    def _column(self, name: Any) -> Any:
+        """An :class:`EmbeddingColumn` in place of an EmbeddingField's name."""
+        if isinstance(name, str):
+            for field in embedding_fields(self.model):
+                if name == field.name:
+                    return EmbeddingColumn(field, self.get_empty_value_display())
+        return name
+
+    def _columns(self, names: Any) -> list[Any]:
+        return [self._column(name) for name in names]
+
+    def _line(self, line: Any) -> Any:
+        """A fieldset line: a name, or a tuple of names shown side by side."""
+        if isinstance(line, list | tuple):
+            return tuple(self._column(name) for name in line)
+        return self._column(line)
 
     def _is_column(self, name: str) -> bool:
         try:

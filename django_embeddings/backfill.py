@@ -25,7 +25,14 @@ from django.db import models
 from django_embeddings import cache, writer
 from django_embeddings.fields import EmbeddingField, content_hash, embedding_fields
 
-__all__ = ["MODES", "BackfillResult", "embed_queryset", "existing_keys", "is_pending"]
+__all__ = [
+    "MODES",
+    "BackfillResult",
+    "embed_queryset",
+    "existing_keys",
+    "is_pending",
+    "keys_with_text",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +78,8 @@ def embed_queryset(
 
     - ``"missing"``: pending rows, whose column names a text the store has no vector
       of (``bulk_create``, a failed provider call, a crash after commit, a deferred
-      task that never ran);
+      task that never ran), and rows with a text but a NULL column (inserted by raw
+      SQL, or from before the field existed);
     - ``"stale"``: those, plus rows whose vector was made by another provider
       identity or whose text changed behind the ORM's back (``QuerySet.update()``,
       raw SQL), which reads every row's text;
@@ -116,6 +124,22 @@ def existing_keys(
             found.update(
                 field.key(pk) for pk in manager.filter(pk__in=pks).values_list("pk", flat=True)
             )
+    return found
+
+
+def keys_with_text(
+    field: EmbeddingField, pks: Sequence[Any], *, using: str = "default"
+) -> set[str]:
+    """The keys of the rows among ``pks`` that have a text to embed, read in chunks
+    with only the columns the source needs."""
+    columns = field.source_field_names()
+    manager = field.model._base_manager.using(using)
+    rows = manager.only(field.model._meta.pk.attname, *columns) if columns else manager.all()
+    found: set[str] = set()
+    for start in range(0, len(pks), LOOKUP_CHUNK):
+        for obj in rows.filter(pk__in=pks[start : start + LOOKUP_CHUNK]):
+            if field.source_text(obj).strip():
+                found.add(field.key(obj.pk))
     return found
 
 
@@ -214,7 +238,9 @@ def _batches(
             last = rows[-1][0]
             result.scanned += len(rows)
             current = index()
-            wanted = [pk for pk, column in rows if is_pending(column, current.meta(field.key(pk)))]
+            wanted = [
+                pk for pk, column in rows if _may_be_pending(column, current.meta(field.key(pk)))
+            ]
             yield list(loaded.filter(pk__in=wanted).order_by("pk")) if wanted else []
         else:
             objects = list(loaded.filter(**after).order_by("pk")[:batch_size])
@@ -232,6 +258,13 @@ def is_pending(column: str | None, meta: tuple[str, str] | None) -> bool:
     return meta is None or meta[0] != column
 
 
+def _may_be_pending(column: str | None, meta: tuple[str, str] | None) -> bool:
+    """Pending, or unknown until the text is read: a NULL column with no vector is an
+    empty text, or a row that never went through ``pre_save`` (raw SQL, rows from
+    before the field existed)."""
+    return column is None or is_pending(column, meta)
+
+
 def _needs_work(
     field: EmbeddingField, obj: models.Model, index: cache.FieldIndex, provider: Any, mode: str
 ) -> bool:
@@ -245,6 +278,6 @@ def _needs_work(
     if mode == "all":
         return True
     if mode == "missing":
-        return is_pending(column, meta)
+        return _may_be_pending(column, meta)  # a NULL column: its text was never recorded
     value = content_hash(text)
     return meta != (value, provider.identity) or column != value

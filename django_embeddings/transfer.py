@@ -1,6 +1,6 @@
 """Moving a field's vectors between stores: one portable ``.npz`` file per field.
 
-``dumpdata``/``loaddata`` carry the rows (and the column: the dimension count),
+``dumpdata``/``loaddata`` carry the rows (and the column: the hash of each row's text),
 but not the vectors, which live in the store. :func:`export_field` writes them
 to ``<app_label>.<ModelName>.<field>.npz``; :func:`import_file` stores them in
 another deployment, for the rows that exist there, so nothing is embedded
@@ -8,7 +8,7 @@ again. Files hold only numeric and string arrays and are read with
 ``np.load(..., allow_pickle=False)``:
 
 - ``keys`` (str, n): the rows' primary keys as strings;
-- ``vectors`` (float32, n x d): the vectors as the provider returned them;
+- ``vectors`` (float32, n x d): the vectors, normalized to unit length as searches use them;
 - ``hashes`` (str, n): content hashes of the texts they were made from;
 - ``identities`` (uint16, n), indexing ``identity_names`` (str): provider identities;
 - ``meta`` (a JSON string): ``format``, ``label``, ``dimensions``, ``count``.

@@ -302,7 +302,7 @@ def _recheck(
     gone = [key for key in stored if key not in committed]
     changed = [key for key, value in stored.items() if key in committed and committed[key] != value]
     if gone:
-        delete_vectors(field.store_for(using), gone)
+        remove(field, gone, using=using)  # re-embeds a row created again meanwhile
     if changed:
         if rounds <= 0:
             logger.warning(

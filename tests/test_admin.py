@@ -7,8 +7,10 @@ from django.test import Client
 from django.urls import reverse
 
 from django_embeddings.admin import _searchable
+from django_embeddings.fields import content_hash
 from django_embeddings.querysets import EmbeddingQuerySetMixin
 from tests.testapp.models import Article, Product
+from tests.utils import is_embedded
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -97,9 +99,39 @@ class TestChangelist:
 
     def test_embedding_column_in_list_display(self, client, articles):
         Article.objects.bulk_create([Article(title="unembedded", body="bulk")])
+        Article.objects.create(title="empty", body="")
         content = client.get(CHANGELIST).content.decode()
-        assert '<td class="field-embedding">64</td>' in content
-        assert '<td class="field-embedding">-</td>' in content
+        assert '<th scope="col" class="column-embedding">' in content
+        assert content.count('<td class="field-embedding">embedded</td>') == 4
+        assert content.count('<td class="field-embedding">pending</td>') == 1
+        assert content.count('<td class="field-embedding">-</td>') == 1  # nothing to embed
+        assert content.count('class="field-embedding"') == 6  # never the hash
+
+    def test_embedding_column_shows_stale_and_unrecorded_rows(self, client, articles):
+        field = Article._meta.get_field("embedding")
+        csv = articles["csv"]
+        field.store.put(
+            str(csv.pk),
+            field.store.load_vector(str(csv.pk)),
+            content_hash=content_hash(csv.body),
+            identity="older-model",
+        )
+        # Raw SQL or rows from before the field existed: a text, but a NULL column.
+        Article.objects.filter(pk=articles["json"].pk).update(embedding=None)
+        field.store.delete(str(articles["json"].pk))
+        content = client.get(CHANGELIST).content.decode()
+        assert content.count('<td class="field-embedding">stale</td>') == 1
+        assert content.count('<td class="field-embedding">pending</td>') == 1
+        assert content.count('<td class="field-embedding">embedded</td>') == 2
+
+    def test_embedding_column_as_the_link(self, client, articles, monkeypatch):
+        from tests.testapp.admin import ArticleAdmin
+
+        monkeypatch.setattr(ArticleAdmin, "list_display", ["embedding", "title"])
+        monkeypatch.setattr(ArticleAdmin, "list_display_links", ["embedding"])
+        content = client.get(CHANGELIST).content.decode()
+        url = reverse("admin:testapp_article_change", args=[articles["csv"].pk])
+        assert f'<th class="field-embedding"><a href="{url}">embedded</a></th>' in content
 
     def test_autocomplete_keeps_word_search(self, client, articles):
         admin = _article_admin()
@@ -118,8 +150,9 @@ class TestSimilarItems:
         url = f"{CHANGELIST}?similar_to={csv.pk}"
         assert f'<a href="{url}" class="similarlink">Similar items</a>' in content
         # The embedding column is shown read-only, not as an input.
-        assert '<div class="readonly">64</div>' in content
+        assert '<div class="readonly">embedded</div>' in content
         assert 'name="embedding"' not in content
+        assert content_hash(csv.body) not in content
 
     def test_similar_items_are_ranked_and_exclude_the_item(self, client, articles):
         csv = articles["csv"]
@@ -139,6 +172,10 @@ class TestSimilarItems:
     def test_no_link_for_a_row_without_embedding(self, client):
         (article,) = Article.objects.bulk_create([Article(title="x", body="not embedded")])
         response = client.get(reverse("admin:testapp_article_change", args=[article.pk]))
+        assert "Similar items" not in response.content.decode()
+        assert '<div class="readonly">pending</div>' in response.content.decode()
+        empty = Article.objects.create(title="y", body="")
+        response = client.get(reverse("admin:testapp_article_change", args=[empty.pk]))
         assert "Similar items" not in response.content.decode()
         assert '<div class="readonly">-</div>' in response.content.decode()
 
@@ -188,7 +225,10 @@ class TestModelWithTwoFields:
         lamp = Product.objects.create(name="lamp", description="a bright desk lamp")
         response = client.get(reverse("admin:testapp_product_change", args=[lamp.pk]))
         assert response.status_code == 200
-        assert '<div class="readonly">64</div>' in response.content.decode()
+        content = response.content.decode()
+        assert '<div class="form-row field-full_embedding">' in content
+        assert '<div class="readonly">embedded</div>' in content
+        assert "field-name_embedding" not in content  # not listed in fields
 
     def test_add_page_and_saving_through_the_admin(self, client):
         response = client.get(reverse("admin:testapp_product_add"))
@@ -198,7 +238,9 @@ class TestModelWithTwoFields:
         )
         assert response.status_code == 302
         product = Product.objects.get()
-        assert (product.name_embedding, product.full_embedding) == (16, 64)
+        assert product.name_embedding == content_hash("desk")
+        assert product.full_embedding == content_hash("desk\noak desk")
+        assert is_embedded(product, "name_embedding") and is_embedded(product, "full_embedding")
 
 
 def test_plain_querysets_gain_semantic_search(articles):

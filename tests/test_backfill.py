@@ -9,6 +9,7 @@ from django_embeddings.backfill import BackfillResult, embed_queryset, existing_
 from django_embeddings.fields import content_hash
 from django_embeddings.providers import get_provider
 from tests.testapp.models import Article, ManualDoc, Note, Product, SlugDoc, UUIDDoc
+from tests.utils import column, is_embedded, stored_hash
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,10 +35,13 @@ def bulk_articles(count: int, start: int = 0) -> list[Article]:
 class TestMissing:
     def test_embeds_rows_that_bulk_create_skipped(self):
         articles = bulk_articles(5)
+        # bulk_create records each text's hash but embeds nothing: the rows are pending.
+        assert [column(a) for a in articles] == [content_hash(a.body) for a in articles]
+        assert not any(is_embedded(a) for a in articles)
         (result,) = embed_queryset(Article.objects.all(), batch_size=2)
         assert (result.scanned, result.selected, result.embedded) == (5, 5, 5)
         assert stored(Article) == {str(a.pk) for a in articles}
-        assert set(Article.objects.values_list("embedding", flat=True)) == {64}
+        assert all(is_embedded(a) for a in articles)
         # One provider call per batch: 2 + 2 + 1.
         assert [len(batch) for batch in calls()] == [2, 2, 1]
 
@@ -61,10 +65,10 @@ class TestMissing:
 
         with pytest.raises(Crash):
             embed_queryset(Article.objects.all(), batch_size=2, progress=stop_after_first_batch)
-        assert Article.objects.filter(embedding__isnull=False).count() == 2
+        assert sum(is_embedded(a) for a in Article.objects.all()) == 2
         (result,) = embed_queryset(Article.objects.all(), batch_size=2)
         assert result.embedded == 4
-        assert Article.objects.filter(embedding__isnull=True).count() == 0
+        assert all(is_embedded(a) for a in Article.objects.all())
 
     def test_row_with_a_column_but_no_vector_is_missing(self):
         article = Article.objects.create(title="a", body="lost vector")
@@ -72,6 +76,28 @@ class TestMissing:
         (result,) = embed_queryset(Article.objects.all())
         assert result.embedded == 1
         assert stored(Article) == {str(article.pk)}
+
+    def test_row_whose_save_failed_keeps_its_old_vector_unserved_until_backfill(
+        self, settings, caplog
+    ):
+        article = Article.objects.create(title="a", body="the old text")
+        providers = settings.DJANGO_EMBEDDINGS_PROVIDERS
+        settings.DJANGO_EMBEDDINGS_PROVIDERS = {
+            "default": {"BACKEND": "tests.utils.FailingProvider"}
+        }
+        article.body = "the new text"
+        article.save()  # logged, not raised: the row is pending
+        (record,) = [r for r in caplog.records if r.name == "django_embeddings.writer"]
+        assert record.getMessage().startswith("Could not embed 1 rows of testapp.Article.embedding")
+        assert column(article) == content_hash("the new text")
+        assert stored_hash(article) == content_hash("the old text")
+        settings.DJANGO_EMBEDDINGS_PROVIDERS = providers
+        assert list(Article.objects.semantic_search("the old text", k=5)) == []
+        (result,) = embed_queryset(Article.objects.all())
+        assert (result.selected, result.embedded) == (1, 1)
+        assert calls()[-1] == ["the new text"]
+        assert is_embedded(article)
+        assert list(Article.objects.semantic_search("the new text", k=5)) == [article]
 
     def test_null_column_with_a_current_vector_costs_no_provider_call(self):
         article = Article.objects.create(title="a", body="kept vector")
@@ -81,7 +107,8 @@ class TestMissing:
         assert result.selected == 1 and result.embedded == 0
         assert len(calls()) == before
         article.refresh_from_db()
-        assert article.embedding == 64
+        assert article.embedding == content_hash("kept vector")  # recorded again
+        assert is_embedded(article)
 
     def test_empty_texts_are_not_work(self):
         Article.objects.bulk_create([Article(title="a", body=""), Article(title="b", body="  ")])
@@ -94,14 +121,15 @@ class TestMissing:
         Article.objects.bulk_create([Article(title="draft", body="unpublished", published=False)])
         (result,) = embed_queryset(Article.objects.filter(published=True))
         assert result.total == 2 and result.embedded == 2
-        assert Article.objects.get(title="draft").embedding is None
+        draft = Article.objects.get(title="draft")
+        assert stored_hash(draft) is None and not is_embedded(draft)
 
     def test_dry_run_counts_and_changes_nothing(self):
         bulk_articles(3)
         (result,) = embed_queryset(Article.objects.all(), dry_run=True)
         assert (result.selected, result.embedded, result.dry_run) == (3, 0, True)
         assert calls() == []
-        assert Article.objects.filter(embedding__isnull=True).count() == 3
+        assert stored(Article) == set()
 
     def test_auto_embed_false_rows_are_embedded_only_by_backfill(self):
         ManualDoc.objects.create(text="manual text")
@@ -185,7 +213,9 @@ class TestKeysAndFields:
         (result,) = embed_queryset(Product.objects.all(), field="name_embedding")
         assert result.label == "testapp.Product.name_embedding"
         product = Product.objects.get()
-        assert (product.name_embedding, product.full_embedding) == (16, None)
+        assert is_embedded(product, "name_embedding")
+        assert stored_hash(product, "full_embedding") is None
+        assert not is_embedded(product, "full_embedding")
 
     def test_callable_source_and_uncached_field(self):
         Note.objects.bulk_create([Note(heading=f"h{n}", content="c") for n in range(3)])
@@ -233,7 +263,12 @@ def test_raw_sql_rows_are_found():
             f"INSERT INTO {Article._meta.db_table} (title, body, published) VALUES (%s, %s, %s)",
             ["raw", "inserted by raw SQL", True],
         )
+    # The column is NULL (no save recorded the text), yet the row has a text: pending.
+    article = Article.objects.get()
+    assert article.embedding is None
     (result,) = embed_queryset(Article.objects.all())
     assert result.embedded == 1
-    vector = field_of(Article).store.load_vector(str(Article.objects.get().pk))
+    vector = field_of(Article).store.load_vector(str(article.pk))
     np.testing.assert_array_equal(vector, get_provider().embed(["inserted by raw SQL"])[0])
+    assert column(article) == content_hash("inserted by raw SQL")
+    assert is_embedded(article)

@@ -10,15 +10,18 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 
 from django_embeddings import cache
 from django_embeddings.backfill import embed_queryset
+from django_embeddings.fields import content_hash
 from django_embeddings.management.commands import embeddings_gc
 from django_embeddings.management.commands.embeddings_backfill import ProgressBar
 from django_embeddings.providers import get_provider
 from django_embeddings.store import files, journal
 from tests.otherapp.models import Doc as OtherDoc
 from tests.testapp.models import Article, Doc, Product, SlugDoc
+from tests.utils import is_embedded
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -251,7 +254,7 @@ class TestBackfill:
         Article.objects.bulk_create(Article(title="t", body=f"text {n}") for n in range(3))
         output = run("embeddings_backfill", "testapp.Article")
         assert output == "Embedded 3 of 3 rows of testapp.Article.embedding (--missing).\n"
-        assert Article.objects.filter(embedding=64).count() == 3
+        assert all(is_embedded(a) for a in Article.objects.all())
         assert run("embeddings_backfill", "testapp.Article") == (
             "Embedded 0 of 3 rows of testapp.Article.embedding (--missing).\n"
         )
@@ -317,7 +320,8 @@ class TestBackfill:
             "Deleted every stored vector of testapp.Article.embedding.\n"
             "Embedded 2 of 2 rows of testapp.Article.embedding (--all).\n"
         )
-        assert set(Article.objects.values_list("embedding", flat=True)) == {32}
+        assert field_of(Article).store.stats().dimensions == 32
+        assert all(is_embedded(a) for a in Article.objects.all())
         assert len(Article.objects.semantic_search("text 1", k=5)) == 2
 
     def test_reset_dry_run_deletes_nothing(self):
@@ -392,20 +396,24 @@ class TestStatus:
     def test_counts(self, store_dir):
         embedded = Article.objects.create(title="a", body="embedded")
         Article.objects.bulk_create([Article(title="b", body="never embedded")])
+        Article.objects.create(title="e", body="")  # nothing to embed
         stale = Article.objects.create(title="c", body="old provider")
         orphan = Article.objects.create(title="d", body="deleted by raw SQL")
         Article.objects.filter(pk=orphan.pk)._raw_delete(using="default")
         field = field_of(Article)
         vector = field.store.load_vector(str(stale.pk))
-        field.store.put(str(stale.pk), vector, content_hash="", identity="older-model")
+        field.store.put(
+            str(stale.pk), vector, content_hash=content_hash("old provider"), identity="older-model"
+        )
         (field.store.path / "tmpleftover").write_bytes(b"")
         version = field.store.version()
         output = run("embeddings_status", "testapp.Article")
         assert output == (
             "testapp.Article.embedding\n"
-            "  rows        3\n"
+            "  rows        4\n"
             "  embedded    1\n"
             "  missing     1\n"
+            "  empty       1\n"
             "  stale       1\n"
             "  orphans     1\n"
             "  temp files  1\n"
@@ -416,6 +424,25 @@ class TestStatus:
             "  deferred    no\n"
         )
         assert embedded.pk  # the embedded row is counted as such
+
+    def test_rows_no_save_recorded_are_missing_when_they_have_a_text(self):
+        # Raw SQL (or rows from before the field existed): a NULL column, text or not.
+        with connection.cursor() as cursor:
+            for body in ("inserted by raw SQL", " "):
+                cursor.execute(
+                    f"INSERT INTO {Article._meta.db_table} (title, body, published) "
+                    "VALUES (%s, %s, %s)",
+                    ["raw", body, True],
+                )
+        status = json.loads(run("embeddings_status", "testapp.Article", json=True))
+        counts = status["testapp.Article.embedding"]
+        assert (counts["rows"], counts["missing"], counts["empty"]) == (2, 1, 1)
+        assert run("embeddings_backfill", "testapp.Article") == (
+            "Embedded 1 of 2 rows of testapp.Article.embedding (--missing).\n"
+        )
+        status = json.loads(run("embeddings_status", "testapp.Article", json=True))
+        counts = status["testapp.Article.embedding"]
+        assert (counts["embedded"], counts["missing"], counts["empty"]) == (1, 0, 1)
 
     def test_json(self):
         Article.objects.create(title="a", body="text")
@@ -430,6 +457,7 @@ class TestStatus:
             "rows": 1,
             "embedded": 1,
             "missing": 0,
+            "empty": 0,
             "stale": 0,
             "orphans": 0,
             "temp_files": 0,
@@ -496,12 +524,15 @@ class TestExportImport:
         with np.load(tmp_path / "testapp.Article.embedding.npz", allow_pickle=False) as data:
             assert data["vectors"].shape == (3, 64)
             assert json.loads(str(data["meta"][()]))["label"] == "testapp.Article.embedding"
-        expected = {a.pk: field_of(Article).store.load_vector(str(a.pk)) for a in articles}
+        # Exported as searches use them: normalized.
+        index = cache.get(field_of(Article).store)
+        expected = {a.pk: index.vector(str(a.pk)) for a in articles}
 
-        # Another deployment: the same rows (loaddata), an empty store.
+        # Another deployment: the same rows (loaddata carries their columns, the hashes of
+        # their texts), an empty store.
         settings.DJANGO_EMBEDDINGS_DIR = tmp_path / "restored"
         Article.objects.filter(pk=articles[2].pk)._raw_delete(using="default")
-        Article.objects.update(embedding=None)
+        assert not any(is_embedded(a) for a in articles[:2])
         output = run("embeddings_import", str(tmp_path / "testapp.Article.embedding.npz"))
         assert output == (
             "Imported 2 of 3 embeddings into testapp.Article.embedding (1 skipped: no such row).\n"
@@ -510,8 +541,10 @@ class TestExportImport:
         for pk in (articles[0].pk, articles[1].pk):
             vector = field_of(Article).store.load_vector(str(pk))
             np.testing.assert_array_equal(vector, expected[pk])
-        assert set(Article.objects.values_list("embedding", flat=True)) == {64}
+        # The hashes travel with the vectors: the rows are served, nothing is embedded again.
+        assert all(is_embedded(a) for a in articles[:2])
         before = len(get_provider().calls)  # type: ignore[attr-defined]
+        run("embeddings_backfill", "testapp.Article", verbosity=0)
         run("embeddings_backfill", "testapp.Article", "--stale", verbosity=0)
         assert len(get_provider().calls) == before  # type: ignore[attr-defined]
         hits = Article.objects.semantic_search("text 1", k=1)

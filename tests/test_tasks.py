@@ -12,9 +12,11 @@ from django.db.migrations.writer import MigrationWriter
 
 from django_embeddings import EmbeddingField, cache, tasks
 from django_embeddings.exceptions import EmbeddingsError
+from django_embeddings.fields import content_hash
 from django_embeddings.providers import get_provider
 from django_embeddings.tasks import embed_rows, framework
 from tests.testapp.models import Article, SlugDoc
+from tests.utils import is_embedded, stored_hash
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -67,7 +69,8 @@ class TestDummyBackend:
             assert dummy.results == []  # nothing before commit
         assert calls() == []
         article.refresh_from_db()
-        assert article.embedding is None  # missing until the task runs
+        assert article.embedding == content_hash("deferred text")
+        assert not is_embedded(article)  # pending until the task runs
         (result,) = dummy.results
         assert result.task.module_path == "django_embeddings.tasks.embed_rows"
         assert result.args == ["testapp.Article.embedding", [str(article.pk)], "default"]
@@ -75,8 +78,7 @@ class TestDummyBackend:
 
         # A worker runs it.
         assert result.task.call(*result.args, **result.kwargs) == 1
-        article.refresh_from_db()
-        assert article.embedding == 64
+        assert is_embedded(article)
         assert stored(Article) == {str(article.pk)}
 
     def test_rolled_back_save_enqueues_nothing(self, dummy):
@@ -124,8 +126,7 @@ class TestDummyBackend:
 class TestImmediateBackend:
     def test_embeds_after_commit(self, immediate):
         article = Article.objects.create(title="a", body="embedded by a task")
-        article.refresh_from_db()
-        assert article.embedding == 64
+        assert is_embedded(article)
         assert calls() == [["embedded by a task"]]
 
     def test_failure_is_recorded_by_the_backend_and_the_row_stays_missing(
@@ -153,7 +154,8 @@ class TestImmediateBackend:
         assert result.status == "FAILED"
         assert result.errors[0].exception_class_path == "django_embeddings.exceptions.ProviderError"
         article.refresh_from_db()
-        assert article.embedding is None
+        assert article.embedding == content_hash("provider is down")
+        assert stored_hash(article) is None  # pending: embeddings_backfill embeds it
 
     def test_failure_raises_even_when_errors_are_only_logged(self, settings, caplog):
         settings.DJANGO_EMBEDDINGS_ON_ERROR = "log"
@@ -164,8 +166,9 @@ class TestImmediateBackend:
         pk = str(Article.objects.get().pk)
         with caplog.at_level(logging.CRITICAL), pytest.raises(EmbeddingsError) as excinfo:
             embed_rows.call("testapp.Article.embedding", [pk])  # type: ignore[attr-defined]
-        assert str(excinfo.value).startswith(
-            "testapp.Article.embedding: 1 of 1 rows are still not embedded"
+        assert str(excinfo.value) == (
+            f"Provider 'hashing-v1-64' failed to embed testapp.Article.embedding (rows {pk!r}): "
+            "the provider is down"
         )
 
 

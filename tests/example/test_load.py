@@ -14,9 +14,11 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
+from django_embeddings.backfill import embed_queryset
 from example_project.docs import corpus as corpus_module
 from example_project.docs.management.commands.load_stdlib_docs import collect, upsert
 from example_project.docs.models import Document
+from tests.utils import is_embedded
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -103,8 +105,10 @@ class TestLoadCommand:
             "json.tool",
             "gzip",
         }
-        # bulk_create sends no signals: the rows wait for embeddings_backfill.
-        assert not Document.objects.filter(embedding__isnull=False).exists()
+        # bulk_create embeds nothing: the rows are pending until embeddings_backfill.
+        (pending,) = embed_queryset(Document.objects.all(), dry_run=True)
+        assert pending.selected == count
+        assert not any(is_embedded(doc) for doc in Document.objects.all())
 
         assert "0 new, 0 changed, 0 removed." in run("load_stdlib_docs", modules="json,gzip")
 
@@ -113,7 +117,7 @@ class TestLoadCommand:
         output = run("embeddings_backfill", "docs.Document")
         total = Document.objects.count()
         assert f"Embedded {total} of {total} rows of docs.Document.embedding" in output
-        assert not Document.objects.filter(embedding__isnull=True).exists()
+        assert all(is_embedded(doc) for doc in Document.objects.all())
         top = Document.objects.semantic_search("compress bytes", k=1).get()
         assert top.module == "gzip"
 
@@ -127,6 +131,10 @@ class TestLoadCommand:
         doc = Document.objects.get(kind=changed["kind"], name=changed["name"])
         assert doc.body == "A new text."
         assert doc.embedding is None  # embeddings_backfill embeds it again
+        assert not is_embedded(doc)
+        (pending,) = embed_queryset(Document.objects.all())
+        assert pending.embedded == 1
+        assert is_embedded(doc)
         assert not Document.objects.filter(name=records[-1]["name"]).exists()
 
     def test_unknown_modules(self) -> None:

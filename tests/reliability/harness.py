@@ -76,7 +76,7 @@ class Database:
         with _connect(self.name) as conn:
             conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY")
 
-    def rows(self) -> dict[int, tuple[str, int | None]]:
+    def rows(self) -> dict[int, tuple[str, str | None]]:
         with _connect(self.name) as conn:
             cursor = conn.execute("SELECT id, body, embedding FROM testapp_article")
             return {pk: (body, column) for pk, body, column in cursor}
@@ -183,6 +183,7 @@ BAD = (
     "stale",
     "phantom",
     "column",
+    "served",
     "corrupt",
     "orphan_files",
     "temp_files",
@@ -274,7 +275,7 @@ def run_concurrency(
         rows_checked=report["rows"],
     )
     outcome.lost = len(report["missing"]) + len(report["phantom"])
-    outcome.stale = len(report["stale"]) + len(report["corrupt"])
+    outcome.stale = len(report["stale"]) + len(report["corrupt"]) + len(report["served"])
     outcome.details = {
         "counts": dict(counts),
         "errors": [e for s in summaries for e in s["errors"]],
@@ -364,8 +365,9 @@ def run_crashes(
             outcome.rows_checked += report["rows"]
             in_flight = {str(pk) for pk in _last_in_flight(ledger)}
             label = f"kill {kill} ({point or 'random instant'}, seed {seed + kill})"
-            # Only rows of the interrupted transaction may disagree; nothing may be corrupt.
-            for category in ("missing", "stale", "phantom", "column"):
+            # Only rows of the interrupted transaction may be pending (or orphaned); no
+            # column may name another text, no pending row be served, nothing be corrupt.
+            for category in ("missing", "stale", "phantom"):
                 inside = set(report[category]) & in_flight
                 window[category] += len(inside)
                 outside = set(report[category]) - in_flight
@@ -374,7 +376,7 @@ def run_crashes(
                     violations.append(
                         f"{label}: {category} {sorted(outside)} outside the in-flight rows"
                     )
-            for category in ("corrupt", "problems", "search_errors"):
+            for category in ("column", "served", "corrupt", "problems", "search_errors"):
                 if report[category]:
                     bad["stale"] += len(report[category])
                     violations.append(f"{label}: {category} {report[category]}")
@@ -383,7 +385,7 @@ def run_crashes(
             after = server.call("audit", searches=10)["report"]
             if summarize(after):
                 bad["lost"] += len(after["missing"]) + len(after["phantom"])
-                bad["stale"] += len(after["stale"]) + len(after["corrupt"])
+                bad["stale"] += len(after["stale"]) + len(after["corrupt"]) + len(after["served"])
                 violations.append(f"{label}: after repair {summarize(after)}")
     finally:
         server.close()
@@ -732,8 +734,9 @@ def run_redis_faults(
 def run_disk_faults(db: Database, scratch: Path, *, saves: int = 20) -> Outcome:
     """Saves into a read-only, then a full store directory; then space returns and a repair.
 
-    A failed save must raise an error naming the field and leave a NULL column; after
-    ``embeddings_backfill`` the store must equal the database again.
+    A failed save must report an error naming the field (logged and sent as
+    ``embedding_failed``) and leave its row pending, never served; after
+    ``embeddings_backfill --missing`` the store must equal the database again.
     """
     from tests.reliability.disks import Tmpfs
 
@@ -761,13 +764,13 @@ def run_disk_faults(db: Database, scratch: Path, *, saves: int = 20) -> Outcome:
             else:
                 disk.free()
         report = server.call("audit")["report"]
-        if report["column"] or report["corrupt"] or report["search_errors"]:
+        if report["column"] or report["served"] or report["corrupt"] or report["search_errors"]:
             problems.append(f"before the repair: {summarize(report)}")
         server.call("repair")
         after = server.call("audit")["report"]
         outcome.rows_checked = after["rows"]
         outcome.lost = len(after["missing"]) + len(after["phantom"])
-        outcome.stale = len(after["stale"]) + len(after["corrupt"])
+        outcome.stale = len(after["stale"]) + len(after["corrupt"]) + len(after["served"])
         if summarize(after):
             problems.append(f"after the repair: {summarize(after)}")
     finally:

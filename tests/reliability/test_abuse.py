@@ -3,8 +3,10 @@
 Keys become file names only through SHA-256, so ``../``, ``/``, NUL or unicode in
 a key can never name a path. A NUL in a key is refused with a ``StoreError``
 naming the field (numpy's fixed-width strings would drop a trailing NUL, so such
-a key could not be found again); databases that accept NUL in keys are rare.
-Source texts are cut to ``DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH`` characters.
+a key could not be found again), logged and sent as ``embedding_failed`` after
+commit; the row stays pending. Databases that accept NUL in keys are rare.
+Source texts are cut to ``DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH`` characters; a blank query
+text is refused with a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -20,15 +23,17 @@ from hypothesis import strategies as st
 
 from django_embeddings import cache
 from django_embeddings.exceptions import StoreError
+from django_embeddings.fields import content_hash
 from django_embeddings.providers import get_provider
 from tests.testapp.models import Article, SlugDoc
+from tests.utils import failures, is_embedded, pending_count
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ALLOWED = re.compile(
     r"\A(?:_vectors-\d+|_journal|_lock|_index\.json|_dimensions"
     r"|snapshot-\d+|(?:vectors|keys|hashes|identities|raw|times)\.npy|meta\.json"
-    r"|testapp\.\w+|embedding)\Z"
+    r"|testapp\.\w+|embedding|@test-[0-9a-f]{12})\Z"
 )
 NASTY_KEYS = [
     "../../../etc/passwd",
@@ -78,6 +83,15 @@ def texts() -> st.SearchStrategy[str]:
     return st.sampled_from(["", "   ", "\n\t", "😀", "../../x"]) | st.text(alphabet, max_size=400)
 
 
+def search(queryset, text: str, k: int) -> list[Any]:  # type: ignore[no-untyped-def]
+    """A search by any text: the hits, or for a blank text the documented refusal."""
+    if not text.strip():
+        with pytest.raises(ValueError, match="needs a query text"):
+            queryset.semantic_search(text, k=k)
+        return []
+    return list(queryset.semantic_search(text, k=k))
+
+
 def assert_only_store_files(root: Path) -> None:
     """Everything under the store directory has a name the store chose."""
     for directory, subdirs, names in os.walk(root):
@@ -93,17 +107,19 @@ def test_any_key_and_text_on_slugdoc(store_dir: Path, key: str, text: str) -> No
     field = SlugDoc._meta.get_field("embedding")
     try:
         if "\x00" in key:
-            with pytest.raises(StoreError) as raised:
+            with failures() as seen:
                 SlugDoc.objects.create(slug=key, text=text if text.strip() else "some text")
-            assert "testapp.SlugDoc.embedding" in str(raised.value)
-            assert "NUL" in str(raised.value)
-            assert SlugDoc.objects.get(slug=key).embedding is None
+            (failure,) = seen
+            assert isinstance(failure["exception"], StoreError)
+            assert "testapp.SlugDoc.embedding" in str(failure["exception"])
+            assert "NUL" in str(failure["exception"])
+            assert not is_embedded(SlugDoc.objects.get(slug=key))
         else:
             doc = SlugDoc.objects.create(slug=key, text=text)
             doc.refresh_from_db()
             index = cache.get(field.store)  # type: ignore[union-attr]
             if text.strip():
-                assert doc.embedding == 64
+                assert doc.embedding == content_hash(text) and is_embedded(doc)
                 assert index.keys() == [key]
                 assert [d.slug for d in SlugDoc.objects.semantic_search(text, k=1)] == [key]
             else:
@@ -111,7 +127,7 @@ def test_any_key_and_text_on_slugdoc(store_dir: Path, key: str, text: str) -> No
             doc.delete()
             assert cache.get(field.store).keys() == []  # type: ignore[union-attr]
         # Searching with the hostile text as the query never fails either.
-        list(SlugDoc.objects.semantic_search(key or "empty", k=3))
+        search(SlugDoc.objects.all(), key or "empty", k=3)
     finally:
         SlugDoc.objects.all().delete()
     assert set(os.listdir(store_dir.parent)) - before <= {store_dir.name}
@@ -125,8 +141,9 @@ def test_any_text_on_article_and_as_a_query(text: str) -> None:
     article = Article.objects.create(title="t", body=text)
     try:
         article.refresh_from_db()
-        assert article.embedding == (64 if text.strip() else None)
-        found = list(Article.objects.semantic_search(text, k=3))
+        assert article.embedding == (content_hash(text) if text.strip() else None)
+        assert is_embedded(article) == bool(text.strip())
+        found = search(Article.objects.all(), text, k=3)
         assert found == ([article] if text.strip() else [])
         assert list(Article.objects.filter(title="t").semantic_search(text + "!", k=1)) in (
             [article],
@@ -143,11 +160,14 @@ def test_nul_in_a_key_at_the_field_level_is_a_clear_error_and_the_cache_survives
     if not allows_nul():
         pytest.skip("PostgreSQL refuses NUL in keys before the field sees them")
     good = SlugDoc.objects.create(slug="good", text="a row about csv")
-    with pytest.raises(StoreError, match=r"testapp\.SlugDoc\.embedding.*NUL"):
+    with failures() as seen:
         SlugDoc.objects.create(slug="bad\x00key", text="a row about json")
-    settings.DJANGO_EMBEDDINGS_ON_ERROR = "log"
-    SlugDoc.objects.create(slug="\x00", text="logged, not raised")
-    assert SlugDoc.objects.filter(embedding__isnull=True).count() == 2
+        SlugDoc.objects.create(slug="\x00", text="logged, not raised")
+    assert [f["keys"] for f in seen] == [["bad\x00key"], ["\x00"]]
+    for failure in seen:
+        assert isinstance(failure["exception"], StoreError)
+        assert re.search(r"testapp\.SlugDoc\.embedding.*NUL", str(failure["exception"]))
+    assert pending_count(SlugDoc) == 2
     assert list(SlugDoc.objects.semantic_search("csv", k=5)) == [good]
     good.text = "a row about yaml"
     good.save()

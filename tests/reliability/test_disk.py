@@ -1,11 +1,11 @@
 """A read-only or full store directory: clear errors, committed rows, no half-written state.
 
-The database commits first; the store write after commit fails. With
-``DJANGO_EMBEDDINGS_ON_ERROR = "raise"`` the save raises a ``StoreError`` naming
-the field; with ``"log"`` it logs one error. Either way the row is committed with
-a NULL column (``embeddings_backfill --missing`` finds it), searches keep
-answering from what was stored, and once the disk is writable again saves work
-and a backfill catches up.
+The database commits first; the store write after commit fails. The save
+returns and logs one error naming the field (a ``StoreError``, also sent as
+``embedding_failed``), whatever ``DJANGO_EMBEDDINGS_ON_ERROR`` says. The row is
+committed and pending (``embeddings_backfill --missing`` finds it), searches keep
+answering from what was stored without ever serving a vector of an older text,
+and once the disk is writable again saves work and a backfill catches up.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from django_embeddings.providers import get_provider
 from tests.conftest import skip_or_fail
 from tests.reliability.disks import Tmpfs, mount_problem
 from tests.testapp.models import Article
+from tests.utils import failures, is_embedded, pending_count, stored_hash
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -61,7 +62,7 @@ def assert_store_matches_database() -> None:
     rows = {str(a.pk): a for a in Article.objects.all()}
     assert sorted(index.keys()) == sorted(rows)
     for key, article in rows.items():
-        assert article.embedding == 64
+        assert article.embedding == content_hash(article.body)
         assert index.meta(key) == (content_hash(article.body), provider.identity)
         np.testing.assert_array_equal(store.load_vector(key), provider.embed([article.body])[0])
     names = os.listdir(store.path)
@@ -75,34 +76,44 @@ def backfill() -> str:
 
 
 class TestReadOnly:
-    def test_save_raises_a_store_error_naming_the_field(self, disk: Tmpfs) -> None:
+    def test_save_reports_a_store_error_naming_the_field(self, disk: Tmpfs) -> None:
         kept = Article.objects.create(title="kept", body="stored before the disk went read-only")
         disk.readonly()
-        with pytest.raises(StoreError) as raised:
-            Article.objects.create(title="new", body="written while read-only")
-        assert LABEL in str(raised.value)
-        assert "Read-only file system" in str(raised.value)
-        new = Article.objects.get(title="new")  # committed
-        assert new.embedding is None  # reported missing
+        with failures() as seen:
+            new = Article.objects.create(title="new", body="written while read-only")
+        (failure,) = seen
+        assert isinstance(failure["exception"], StoreError)
+        assert LABEL in str(failure["exception"])
+        assert "Read-only file system" in str(failure["exception"])
+        assert failure["keys"] == [str(new.pk)]
+        new.refresh_from_db()  # committed, and pending
+        assert new.embedding == content_hash("written while read-only")
+        assert not is_embedded(new)
         # Searches still answer from what was stored.
         assert list(Article.objects.semantic_search("stored before", k=5)) == [kept]
-        # An update of an embedded row fails the same way and leaves its column NULL.
+        # An update of an embedded row fails the same way: its old vector stays in the
+        # store, but it is of another text, so no search serves it.
         kept.body = "changed while read-only"
-        with pytest.raises(StoreError):
+        with failures() as seen:
             kept.save()
-        kept.refresh_from_db()
-        assert kept.embedding is None
+        assert len(seen) == 1 and isinstance(seen[0]["exception"], StoreError)
+        assert stored_hash(kept) == content_hash("stored before the disk went read-only")
+        assert not is_embedded(kept)
+        assert list(Article.objects.semantic_search("stored before", k=5)) == []
+        assert pending_count(Article) == 2
         disk.writable()
-        assert "2" in backfill() or Article.objects.filter(embedding__isnull=True).count() == 0
+        assert backfill() == f"Embedded 2 of 2 rows of {LABEL} (--missing).\n"
         assert_store_matches_database()
 
-    def test_with_on_error_log_the_save_logs_one_error(
+    @pytest.mark.parametrize("on_error", ["raise", "log"])
+    def test_the_save_logs_one_error_whatever_on_error_says(
         self,
         disk: Tmpfs,
-        settings,
-        caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
+        settings,  # type: ignore[no-untyped-def]
+        caplog: pytest.LogCaptureFixture,
+        on_error: str,
     ) -> None:
-        settings.DJANGO_EMBEDDINGS_ON_ERROR = "log"
+        settings.DJANGO_EMBEDDINGS_ON_ERROR = on_error
         Article.objects.create(title="kept", body="stored first")
         disk.readonly()
         with caplog.at_level(logging.WARNING):
@@ -110,8 +121,7 @@ class TestReadOnly:
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert len(errors) == 1
         assert LABEL in errors[0].getMessage()
-        article.refresh_from_db()
-        assert article.embedding is None
+        assert not is_embedded(article) and pending_count(Article) == 1
         disk.writable()
         Article.objects.create(title="later", body="written once writable again")
         backfill()
@@ -121,9 +131,11 @@ class TestReadOnly:
         article = Article.objects.create(title="a", body="to be deleted")
         Article.objects.create(title="b", body="to be kept")
         disk.readonly()
-        with pytest.raises(EmbeddingsError) as raised:
+        with failures() as seen:
             article.delete()
-        assert LABEL in str(raised.value)
+        (failure,) = seen
+        assert isinstance(failure["exception"], EmbeddingsError)
+        assert LABEL in str(failure["exception"])
         assert not Article.objects.filter(title="a").exists()
         # The stale entry is never returned: searches skip rows that do not exist.
         assert [a.title for a in Article.objects.semantic_search("to be deleted", k=5)] == ["b"]
@@ -135,10 +147,12 @@ class TestReadOnly:
 
     def test_first_write_into_a_read_only_directory(self, disk: Tmpfs) -> None:
         disk.readonly()
-        with pytest.raises(StoreError) as raised:
+        with failures() as seen:
             Article.objects.create(title="first", body="the very first row")
-        assert LABEL in str(raised.value)
-        assert Article.objects.get().embedding is None
+        (failure,) = seen
+        assert isinstance(failure["exception"], StoreError)
+        assert LABEL in str(failure["exception"])
+        assert not is_embedded(Article.objects.get()) and pending_count(Article) == 1
         assert list(Article.objects.semantic_search("first row", k=3)) == []
         disk.writable()
         backfill()
@@ -150,20 +164,19 @@ class TestFull:
         for n in range(5):
             Article.objects.create(title=f"r{n}", body=f"row number {n} about csv files")
         disk.fill()
-        failures = 0
-        for n in range(5, 40):
-            try:
+        with failures() as seen:
+            for n in range(5, 40):
                 Article.objects.create(title=f"r{n}", body=f"row number {n} about json files")
-            except StoreError as exc:
-                assert LABEL in str(exc)
-                assert "No space left on device" in str(exc)
-                failures += 1
-        assert failures > 0
-        missing = Article.objects.filter(embedding__isnull=True).count()
-        assert missing == failures
+        assert seen
+        for failure in seen:
+            assert isinstance(failure["exception"], StoreError)
+            assert LABEL in str(failure["exception"])
+            assert "No space left on device" in str(failure["exception"])
+        assert pending_count(Article) == len(seen)
         # Nothing half-written is loaded: a fresh load sees only complete entries.
         index = cache.reload(Article._meta.get_field("embedding").store)  # type: ignore[union-attr]
-        assert len(index) == Article.objects.exclude(embedding__isnull=True).count()
+        embedded = [a for a in Article.objects.all() if is_embedded(a)]
+        assert len(index) == len(embedded) == Article.objects.count() - len(seen)
         assert not [n for n in os.listdir(store_dir()) if n.startswith("tmp")]
         disk.free()
         Article.objects.create(title="after", body="space is back")
@@ -176,11 +189,12 @@ class TestFull:
             Article.objects.create(title=f"r{n}", body=f"row {n} about yaml") for n in range(5)
         ]
         disk.fill()
-        for article in articles[:4]:
-            try:
+        with failures() as seen:
+            for article in articles[:4]:
                 article.delete()
-            except EmbeddingsError as exc:
-                assert LABEL in str(exc)
+        for failure in seen:
+            assert isinstance(failure["exception"], EmbeddingsError)
+            assert LABEL in str(failure["exception"])
         disk.free()
         out = StringIO()
         call_command("embeddings_gc", LABEL, "--min-age=0", stdout=out)

@@ -3,7 +3,8 @@
 Per field: rows in the table; rows embedded by the current provider; rows
 missing (pending: the store has no vector of the text their column names, as
 after ``bulk_create``, a failed provider call, a crash after commit or a
-deferred task that has not run yet); rows with no text to embed; rows stale
+deferred task that has not run yet, or rows with a text but a NULL column, from
+raw SQL or from before the field existed); rows with no text to embed; rows stale
 (embedded by another provider identity);
 orphans (vectors of rows that no longer exist, and vector files with no index
 entry); temp files; the store's version, journal length and dimensions.
@@ -21,7 +22,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandParser
 
 from django_embeddings import cache
-from django_embeddings.backfill import is_pending
+from django_embeddings.backfill import is_pending, keys_with_text
 from django_embeddings.checks import read_only_check_tags
 from django_embeddings.exceptions import EmbeddingsError
 from django_embeddings.fields import EmbeddingField
@@ -100,19 +101,26 @@ def field_status(field: EmbeddingField, using: str = "default") -> dict[str, Any
         if not batch:
             break
         last = batch[-1][0]
+        unrecorded: list[Any] = []
         for pk, column in batch:
             rows += 1
             meta = index.meta(field.key(pk))
             if meta is not None:
                 indexed_rows += 1
             if column is None and meta is None:
-                empty += 1  # no text to embed
+                unrecorded.append(pk)  # an empty text, or one no save has recorded
             elif is_pending(column, meta):
                 missing += 1
             elif identity is not None and meta is not None and meta[1] != identity:
                 stale += 1
             else:
                 embedded += 1
+        if unrecorded:
+            # Rows from raw SQL or from before the field existed have a text but a NULL
+            # column: pending, as embeddings_backfill --missing finds them.
+            with_text = len(keys_with_text(field, unrecorded, using=using))
+            missing += with_text
+            empty += len(unrecorded) - with_text
     return {
         "rows": rows,
         "embedded": embedded,
