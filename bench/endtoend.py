@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import machine
+from bench.report import _ms, _n
 from bench.run import RESULTS, ROOT, _last_result, log, private_database, private_redis
 
 PG_NAME = "django_embeddings_endtoend"
@@ -238,22 +239,6 @@ FILTER_CALLS = {
     "10%": ("filter(bucket__lt=10).", " (10 %)"),
     "50%": ("filter(bucket__lt=50).", " (50 %)"),
 }
-
-
-def _n(value: int) -> str:
-    if value >= 1_000_000 and value % 1_000_000 == 0:
-        return f"{value // 1_000_000}M"
-    if value >= 1_000 and value % 1_000 == 0:
-        return f"{value // 1_000}k"
-    return f"{value:,}"
-
-
-def _ms(value: float) -> str:
-    if value >= 100:
-        return f"{value:,.0f} ms"
-    if value >= 10:
-        return f"{value:.1f} ms"
-    return f"{value:.2f} ms"
 
 
 def _met(ok: bool) -> str:
