@@ -456,9 +456,6 @@ def loaded(label: str) -> FieldIndex | None:
     return None
 
 
-def loaded_for(store: Store) -> FieldIndex | None:
-    return _indexes.get(str(store.path))
-
 
 def loaded_indexes() -> list[FieldIndex]:
     """Every index this process holds (to catch them all up after missed news)."""

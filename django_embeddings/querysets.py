@@ -47,8 +47,6 @@ logger = logging.getLogger(__name__)
 
 MAX_K = 1_000
 MISSING = object()
-# Primary keys per verifying query: stays inside every backend's parameter limit.
-VERIFY_CHUNK = 5_000
 
 
 @dataclass(eq=False)
