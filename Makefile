@@ -55,7 +55,7 @@ demo: $(DEMO_VENV)/.installed
 
 # make bench: what a user's calls cost next to the same written by hand, on SQLite and
 # PostgreSQL (bench/endtoend.py), in a virtualenv of its own. `make bench QUICK=1` runs 5k and
-# 100k rows in a few minutes; the full run adds 1M rows (tens of minutes, ~15 GB of temp disk).
+# 100k rows in about ten minutes; the full run adds 1M rows (an hour or more, ~15 GB of temp disk).
 # make bench-peers: the store side by side with popoto, numpy and FAISS (bench/run.py).
 # Results: bench/results/. OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE (set on some machines for old
 # OpenBLAS builds) slow a current numpy, so they are unset for these commands alone.

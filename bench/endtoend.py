@@ -459,7 +459,9 @@ NOTES = """\
   `values_list("pk", flat=True)` per query, mapped to matrix rows (`np.searchsorted`), then either
   only those rows are scored, `matrix[rows] @ v` (**gather**), or all rows are scored and the
   others set to -inf (**mask**), whichever was faster for that filter on warm-up queries (shown
-  next to the time). Medians over the same queries, the two sides alternating which goes first.
+  next to the time). Medians over the same queries, the two sides alternating which goes first:
+  each call follows one of the other side, as in a server doing other work between searches (a
+  tight loop of one side alone runs faster on warm CPU caches, by-hand most of all).
   "Same rows": queries where both returned the same rows with the same scores position by
   position (scores equal to 6 digits may swap). A row stops early, after at least 3 queries, once
   it has taken its time budget (k=1000 rows can take a second a call).
