@@ -456,7 +456,6 @@ def loaded(label: str) -> FieldIndex | None:
     return None
 
 
-
 def loaded_indexes() -> list[FieldIndex]:
     """Every index this process holds (to catch them all up after missed news)."""
     with _registry_lock:
