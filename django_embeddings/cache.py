@@ -19,16 +19,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from django_embeddings.ranking import Ranking
 from django_embeddings.store import Entry, State, Store, normalize
 from django_embeddings.store import keys as row_keys
 from django_embeddings.typing import Matrix, Vector
 
 logger = logging.getLogger(__name__)
-
-
-# Scores equal to this many digits count as tied: BLAS can round equal vectors'
-# scores differently by their position in the matrix, and ties go by key.
-TIE_DIGITS = 6
 
 
 @dataclass(frozen=True)
@@ -236,32 +232,40 @@ class FieldIndex:
         ``candidates`` restricts the search to those keys (a filtered queryset).
         Ties are broken by key (integers numerically), so the order is deterministic.
         """
-        if k <= 0 or self.dimensions is None:
+        ranking = self.ranking(query, identity=identity, candidates=candidates, exclude=exclude)
+        if ranking is None or k <= 0:
             return []
+        top = ranking.top(k)
+        return [Hit(str(key), score) for key, score in zip(top.keys, top.scores, strict=True)]
+
+    def ranking(
+        self,
+        query: Vector,
+        *,
+        identity: str,
+        candidates: Sequence[str] | npt.NDArray[np.int64] | None = None,
+        exclude: str | None = None,
+    ) -> Ranking | None:
+        """``query`` scored once against every row :meth:`search` would consider, for
+        callers that may ask for more hits; ``None`` while the store holds no vector."""
+        if self.dimensions is None:
+            return None
         if query.shape != (self.dimensions,):
             raise ValueError(
                 f"{self.store.label}: the query has {query.shape[-1]} dimensions, "
                 f"the stored vectors {self.dimensions}."
             )
-        unit = normalize(query)
-        with self.lock:
-            base_ok, tail_ok = self._valid(identity)
-            used = len(self.tail_keys)
-            tail, tail_keys = self.tail[:used], self.tail_keys[:used]
-        if exclude is not None:
-            base_ok, tail_ok = base_ok.copy(), tail_ok.copy()
-            _clear(base_ok, tail_ok, self.base_keys, self.tail_rows, [exclude])
-        if candidates is not None:
-            base_ok, tail_ok = self._restrict(base_ok, tail_ok, candidates)
-        hits = [
-            Hit(str(self.base_keys[row]), score)
-            for row, score in _best(self.base, base_ok, unit, k)
-        ]
-        hits += [Hit(tail_keys[row], score) for row, score in _best(tail, tail_ok, unit, k)]
-        hits.sort(key=lambda hit: (-round(hit.score, TIE_DIGITS), *_natural(hit.key)))
-        return hits[:k]
+        return Ranking(self, query, identity=identity, candidates=candidates, exclude=exclude)
 
-    def _restrict(
+    def without(
+        self, base_ok: npt.NDArray[np.bool_], tail_ok: npt.NDArray[np.bool_], keys: Iterable[str]
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """Copies of the masks with ``keys`` cleared."""
+        base_ok, tail_ok = base_ok.copy(), tail_ok.copy()
+        _clear(base_ok, tail_ok, self.base_keys, self.tail_rows, keys)
+        return base_ok, tail_ok
+
+    def restricted(
         self,
         base_ok: npt.NDArray[np.bool_],
         tail_ok: npt.NDArray[np.bool_],
@@ -276,7 +280,9 @@ class FieldIndex:
             rows = row_keys.rows_of(self.base_keys, candidates)
         base_mask[rows[rows >= 0]] = True
         tail_mask = np.zeros_like(tail_ok)
-        if isinstance(candidates, np.ndarray):
+        if not self.tail_rows:
+            pass
+        elif isinstance(candidates, np.ndarray):
             wanted = set(candidates.tolist())
             for key, row in self.tail_rows.items():
                 if row < len(tail_mask) and row_keys.as_int(key) in wanted:
@@ -288,7 +294,7 @@ class FieldIndex:
                     tail_mask[found] = True
         return base_ok & base_mask, tail_ok & tail_mask
 
-    def _valid(self, identity: str) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    def valid_rows(self, identity: str) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
         """Live rows made by ``identity``: rows from another model are not comparable."""
         cached = self._valid_cache.get(identity)
         if cached is not None and cached[0] == self._changes:
@@ -318,12 +324,6 @@ class FieldIndex:
         return base_ok, tail_ok
 
 
-def _natural(key: str) -> tuple[int, int, str]:
-    """Integer keys in numeric order (9 before 10), then any other key as text."""
-    number = row_keys.as_int(key)
-    return (0, number, "") if number is not None else (1, 0, key)
-
-
 def _find(keys: row_keys.Keys, key: str) -> int | None:
     return row_keys.find(keys, key)
 
@@ -342,31 +342,6 @@ def _clear(
         tail_row = tail_rows.get(key)
         if tail_row is not None and tail_row < len(tail_ok):
             tail_ok[tail_row] = False
-
-
-def _best(
-    matrix: Matrix, mask: npt.NDArray[np.bool_], unit: Vector, k: int
-) -> list[tuple[int, float]]:
-    """``(row, score)`` of the ``k`` best rows where ``mask`` is set, plus any rows tied
-    with the ``k``-th (to ``TIE_DIGITS``), so that the caller's tie-break by key is exact."""
-    count = int(np.count_nonzero(mask))
-    if not count:
-        return []
-    if count * 4 < len(mask):
-        rows = np.flatnonzero(mask)  # few rows: score only those
-        scores = np.asarray(matrix[rows]) @ unit
-    else:
-        rows = None  # most rows: one pass over the matrix, masking the rest
-        scores = np.asarray(matrix @ unit)
-        if count < len(mask):
-            scores[~mask] = -np.inf
-    if k < count:
-        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-        top = np.flatnonzero(scores >= kth - 10.0**-TIE_DIGITS)
-    else:
-        top = np.flatnonzero(scores > -np.inf) if rows is None else np.arange(len(scores))
-    found = top if rows is None else rows[top]
-    return [(int(row), float(scores[i])) for row, i in zip(found, top, strict=True)]
 
 
 def _stat(store: Store) -> tuple[int, int, int] | None:

@@ -31,14 +31,14 @@ from django.db.models import F
 from django.db.models.functions import Cast
 from django.db.models.lookups import Lookup
 from django.db.models.query import ModelIterable
-from django.db.models.sql.constants import GET_ITERATOR_CHUNK_SIZE, MULTI
+from django.db.models.sql.constants import MULTI
 
 from django_embeddings import cache, invalidation
-from django_embeddings.cache import Hit
 from django_embeddings.conf import conf
 from django_embeddings.exceptions import EmbeddingsError
 from django_embeddings.fields import EmbeddingField, embedding_fields
 from django_embeddings.providers import embed_checked
+from django_embeddings.ranking import Top
 from django_embeddings.typing import Vector
 
 __all__ = ["MAX_K", "EmbeddingManager", "EmbeddingQuerySet", "EmbeddingQuerySetMixin"]
@@ -47,6 +47,11 @@ logger = logging.getLogger(__name__)
 
 MAX_K = 1_000
 MISSING = object()
+# A filter selecting at most this share of the stored rows is narrow: the keys it
+# selects are read and only their rows scored. Reading a key costs the database about
+# as much as scoring 10 to 30 rows of the matrix.
+NARROW_SHARE = 0.05
+_KEY_CHUNK = 2_000
 
 
 @dataclass(eq=False)
@@ -527,76 +532,47 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
 
     def _candidates(self, search: Search) -> Iterator[tuple[Ranked, bool]]:
         """Growing lists of hits for the database to check; ``complete`` when no row
-        outside the list could qualify."""
+        outside the list could qualify. The scores are computed once: asking for more
+        hits (rows a broad filter rejects, rows still pending) re-reads them only."""
         field = search.field
         index = self._index(field)
-        identity = field.get_provider().identity
         stored = len(index)
-        if not stored or not np.any(search.vector):
-            self._warn_if_never_embedded(field, stored)
-            yield Ranked([], []), True
-            return
-        base = self._candidates_base(search)
-        fetch = search.k + (1 if search.exclude else 0)
-        if base.query.where:
-            # A narrow filter: score only the rows it selects, checked in Python.
-            # Reading up to a quarter of the rows' keys costs less than over-fetching
-            # blindly; past that, the filter is broad and over-fetching is cheap.
-            cap = max(4 * search.k, stored // 4)
-            selected = _pks_and_hashes(base, field, limit=cap + 1)
-            if len(selected[0]) <= cap:
-                yield self._checked_among(search, index, identity, selected), True
-                return
-            # A broad one selects at least cap rows: over-fetch by its least selectivity.
-            fetch = min(stored, math.ceil(search.k * stored / cap) + search.k)
-        while True:
-            hits = index.search(search.vector, fetch, identity=identity, exclude=search.exclude)
-            complete = len(hits) < fetch or fetch >= stored
-            yield _with_hashes(field, index, hits), complete
-            if complete:
-                return
-            fetch = min(stored, fetch * 4)
-
-    def _checked_among(
-        self,
-        search: Search,
-        index: cache.FieldIndex,
-        identity: str,
-        selected: tuple[list[Any], list[str | None]],
-    ) -> Ranked:
-        """The top ``k`` of the ``selected`` rows whose vector is of their text."""
-        field = search.field
-        pks, columns = selected
-        candidates: Sequence[str] | np.ndarray[Any, Any]
-        if _integer_pk(field):
-            # No string per selected row: integer keys go to the index as one array.
-            candidates = np.fromiter(pks, dtype=np.int64, count=len(pks))
-            column_of: dict[Any, str | None] = dict(zip(pks, columns, strict=True))
-
-            def lookup(key: str) -> Any:
-                return int(key)
-
-        else:
-            candidates = [field.key(pk) for pk in pks]
-            column_of = dict(zip(candidates, columns, strict=True))
-
-            def lookup(key: str) -> Any:
-                return key
-
-        fetch = search.k
-        while True:
-            hits = index.search(
+        ranking, filtered = None, False
+        if stored and np.any(search.vector):
+            filtered = self._filtered(search)
+            candidates = self._narrow_selection(search, stored) if filtered else None
+            ranking = index.ranking(
                 search.vector,
-                fetch,
-                identity=identity,
+                identity=field.get_provider().identity,
                 candidates=candidates,
                 exclude=search.exclude,
             )
-            good = [hit for hit in hits if _current(index, hit.key, column_of[lookup(hit.key)])]
-            if len(good) >= search.k or len(hits) < fetch:
-                good = good[: search.k]
-                return Ranked([field.pk_from_key(hit.key) for hit in good], [h.score for h in good])
+        if ranking is None or not ranking.size:
+            self._warn_if_never_embedded(field, stored)
+            yield Ranked([], []), True
+            return
+        # A broad filter (no candidates) rejects some of the best rows: ask for more at once.
+        fetch = search.k * 4 if filtered and candidates is None else search.k
+        while True:
+            fetch = min(fetch, ranking.size)
+            yield _checkable(field, ranking.top(fetch)), fetch >= ranking.size
             fetch *= 4
+
+    def _filtered(self, search: Search) -> bool:
+        """Does this queryset filter its rows, besides the search itself?"""
+        return any(not _references(child, search) for child in self.query.where.children)
+
+    def _narrow_selection(
+        self, search: Search, stored: int
+    ) -> Sequence[str] | np.ndarray[Any, Any] | None:
+        """The keys of the rows the filters select, when they select few enough rows
+        that reading their keys and scoring only them costs less than scoring every row
+        and checking the best against the filters (``None`` otherwise)."""
+        base = self._candidates_base(search)
+        limit = max(search.k, math.ceil(stored * NARROW_SHARE))
+        if base.values("pk")[: limit + 1].count() > limit:
+            return None
+        return _selected_keys(base, search.field)
 
     def _warn_if_never_embedded(self, field: EmbeddingField, stored: int) -> None:
         if stored or field.label in _warned_empty:
@@ -615,39 +591,36 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
 _warned_empty: set[str] = set()
 
 
-def _current(index: cache.FieldIndex, key: str, column: str | None) -> bool:
-    meta = index.meta(key)
-    return meta is not None and column is not None and meta[0] == column
-
-
-def _with_hashes(field: EmbeddingField, index: cache.FieldIndex, hits: list[Hit]) -> Ranked:
+def _checkable(field: EmbeddingField, top: Top) -> Ranked:
+    """Hits as primary keys, with the hash each vector was stored under (for the
+    database to check against the rows' columns)."""
+    integer = _integer_pk(field)
     pks, scores, hashes = [], [], []
-    for hit, value in zip(hits, index.hashes([hit.key for hit in hits]), strict=True):
+    for key, score, value in zip(top.keys, top.scores, top.hashes, strict=True):
         if value is None:
-            continue
-        pks.append(field.pk_from_key(hit.key))
-        scores.append(hit.score)
+            continue  # deleted while we ranked
+        pks.append(int(key) if integer else field.pk_from_key(str(key)))
+        scores.append(score)
         hashes.append(value)
     return Ranked(pks, scores, hashes)
 
 
-def _pks_and_hashes(
-    base: models.QuerySet[Any], field: EmbeddingField, *, limit: int
-) -> tuple[list[Any], list[str | None]]:
-    """Primary keys and columns of up to ``limit`` selected rows, read as the database
-    driver returns them (no Python object per row)."""
-    query = base.values_list("pk", field.attname)[:limit].query
-    compiler = query.get_compiler(using=base.db)
-    pks: list[Any] = []
-    columns: list[str | None] = []
-    results = compiler.execute_sql(MULTI, chunk_size=GET_ITERATOR_CHUNK_SIZE)
-    converters = compiler.get_converters([column for column, _, _ in compiler.select[:2]])
-    for chunk in results or ():
+def _selected_keys(
+    base: models.QuerySet[Any], field: EmbeddingField
+) -> list[str] | np.ndarray[Any, Any]:
+    """The keys of the rows ``base`` selects, read as the database driver returns them:
+    an int64 array for integer primary keys (no Python object per row)."""
+    compiler = base.values_list("pk").query.get_compiler(using=base.db)
+    chunks = compiler.execute_sql(MULTI, chunk_size=_KEY_CHUNK) or ()
+    converters = compiler.get_converters([compiler.select[0][0]])
+    if _integer_pk(field) and not converters:
+        parts = [np.array(chunk, dtype=np.int64).reshape(-1) for chunk in chunks]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    keys: list[str] = []
+    for chunk in chunks:
         rows = compiler.apply_converters(chunk, converters) if converters else chunk
-        for pk, column in rows:
-            pks.append(pk)
-            columns.append(column)
-    return pks, columns
+        keys.extend(field.key(pk) for (pk,) in rows)
+    return keys
 
 
 class EmbeddingQuerySet(EmbeddingQuerySetMixin):

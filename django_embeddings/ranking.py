@@ -1,0 +1,146 @@
+"""One query's scores over an index, computed once, and its top ``n`` for any ``n``.
+
+A filtered search may need more candidates than it first asked for (rows the
+filter rejects, rows still pending), so the scores are kept: asking for more is a
+partition of an array already computed, never a second pass over the matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from django_embeddings.store import keys as row_keys
+from django_embeddings.store import normalize
+from django_embeddings.typing import Matrix, Vector
+
+if TYPE_CHECKING:
+    from django_embeddings.cache import FieldIndex
+
+# Scores equal to this many digits count as tied: BLAS can round equal vectors'
+# scores differently by their position in the matrix, and ties go by key.
+TIE_DIGITS = 6
+_TIE = 10.0**-TIE_DIGITS
+
+
+@dataclass
+class Top:
+    """The best rows, best first: keys (``int`` where stored as integers, else ``str``),
+    cosine scores, and the content hash each vector was stored under."""
+
+    keys: list[Any]
+    scores: list[float]
+    hashes: list[str | None]
+
+
+class _Scored:
+    """The scores of the rows of ``matrix`` that ``mask`` allows."""
+
+    def __init__(self, matrix: Matrix, mask: npt.NDArray[np.bool_], unit: Vector) -> None:
+        self.count = int(np.count_nonzero(mask))
+        self.rows: npt.NDArray[np.intp] | None = None
+        self.scores: npt.NDArray[np.float32] = np.empty(0, dtype=np.float32)
+        if not self.count:
+            return
+        if self.count * 4 < len(mask):
+            self.rows = np.flatnonzero(mask)  # few rows: score only those
+            self.scores = np.asarray(matrix[self.rows]) @ unit
+        else:  # most rows: one pass over the matrix, masking the rest
+            self.scores = np.asarray(matrix @ unit)
+            if self.count < len(mask):
+                self.scores[~mask] = -np.inf
+
+    def best(self, n: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]:
+        """Matrix rows and scores of the ``n`` best, plus any tied with the ``n``-th,
+        so that the caller's tie-break by key is exact."""
+        scores = self.scores
+        if not self.count or n <= 0:
+            return np.empty(0, dtype=np.intp), np.empty(0, dtype=np.float32)
+        if n < self.count:
+            kth = np.partition(scores, len(scores) - n)[len(scores) - n]
+            top = np.flatnonzero(scores >= kth - _TIE)
+        elif self.rows is None:
+            top = np.flatnonzero(scores > -np.inf)
+        else:
+            top = np.arange(len(scores))
+        rows = top if self.rows is None else self.rows[top]
+        return rows, scores[top]
+
+
+class Ranking:
+    """Live rows made by ``identity`` scored against ``query`` (``candidates`` only,
+    when given; never ``exclude``)."""
+
+    def __init__(
+        self,
+        index: FieldIndex,
+        query: Vector,
+        *,
+        identity: str,
+        candidates: Sequence[str] | npt.NDArray[np.int64] | None = None,
+        exclude: str | None = None,
+    ) -> None:
+        unit = normalize(query)
+        self.index = index
+        with index.lock:
+            base_ok, tail_ok = index.valid_rows(identity)
+            used = len(index.tail_keys)
+            tail, self.tail_keys = index.tail[:used], index.tail_keys[:used]
+        if exclude is not None:
+            base_ok, tail_ok = index.without(base_ok, tail_ok, [exclude])
+        if candidates is not None:
+            base_ok, tail_ok = index.restricted(base_ok, tail_ok, candidates)
+        self.base = _Scored(index.base, base_ok, unit)
+        self.tail = _Scored(tail, tail_ok, unit)
+        self.size = self.base.count + self.tail.count
+
+    def top(self, n: int) -> Top:
+        """The ``n`` best rows, ties at the ``n``-th broken by key (integers numerically)."""
+        index = self.index
+        base_rows, base_scores = self.base.best(n)
+        tail_rows, tail_scores = self.tail.best(n)
+        base_keys: list[Any] = np.asarray(index.base_keys[base_rows]).tolist()
+        tail_keys = [self.tail_keys[row] for row in tail_rows.tolist()]
+        scores = np.concatenate([base_scores, tail_scores]).astype(np.float64)
+        keys = base_keys + tail_keys
+        order = _order(keys, scores, integers=index.base_keys.dtype.kind == "i")[:n]
+        with index.lock:
+            base_hashes = _hex(np.asarray(index.base_hashes[base_rows]))
+            tail_meta = [index.tail_meta.get(key) for key in tail_keys]
+        hashes = base_hashes + [meta[0] if meta else None for meta in tail_meta]
+        picked = order.tolist()
+        return Top(
+            [keys[i] for i in picked],
+            scores[order].tolist(),
+            [hashes[i] for i in picked],
+        )
+
+
+def _order(keys: list[Any], scores: npt.NDArray[np.float64], *, integers: bool) -> Any:
+    """Positions sorted by score (to ``TIE_DIGITS``, best first), then by key."""
+    rounded = -np.round(scores, TIE_DIGITS)
+    if integers:
+        numbers = [key if isinstance(key, int) else row_keys.as_int(key) for key in keys]
+        if None not in numbers:
+            return np.lexsort((np.array(numbers, dtype=np.int64), rounded))
+    natural = [_natural(key) for key in keys]
+    return np.array(
+        sorted(range(len(keys)), key=lambda i: (rounded[i], *natural[i])), dtype=np.intp
+    )
+
+
+def _natural(key: Any) -> tuple[int, int, str]:
+    """Integer keys in numeric order (9 before 10), then any other key as text."""
+    number = key if isinstance(key, int) else row_keys.as_int(key)
+    return (0, number, "") if number is not None else (1, 0, str(key))
+
+
+def _hex(hashes: npt.NDArray[np.uint8]) -> list[str | None]:
+    """Each row of a (n, 16) byte array as 32 hex digits, in one conversion."""
+    text = hashes.tobytes().hex()
+    width = 2 * hashes.shape[1] if hashes.ndim == 2 else 32
+    return [text[i : i + width] for i in range(0, len(text), width)]
