@@ -6,13 +6,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import FieldError, ImproperlyConfigured
 from django.test import override_settings
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.schemas.openapi import AutoSchema
 from rest_framework.test import APIClient, APIRequestFactory
 
-from django_embeddings.rest_framework import SemanticSearchFilter
+from django_embeddings.rest_framework import SemanticSearchFilter, SimilarityField
 from tests import rest_api
 from tests.testapp.models import Article, Product
 
@@ -130,6 +131,14 @@ class TestSearch:
         field = rest_api.ArticleSerializer().fields["similarity"]
         assert field.read_only and field.allow_null
 
+    def test_similarity_field_with_a_source(self, corpus):
+        class Scores(serializers.Serializer):
+            score = SimilarityField(source="relevance")
+
+        hit = Article.objects.semantic_search(QUERY, k=1).get()
+        hit.relevance = 0.25
+        assert Scores(hit).data == {"score": 0.25}
+
 
 class TestPagination:
     def test_page_numbers(self, api, corpus):
@@ -178,6 +187,9 @@ class TestOtherBackends:
         assert sorted(ids(rows)) == sorted(hits)
         assert [row["title"] for row in rows] == sorted(row["title"] for row in rows)
         assert ids(get(api, "/ordered-after/", search=QUERY, k=5, ordering="-similarity")) == hits
+        # Without a search there is no similarity column to order by (as the README says).
+        with pytest.raises(FieldError, match="similarity"):
+            api.get("/ordered-after/", {"ordering": "similarity"})
 
     def test_ordering_before_is_replaced_by_the_rank(self, api, corpus):
         assert ids(get(api, "/ordered-before/", search=QUERY, k=5, ordering="-title")) == (
