@@ -37,9 +37,9 @@ DEMO_ADDR ?= 127.0.0.1:8000
 
 $(DEMO_VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "make demo needs Python 3.11 or newer, e.g. make demo PYTHON=python3.12")'
-	@echo "==> Creating $(DEMO_VENV) and installing django_embeddings into it (pip install -e .)"
+	@echo "==> Creating $(DEMO_VENV) and installing django_embeddings into it (pip install -e '.[rest]')"
 	$(PYTHON) -m venv $(DEMO_VENV)
-	$(DEMO_PYTHON) -m pip install --quiet --disable-pip-version-check -e .
+	$(DEMO_PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[rest]'
 	@touch $@
 
 demo: $(DEMO_VENV)/.installed
@@ -50,7 +50,7 @@ demo: $(DEMO_VENV)/.installed
 	@echo "==> Embedding the documents with the built-in local model"
 	@$(DEMO_MANAGE) embeddings_backfill docs.Document
 	@$(DEMO_MANAGE) demo_user
-	@echo "==> Search: http://$(DEMO_ADDR)/  Admin: http://$(DEMO_ADDR)/admin/  API: http://$(DEMO_ADDR)/api/search?q=read+a+csv+file"
+	@echo "==> Search: http://$(DEMO_ADDR)/  Admin: http://$(DEMO_ADDR)/admin/  API: http://$(DEMO_ADDR)/api/search?q=read+a+csv+file  REST API: http://$(DEMO_ADDR)/api/documents/?search=read+a+csv+file"
 	@$(DEMO_MANAGE) runserver $(DEMO_ADDR)
 
 # make bench: what a user's calls cost next to the same written by hand, on SQLite and

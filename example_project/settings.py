@@ -27,6 +27,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "rest_framework",  # the REST API's browsable pages (example_project/docs/rest.py)
     "django_embeddings",
     "example_project.docs",
 ]

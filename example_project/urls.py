@@ -1,4 +1,4 @@
-"""The search page, its JSON API and the admin."""
+"""The search page, its JSON API, the REST API and the admin."""
 
 from __future__ import annotations
 
@@ -7,5 +7,6 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/", include("example_project.docs.rest")),
     path("", include("example_project.docs.urls")),
 ]

@@ -10,7 +10,12 @@ from __future__ import annotations
 from tests.settings import *  # noqa: F403
 from tests.settings import INSTALLED_APPS
 
-INSTALLED_APPS = [*INSTALLED_APPS, "django.contrib.staticfiles", "example_project.docs"]
+INSTALLED_APPS = [
+    *INSTALLED_APPS,
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "example_project.docs",
+]
 ROOT_URLCONF = "example_project.urls"
 STATIC_URL = "static/"
 MIDDLEWARE = [
