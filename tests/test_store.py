@@ -419,7 +419,7 @@ def test_versions_continue_after_a_snapshot_whose_journal_was_never_started(stor
     """A crash between publishing a snapshot and starting its journal loses no later put."""
     store.put_many([("a", vec(1), "00" * 16, "id"), ("b", vec(2), "00" * 16, "id")])
 
-    def killed(directory: Path, base: int) -> None:
+    def killed(directory: Path, base: int, permissions: object) -> None:
         raise OSError("killed")
 
     monkeypatch.setattr(journal, "create", killed)
