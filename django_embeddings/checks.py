@@ -8,6 +8,8 @@ and value is checked here, at start-up, rather than failing in a request.
 from __future__ import annotations
 
 import os
+import pwd
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,16 +23,25 @@ from django_embeddings.conf import INVALIDATION_MODES, ON_ERROR_CHOICES, REDIS_U
 
 DOCS = 'See the "System checks" section of the README (README.md#system-checks).'
 
-# check_settings runs under TAG; the store directory's writability (E003) under a tag
-# of its own, so commands that only read a store can skip just that check.
+# check_settings runs under TAG; the checks about writing into the store directory
+# (E003: not writable, W004: another user's) under a tag of their own, so commands
+# that only read a store can skip just those.
 TAG = "django_embeddings"
 STORE_WRITABLE_TAG = "django_embeddings_store_writable"
+
+# What the store's own process needs: files it can reopen to append, directories it
+# can list and create files in (root needs neither, but the check cannot know who runs).
+_OWNER_FILE = 0o600
+_OWNER_DIRECTORY = 0o700
+_SHARED_FILE = 0o060  # group members can read and write what another user wrote
+_SHARED_DIRECTORY = 0o070
 
 
 def register_checks() -> None:
     """Register the app's checks (``AppConfig.ready()`` calls this)."""
     registry.register(check_settings, TAG)
     registry.register(check_store_writable, STORE_WRITABLE_TAG)
+    registry.register(check_store_owner, STORE_WRITABLE_TAG)
     registry.register(check_deployment, TAG, deploy=True)
 
 
@@ -47,6 +58,15 @@ def check_settings(
         *_check_positive_int("DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH", conf.MAX_TEXT_LENGTH, "E014"),
         *_check_positive_int("DJANGO_EMBEDDINGS_COMPACT_THRESHOLD", conf.COMPACT_THRESHOLD, "E015"),
         *_check_defer(),
+        *_check_mode(
+            "DJANGO_EMBEDDINGS_FILE_PERMISSIONS", conf.FILE_PERMISSIONS, _OWNER_FILE, "E018"
+        ),
+        *_check_mode(
+            "DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS",
+            conf.DIRECTORY_PERMISSIONS,
+            _OWNER_DIRECTORY,
+            "E019",
+        ),
     ]
 
 
@@ -69,6 +89,85 @@ def check_store_writable(
             )
         ]
     return []
+
+
+def check_store_owner(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W004: the store directory, or a store root in it, belongs to another user.
+
+    The files this process creates there would be its own, with the modes of the
+    permission settings: typically a command run as root or a deploy user, whose
+    files the web workers then cannot read or write. Silent when the directory does
+    not exist yet, and when a shared group is set up (a setgid directory, so new
+    files take its group, and settings that let that group read and write).
+    """
+    directory = conf.DIR
+    if not isinstance(directory, Path):
+        return []  # E002 or E017
+    me = os.geteuid()
+    messages: list[CheckMessage] = []
+    for path in _store_roots(directory):
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue  # not created yet: whoever creates it owns it
+        if info.st_uid == me or _shared_group(info):
+            continue
+        owner, owner_name = _user(info.st_uid), _user(info.st_uid, named_only=True)
+        messages.append(
+            Warning(
+                f"{str(path)!r} (DJANGO_EMBEDDINGS_DIR or a store root in it) belongs to "
+                f"{owner}, but this process runs as {_user(me)}: the files it creates there "
+                f"will belong to {_user(me, named_only=True)}, and processes running as "
+                f"{owner_name} may be unable to read or write them.",
+                hint=f"Run this command as {owner_name} (e.g. `sudo -u {_sudo(info.st_uid)} python "
+                "manage.py ...`). Or share a group: give the directory a group both users are "
+                "in, made setgid (`chgrp -R GROUP DIR && chmod -R g+rwX DIR && find DIR -type d "
+                "-exec chmod g+s {} +`), and set DJANGO_EMBEDDINGS_FILE_PERMISSIONS = 0o660 and "
+                f"DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS = 0o770. {DOCS}",
+                id="django_embeddings.W004",
+            )
+        )
+    return messages
+
+
+def _store_roots(directory: Path) -> list[Path]:
+    """``directory`` and the store roots in it (``@alias``, ``@test-...``) that exist."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        names = []
+    roots = [directory / name for name in names if name.startswith("@")]
+    return [directory, *(root for root in roots if root.is_dir())]
+
+
+def _shared_group(info: os.stat_result) -> bool:
+    """Are new files and directories shared with the directory's group, whoever writes them?"""
+    file_mode: object = conf.FILE_PERMISSIONS
+    directory_mode: object = conf.DIRECTORY_PERMISSIONS
+    return (
+        bool(info.st_mode & stat.S_ISGID)
+        and isinstance(file_mode, int)
+        and file_mode & _SHARED_FILE == _SHARED_FILE
+        and isinstance(directory_mode, int)
+        and directory_mode & _SHARED_DIRECTORY == _SHARED_DIRECTORY
+    )
+
+
+def _user(uid: int, *, named_only: bool = False) -> str:
+    """``www-data (uid 33)``; a uid with no name (a container's) is ``uid 1000``."""
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+    return name if named_only else f"{name} (uid {uid})"
+
+
+def _sudo(uid: int) -> str:
+    """How ``sudo -u`` names a user: by name, or ``'#uid'`` (quoted for the shell)."""
+    name = _user(uid, named_only=True)
+    return f"'#{uid}'" if name.startswith("uid ") else name
 
 
 def check_deployment(
@@ -248,6 +347,38 @@ def _check_positive_int(name: str, value: object, code: str) -> list[CheckMessag
                 f"{name} should be a positive int, not {value!r}.",
                 hint=DOCS,
                 id=f"django_embeddings.{code}",
+            )
+        ]
+    return []
+
+
+def _check_mode(name: str, value: object, owner: int, code: str) -> list[CheckMessage]:
+    """A mode for new files or directories: an int from 0 to 0o777 the owner can use."""
+    # bool is an int subclass, and a string such as "0o640" would fail at the first write.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+        return [
+            Error(
+                f"{name} should be an int from 0 to 0o777 (a mode such as 0o640), not {value!r}.",
+                hint=DOCS,
+                id=f"django_embeddings.{code}",
+            )
+        ]
+    if value & owner != owner:
+        return [
+            Error(
+                f"{name} is {value:#o}, which leaves out bits of {owner:#o}: the store's own "
+                "process needs them to go on writing what it created.",
+                hint=DOCS,
+                id=f"django_embeddings.{code}",
+            )
+        ]
+    if value & stat.S_IWOTH:
+        return [
+            Warning(
+                f"{name} is {value:#o}: every local user could change or replace the vectors.",
+                hint=f"Leave out the 0o002 bit ({value & ~stat.S_IWOTH:#o}) and share through "
+                f"a group instead. {DOCS}",
+                id="django_embeddings.W003",
             )
         ]
     return []

@@ -14,6 +14,8 @@ from typing import Any
 
 from django.conf import settings
 
+from django_embeddings.store.permissions import DIRECTORY_PERMISSIONS, FILE_PERMISSIONS
+
 INVALIDATION_MODES = ("pubsub", "mtime", "none")
 ON_ERROR_CHOICES = ("raise", "log")
 REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -106,6 +108,16 @@ class Settings:
         ``EmbeddingField(defer=...)`` wins over this default.
         """
         return getattr(settings, "DJANGO_EMBEDDINGS_DEFER", False)
+
+    @property
+    def FILE_PERMISSIONS(self) -> int:
+        """The mode of each file a store creates (an int such as ``0o640``)."""
+        return getattr(settings, "DJANGO_EMBEDDINGS_FILE_PERMISSIONS", FILE_PERMISSIONS)
+
+    @property
+    def DIRECTORY_PERMISSIONS(self) -> int:
+        """The mode of each directory a store creates (an int such as ``0o750``)."""
+        return getattr(settings, "DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS", DIRECTORY_PERMISSIONS)
 
 
 conf = Settings()

@@ -25,7 +25,7 @@ from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, models, router
 
 from django_embeddings.conf import conf
-from django_embeddings.store import Store
+from django_embeddings.store import Permissions, Store
 from django_embeddings.typing import DeconstructResult
 
 Source = str | Callable[[models.Model], Any]
@@ -160,7 +160,10 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
         # Stores of other databases say so in their label (messages, logs, errors);
         # peers only apply messages for the default database's stores.
         label = self.label if using == DEFAULT_DB_ALIAS else f"{self.label}@{using}"
-        return _store(root, self.model._meta.label, self.name, label, conf.COMPACT_THRESHOLD)
+        permissions = Permissions(conf.FILE_PERMISSIONS, conf.DIRECTORY_PERMISSIONS)
+        return _store(
+            root, self.model._meta.label, self.name, label, conf.COMPACT_THRESHOLD, permissions
+        )
 
     @property
     def deferred(self) -> bool:
@@ -294,10 +297,18 @@ def _is_composite(pk: Any) -> bool:
 
 @functools.cache
 def _store(
-    directory: Path, model_label: str, field_name: str, label: str, compact_threshold: int
+    directory: Path,
+    model_label: str,
+    field_name: str,
+    label: str,
+    compact_threshold: int,
+    permissions: Permissions,
 ) -> Store:
     return Store(
-        Path(directory) / model_label / field_name, label=label, compact_threshold=compact_threshold
+        Path(directory) / model_label / field_name,
+        label=label,
+        compact_threshold=compact_threshold,
+        permissions=permissions,
     )
 
 

@@ -31,6 +31,7 @@ from django_embeddings.backfill import existing_keys
 from django_embeddings.exceptions import EmbeddingsError
 from django_embeddings.fields import EmbeddingField
 from django_embeddings.labels import LabelError, resolve_one
+from django_embeddings.store import files
 from django_embeddings.writer import put_vectors
 
 __all__ = ["FORMAT", "ImportResult", "TransferError", "export_field", "import_file"]
@@ -61,7 +62,9 @@ def filename_for(field: EmbeddingField) -> str:
 def export_field(field: EmbeddingField, path: Path) -> int:
     """Write every stored vector of ``field`` to ``path``; returns how many.
 
-    The file is written to a temp file and renamed, so a reader never sees half.
+    The file is written to a temp file and renamed, so a reader never sees half. It
+    and the directories created for it get ``DJANGO_EMBEDDINGS_FILE_PERMISSIONS`` and
+    ``DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS``.
     """
     index = cache.get(field.store, keep=False)
     keys = sorted(index.keys())
@@ -102,10 +105,13 @@ def export_field(field: EmbeddingField, path: Path) -> int:
         "meta": np.array(meta_json),
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # The file holds the store's vectors: it gets the store's modes, as its directories do.
+    permissions = field.store.permissions
+    files.ensure_dir(path.parent, permissions)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp", suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as handle:
+            permissions.chmod_file(fd)
             # Only numeric and str arrays: nothing here is ever pickled.
             np.savez(handle, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 from io import StringIO
 
 import pytest
@@ -10,6 +11,7 @@ from django.core.management.base import SystemCheckError
 from django_embeddings.checks import (
     check_deployment,
     check_settings,
+    check_store_owner,
     check_store_writable,
     read_only_check_tags,
 )
@@ -223,6 +225,69 @@ def test_hints_point_at_the_readme(settings):
             "DJANGO_EMBEDDINGS_ON_ERROR should be one of ['raise', 'log'], not True.",
         ),
         (
+            "DJANGO_EMBEDDINGS_FILE_PERMISSIONS",
+            "0o640",
+            "E018",
+            "DJANGO_EMBEDDINGS_FILE_PERMISSIONS should be an int from 0 to 0o777 (a mode such "
+            "as 0o640), not '0o640'.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_FILE_PERMISSIONS",
+            0o4640,
+            "E018",
+            "DJANGO_EMBEDDINGS_FILE_PERMISSIONS should be an int from 0 to 0o777 (a mode such "
+            "as 0o640), not 2464.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_FILE_PERMISSIONS",
+            True,
+            "E018",
+            "DJANGO_EMBEDDINGS_FILE_PERMISSIONS should be an int from 0 to 0o777 (a mode such "
+            "as 0o640), not True.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_FILE_PERMISSIONS",
+            0o440,
+            "E018",
+            "DJANGO_EMBEDDINGS_FILE_PERMISSIONS is 0o440, which leaves out bits of 0o600: the "
+            "store's own process needs them to go on writing what it created.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS",
+            -1,
+            "E019",
+            "DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS should be an int from 0 to 0o777 (a mode "
+            "such as 0o640), not -1.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS",
+            488.0,
+            "E019",
+            "DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS should be an int from 0 to 0o777 (a mode "
+            "such as 0o640), not 488.0.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS",
+            0o640,
+            "E019",
+            "DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS is 0o640, which leaves out bits of 0o700: "
+            "the store's own process needs them to go on writing what it created.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_FILE_PERMISSIONS",
+            0o666,
+            "W003",
+            "DJANGO_EMBEDDINGS_FILE_PERMISSIONS is 0o666: every local user could change or "
+            "replace the vectors.",
+        ),
+        (
+            "DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS",
+            0o777,
+            "W003",
+            "DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS is 0o777: every local user could change "
+            "or replace the vectors.",
+        ),
+        (
             "DJANGO_EMBEDDINGS_INVALIDATION",
             "PubSub ",
             "E004",
@@ -255,7 +320,16 @@ def test_valid_values_pass(settings):
     settings.DJANGO_EMBEDDINGS_CHANNEL = "site-a"
     settings.DJANGO_EMBEDDINGS_REDIS = "redis://127.0.0.1:6379/0"
     settings.DJANGO_EMBEDDINGS_DIR = "relative/embeddings"
+    settings.DJANGO_EMBEDDINGS_FILE_PERMISSIONS = 0o644  # world-readable is a choice, not a risk
+    settings.DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS = 0o700
     assert check_settings() == []
+
+
+def test_world_writable_hint_names_the_mode_without_it(settings):
+    settings.DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS = 0o777
+    assert check_settings()[0].hint.startswith(
+        "Leave out the 0o002 bit (0o775) and share through a group instead."
+    )
 
 
 # --- the default invalidation mode ---------------------------------------------------
@@ -370,3 +444,93 @@ def test_read_only_commands_run_on_a_read_only_store(settings, tmp_path):
             call_command("embeddings_status", skip_checks=False, stdout=StringIO())
     finally:
         finish()
+
+
+# --- a store directory that belongs to another user ----------------------------------
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def as_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a directory to another user (os.chown) needs root")
+
+
+def test_no_owner_warning_before_the_directory_exists(settings, tmp_path, as_root):
+    parent = tmp_path / "theirs"
+    parent.mkdir()
+    os.chown(parent, NOBODY, NOBODY)
+    settings.DJANGO_EMBEDDINGS_DIR = parent / "embeddings"
+    assert check_store_owner() == []
+
+
+def test_no_owner_warning_for_our_own_directory(settings, store_dir):
+    store_dir.mkdir()
+    (store_dir / "@replica").mkdir()
+    assert check_store_owner() == []
+
+
+def test_directory_of_another_user_warns(settings, store_dir, as_root):
+    store_dir.mkdir()
+    os.chown(store_dir, NOBODY, NOBODY)
+    messages = check_store_owner()
+    assert ids(messages) == ["django_embeddings.W004"]
+    nobody = pwd.getpwuid(NOBODY).pw_name
+    assert messages[0].msg == (
+        f"{str(store_dir)!r} (DJANGO_EMBEDDINGS_DIR or a store root in it) belongs to {nobody} "
+        f"(uid {NOBODY}), but this process runs as root (uid 0): the files it creates there "
+        f"will belong to root, and processes running as {nobody} may be unable to read or "
+        "write them."
+    )
+    assert messages[0].hint.startswith(
+        f"Run this command as {nobody} (e.g. `sudo -u {nobody} python manage.py ...`). Or "
+        "share a group:"
+    )
+    assert "DJANGO_EMBEDDINGS_FILE_PERMISSIONS = 0o660" in messages[0].hint
+    assert "DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS = 0o770" in messages[0].hint
+
+
+def test_store_root_of_another_user_warns(settings, store_dir, as_root):
+    """The directory is ours; the store root of another database (or a test one) is not."""
+    for root in ("@replica", "@test-0123456789ab", "app.Model"):
+        (store_dir / root).mkdir(parents=True)
+        os.chown(store_dir / root, 54321, 54321)  # a uid with no name, as in containers
+    (store_dir / "@file").write_text("not a store root")
+    messages = check_store_owner()
+    assert ids(messages) == ["django_embeddings.W004"] * 2
+    assert [m.msg.split(" (DJANGO")[0] for m in messages] == [
+        repr(str(store_dir / "@replica")),
+        repr(str(store_dir / "@test-0123456789ab")),
+    ]
+    assert "belongs to uid 54321, but this process runs as root (uid 0)" in messages[0].msg
+    assert "`sudo -u '#54321' python manage.py ...`" in messages[0].hint
+
+
+def test_no_owner_warning_once_a_group_is_shared(settings, store_dir, as_root):
+    """A setgid directory (new files take its group) and group-writable modes: set up."""
+    store_dir.mkdir()
+    os.chown(store_dir, NOBODY, 0)
+    store_dir.chmod(0o2770)
+    assert ids(check_store_owner()) == ["django_embeddings.W004"]  # the default 0o640: read-only
+    settings.DJANGO_EMBEDDINGS_FILE_PERMISSIONS = 0o660
+    settings.DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS = 0o770
+    assert check_store_owner() == []
+    store_dir.chmod(0o770)  # no setgid: new files would take root's group
+    assert ids(check_store_owner()) == ["django_embeddings.W004"]
+    settings.DJANGO_EMBEDDINGS_FILE_PERMISSIONS = "0o660"  # E018 reports it
+    store_dir.chmod(0o2770)
+    assert ids(check_store_owner()) == ["django_embeddings.W004"]
+
+
+@pytest.mark.django_db
+def test_owner_warning_runs_with_the_writability_check(settings, store_dir, as_root):
+    """Like E003, W004 is about writing: commands that only read skip it."""
+    store_dir.mkdir()
+    os.chown(store_dir, NOBODY, NOBODY)
+    out, err = StringIO(), StringIO()
+    call_command("check", stdout=out, stderr=err)
+    assert "django_embeddings.W004" in out.getvalue() + err.getvalue()
+    out, err = StringIO(), StringIO()
+    call_command("check", tags=read_only_check_tags(), stdout=out, stderr=err)
+    assert "django_embeddings.W004" not in out.getvalue() + err.getvalue()

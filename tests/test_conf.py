@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from django_embeddings.conf import conf
+from django_embeddings.store import Permissions
 
 LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
@@ -30,6 +31,8 @@ def test_defaults(settings, no_mode):
     assert conf.MAX_TEXT_LENGTH == 20_000
     assert conf.COMPACT_THRESHOLD == 10_000
     assert conf.DEFER is False
+    assert conf.FILE_PERMISSIONS == 0o640
+    assert conf.DIRECTORY_PERMISSIONS == 0o750
 
 
 def test_dir_is_a_path(settings):
@@ -94,3 +97,20 @@ def test_explicit_mode_is_kept(settings, no_mode):
     assert conf.INVALIDATION == "pubsub"  # E011 reports it
     settings.DJANGO_EMBEDDINGS_INVALIDATION = None
     assert conf.INVALIDATION == "mtime"  # None counts as not given
+
+
+def test_permissions_are_returned_as_given(settings):
+    settings.DJANGO_EMBEDDINGS_FILE_PERMISSIONS = "0o660"
+    settings.DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS = 0o770
+    assert conf.FILE_PERMISSIONS == "0o660"  # for the check (E018) to name, never int("0o660")
+    assert conf.DIRECTORY_PERMISSIONS == 0o770
+
+
+def test_stores_are_built_with_the_permissions(settings):
+    from tests.testapp.models import Article
+
+    field = Article._meta.get_field("embedding")
+    assert field.store.permissions == Permissions(0o640, 0o750)  # type: ignore[attr-defined]
+    settings.DJANGO_EMBEDDINGS_FILE_PERMISSIONS = 0o600
+    settings.DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS = 0o700
+    assert field.store.permissions == Permissions(0o600, 0o700)  # type: ignore[attr-defined]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import pytest
 import django_embeddings.store as store_module
 from django_embeddings import cache
 from django_embeddings.exceptions import StoreError
-from django_embeddings.store import Entry, Store, files, journal, snapshot, vectorlog
+from django_embeddings.store import Entry, Permissions, Store, files, journal, snapshot, vectorlog
 
 
 def vec(seed: int, dims: int = 8) -> np.ndarray:
@@ -419,7 +421,7 @@ def test_versions_continue_after_a_snapshot_whose_journal_was_never_started(stor
     """A crash between publishing a snapshot and starting its journal loses no later put."""
     store.put_many([("a", vec(1), "00" * 16, "id"), ("b", vec(2), "00" * 16, "id")])
 
-    def killed(directory: Path, base: int) -> None:
+    def killed(directory: Path, base: int, permissions: object) -> None:
         raise OSError("killed")
 
     monkeypatch.setattr(journal, "create", killed)
@@ -519,3 +521,116 @@ def test_a_store_written_by_0_1_0_loads_and_migrates(tmp_path):
         np.testing.assert_array_equal(store.load_vector(key), vector)
     fresh = cache.FieldIndex(store, store.read_state())
     assert sorted(fresh.keys()) == sorted(rows)
+
+
+# --- the modes of what a store creates -----------------------------------------------
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture(params=[0o077, 0o022], ids=["umask077", "umask022"])
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    previous = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.parametrize(
+    "modes",
+    [Permissions(), Permissions(0o600, 0o700), Permissions(0o664, 0o775)],
+    ids=["defaults", "private", "group-and-others-read"],
+)
+def test_new_files_and_directories_get_the_modes_not_the_umask(tmp_path, umask, modes):
+    top = tmp_path / "embeddings"  # created by the store, like each directory below it
+    store = Store(top / "app.Model" / "field", label="app.Model.field", permissions=modes)
+    store.put_many([(str(n), vec(n), "00" * 16, "id") for n in range(3)])
+    store.delete("1")
+    store.compact()
+    store.put("after", vec(9), content_hash="00" * 16, identity="id")
+    names = []
+    for directory, _, filenames in os.walk(top):
+        assert mode_of(Path(directory)) == modes.directory, directory
+        names += filenames
+        for name in filenames:
+            assert mode_of(Path(directory) / name) == modes.file, name
+    assert {"_lock", "_journal", "_index.json", "_dimensions", "meta.json", "vectors.npy"} <= set(
+        names
+    )
+    assert any(name.startswith(vectorlog.PREFIX) for name in names)
+
+
+def test_the_default_modes_share_with_the_group_only():
+    assert Store(Path("unused")).permissions == Permissions(0o640, 0o750)
+
+
+def test_a_setgid_directory_passes_its_group_bit_down(tmp_path, umask):
+    """In a directory shared through a setgid group, new directories stay setgid."""
+    top = tmp_path / "shared"
+    top.mkdir()
+    top.chmod(0o2770)
+    if not mode_of(top) & stat.S_ISGID:
+        pytest.skip("this file system does not keep the setgid bit of directories")
+    store = Store(top / "app.Model" / "field", permissions=Permissions(0o660, 0o770))
+    store.put("a", vec(1), content_hash="00" * 16, identity="id")
+    store.compact()
+    for path in (top / "app.Model", store.path, store.path / f"snapshot-{store.version()}"):
+        assert mode_of(path) == 0o2770, path
+    assert mode_of(store.path / "_journal") == 0o660
+
+
+def test_a_file_is_created_with_its_mode_where_hard_links_fail(tmp_path, umask, monkeypatch):
+    """Some network file systems have no hard links: the file is made in place instead."""
+
+    def no_links(source: str, target: str) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    modes = Permissions(0o660, 0o770)
+    fd = modes.open_or_create(tmp_path / "_lock", os.O_RDWR)
+    os.close(fd)
+    assert mode_of(tmp_path / "_lock") == 0o660
+    fd = modes.open_or_create(tmp_path / "_lock", os.O_RDWR)  # now it exists: opened
+    os.close(fd)
+    assert os.listdir(tmp_path) == ["_lock"]  # no temp file left behind
+
+
+def test_a_file_made_meanwhile_by_another_process_is_opened(tmp_path, monkeypatch):
+    """Two processes creating the lock at once: the one that loses opens the winner's."""
+    real_link = os.link
+
+    def other_process_first(source: str, target: str) -> None:
+        Path(target).write_bytes(b"theirs")
+        real_link(source, target)  # FileExistsError, as when the other process won
+
+    monkeypatch.setattr(os, "link", other_process_first)
+    fd = Permissions().open_or_create(tmp_path / "_lock", os.O_RDONLY)
+    try:
+        assert os.read(fd, 10) == b"theirs"
+    finally:
+        os.close(fd)
+    assert os.listdir(tmp_path) == ["_lock"]
+
+    def unsupported(source: str, target: str) -> None:
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(os, "link", unsupported)
+    (tmp_path / "_vectors-0").write_bytes(b"made meanwhile")  # exists by the fallback's turn
+    real_open = os.open
+    calls = []
+
+    def missing_once(path, flags, *args):  # type: ignore[no-untyped-def]
+        calls.append(flags)
+        if len(calls) == 1:
+            raise FileNotFoundError(2, "No such file")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", missing_once)
+    fd = Permissions().open_or_create(tmp_path / "_vectors-0", os.O_RDONLY)
+    try:
+        assert os.read(fd, 20) == b"made meanwhile"
+    finally:
+        os.close(fd)

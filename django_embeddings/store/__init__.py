@@ -40,12 +40,15 @@ from django_embeddings.store.journal import (
     Records,
     Tail,
 )
+from django_embeddings.store.permissions import DEFAULT as DEFAULT_PERMISSIONS
+from django_embeddings.store.permissions import Permissions
 from django_embeddings.store.snapshot import Snapshot
 from django_embeddings.typing import Matrix, Vector
 
 __all__ = [
     "Entry",
     "GarbageReport",
+    "Permissions",
     "Position",
     "Snapshot",
     "State",
@@ -231,10 +234,18 @@ _journals: dict[Path, _Journal] = {}  # store path -> its journal, as this proce
 
 
 class Store:
-    def __init__(self, path: Path, *, label: str = "", compact_threshold: int = 10_000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        label: str = "",
+        compact_threshold: int = 10_000,
+        permissions: Permissions = DEFAULT_PERMISSIONS,
+    ) -> None:
         self.path = Path(path)
         self.label = label or str(path)
         self.compact_threshold = compact_threshold
+        self.permissions = permissions  # the modes of the files and directories it creates
         self._lookup: _Lookup | None = None
         self._lookup_lock = threading.Lock()
 
@@ -261,7 +272,7 @@ class Store:
         dimensions = int(matrix.shape[1])
         with self._writing() as (fd, known):
             self._check_dimensions(known, dimensions)
-            offset = vectorlog.append(self.path, known.base, matrix)
+            offset = vectorlog.append(self.path, known.base, matrix, self.permissions)
             first, stride = known.version + 1, 4 * dimensions
             sums = vectorlog.checksums(matrix).tolist()
             entries = [
@@ -491,7 +502,7 @@ class Store:
         """Delete every vector (``embeddings_backfill --reset``)."""
         if not self.path.is_dir():
             return
-        with journal.locked(self.path):
+        with journal.locked(self.path, self.permissions):
             self._install(Snapshot(version=self._last_version() + 1))
             for name in os.listdir(self.path):
                 if files.VECTOR_NAME.match(name) or name == DIMENSIONS:
@@ -503,18 +514,18 @@ class Store:
     def _writing(self) -> Iterator[tuple[int, _Journal]]:
         """Hold the lock with the journal open for appending, and what it holds known."""
         try:
-            files.ensure_dir(self.path)
+            files.ensure_dir(self.path, self.permissions)
         except StoreError as exc:
             raise StoreError(f"{self.label}: {exc}") from exc
-        with journal.locked(self.path):
+        with journal.locked(self.path, self.permissions):
             try:
                 fd = journal.open_for_append(self.path)
             except FileNotFoundError:
                 if not (self.path / INDEX_FILE).exists():
                     # An index from the start: a missing one would make every read
                     # list the directory, looking for snapshots to recover.
-                    snapshot.write_index(self.path, self._index_version(), None)
-                journal.create(self.path, self._index_version())
+                    snapshot.write_index(self.path, self._index_version(), None, self.permissions)
+                journal.create(self.path, self._index_version(), self.permissions)
                 fd = journal.open_for_append(self.path)
             try:
                 yield fd, self._known(fd)
@@ -600,7 +611,9 @@ class Store:
         if known.dimensions is None:
             known.dimensions = self._stored_dimensions()
         if known.dimensions is None:
-            files.write_atomic(self.path / DIMENSIONS, str(dimensions).encode("ascii"))
+            files.write_atomic(
+                self.path / DIMENSIONS, str(dimensions).encode("ascii"), self.permissions
+            )
             known.dimensions = dimensions
         elif known.dimensions != dimensions:
             raise StoreError(
@@ -701,8 +714,8 @@ class Store:
 
     def _install(self, snap: Snapshot) -> int:
         """Publish ``snap``, then start an empty journal (and log); the caller holds the lock."""
-        snapshot.write(self.path, snap)
-        journal.create(self.path, snap.version)
+        snapshot.write(self.path, snap, self.permissions)
+        journal.create(self.path, snap.version, self.permissions)
         _journals.pop(self.path, None)
         vectorlog.remove_others(self.path, snap.version)
         snapshot.remove_unreferenced(self.path, f"snapshot-{snap.version}")
@@ -710,7 +723,7 @@ class Store:
 
     def _remove_old_logs(self, names: list[str], report: GarbageReport) -> None:
         """Remove logs of replaced journals, under the lock (never the current one)."""
-        with journal.locked(self.path):
+        with journal.locked(self.path, self.permissions):
             current = journal.last_base(self.path)
             for name in names:
                 if vectorlog.base_of(name) == current:

@@ -6,7 +6,8 @@ the store directory); their journal entries name no log offset, and are read fro
 here. Newer stores append vectors to the vector log instead (:mod:`.vectorlog`).
 Small files (the index, ``_dimensions``, a new journal) go to a temp file in the
 same directory and are renamed over the target, so a reader never sees half a file
-(the approach of ``django.contrib.sessions.backends.file``).
+(the approach of ``django.contrib.sessions.backends.file``), chmod-ed first
+(:mod:`.permissions`).
 """
 
 from __future__ import annotations
@@ -24,24 +25,21 @@ from pathlib import Path
 import numpy as np
 
 from django_embeddings.exceptions import StoreError
+from django_embeddings.store.permissions import DEFAULT, TEMP_PREFIX, Permissions
 from django_embeddings.typing import Vector
 
 logger = logging.getLogger(__name__)
 
-TEMP_PREFIX = "tmp"
 VECTOR_NAME = re.compile(r"\A[0-9a-f]{64}\.npy\Z")
 TEMP_NAME = re.compile(r"\Atmp.*\Z")
-
-# Vectors are private data: files are created 0600 (mkstemp's mode) and directories 0700.
-DIR_MODE = 0o700
 
 
 def filename_for(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest() + ".npy"
 
 
-def ensure_dir(path: Path) -> None:
-    # Every directory we create is private, not only the last: Path.mkdir(parents=True)
+def ensure_dir(path: Path, permissions: Permissions = DEFAULT) -> None:
+    # Every directory we create gets the mode, not only the last: Path.mkdir(parents=True)
     # would create DJANGO_EMBEDDINGS_DIR and the model's directory with the umask's mode.
     missing = []
     parent = path
@@ -50,16 +48,21 @@ def ensure_dir(path: Path) -> None:
         parent = parent.parent
     try:
         for directory in reversed(missing):
-            directory.mkdir(mode=DIR_MODE, exist_ok=True)
+            with contextlib.suppress(FileExistsError):  # made meanwhile by another process
+                permissions.make_directory(directory)
     except OSError as exc:
         raise StoreError(f"Cannot create the embeddings directory {str(path)!r}: {exc}") from exc
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old or the new file, never half."""
+def write_atomic(path: Path, data: bytes, permissions: Permissions = DEFAULT) -> None:
+    """Write ``data`` to ``path`` so readers see the old or the new file, never half.
+
+    The new file has its mode before it is renamed into place (mkstemp makes it 0600).
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as handle:
+            permissions.chmod_file(fd)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from django_embeddings.store.permissions import DEFAULT, Permissions
 from django_embeddings.typing import Vector
 
 logger = logging.getLogger(__name__)
@@ -302,9 +303,10 @@ def _all(values: list[Any], kind: type, low: int | None = None, high: int | None
 
 
 @contextlib.contextmanager
-def locked(directory: str | Path) -> Iterator[None]:
+def locked(directory: str | Path, permissions: Permissions = DEFAULT) -> Iterator[None]:
     """Hold the store's exclusive writer lock (a separate file, so journal swaps keep it)."""
-    fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # Opened for writing: on NFS, flock() is an fcntl() lock, which needs a writable fd.
+    fd = permissions.open_or_create(os.path.join(directory, LOCK), os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -312,12 +314,12 @@ def locked(directory: str | Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def create(directory: Path, base: int) -> None:
+def create(directory: Path, base: int, permissions: Permissions = DEFAULT) -> None:
     """Start a new journal continuing snapshot ``base``; the caller holds the lock."""
     from django_embeddings.store.files import write_atomic
 
     first = {"base": base, "id": os.urandom(8).hex()}
-    write_atomic(directory / JOURNAL, json.dumps(first).encode("ascii") + b"\n")
+    write_atomic(directory / JOURNAL, json.dumps(first).encode("ascii") + b"\n", permissions)
 
 
 def open_for_append(directory: str | Path) -> int:

@@ -27,7 +27,8 @@ import numpy as np
 import numpy.typing as npt
 
 from django_embeddings.store import keys
-from django_embeddings.store.files import TEMP_PREFIX, write_atomic
+from django_embeddings.store.files import write_atomic
+from django_embeddings.store.permissions import DEFAULT, TEMP_PREFIX, Permissions
 from django_embeddings.typing import Matrix
 
 logger = logging.getLogger(__name__)
@@ -171,8 +172,11 @@ def _check(snap: Snapshot) -> None:
         raise ValueError(f"the arrays of {snap.name} do not fit together")
 
 
-def write(directory: Path, snapshot: Snapshot) -> None:
-    """Write ``snapshot`` and point ``_index.json`` at it; the caller holds the lock."""
+def write(directory: Path, snapshot: Snapshot, permissions: Permissions = DEFAULT) -> None:
+    """Write ``snapshot`` and point ``_index.json`` at it; the caller holds the lock.
+
+    Its directory and files have their modes before it is renamed into place.
+    """
     name = f"snapshot-{snapshot.version}"
     staging = Path(tempfile.mkdtemp(dir=directory, prefix=TEMP_PREFIX))
     try:
@@ -180,12 +184,15 @@ def write(directory: Path, snapshot: Snapshot) -> None:
             if getattr(snapshot, array) is None:
                 continue
             with open(staging / f"{array}.npy", "xb", opener=_private) as handle:
+                permissions.chmod_file(handle.fileno())
                 np.save(handle, getattr(snapshot, array), allow_pickle=False)
                 handle.flush()
                 os.fsync(handle.fileno())
         meta = {"version": snapshot.version, "identities": snapshot.identity_names}
         with open(staging / "meta.json", "x", opener=_private) as meta_file:
+            permissions.chmod_file(meta_file.fileno())
             meta_file.write(json.dumps(meta))
+        permissions.chmod_directory(staging)
         target = directory / name
         if target.exists():
             shutil.rmtree(target)
@@ -193,17 +200,19 @@ def write(directory: Path, snapshot: Snapshot) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    write_index(directory, snapshot.version, name)
+    write_index(directory, snapshot.version, name, permissions)
 
 
-def write_index(directory: Path, version: int, name: str | None) -> None:
+def write_index(
+    directory: Path, version: int, name: str | None, permissions: Permissions = DEFAULT
+) -> None:
     """Point ``_index.json`` at snapshot ``name`` (``None``: no snapshot yet)."""
     index = {"_version": version, "snapshot": name, "format": FORMAT}
-    write_atomic(directory / INDEX, json.dumps(index).encode("ascii"))
+    write_atomic(directory / INDEX, json.dumps(index).encode("ascii"), permissions)
 
 
 def _private(path: str, flags: int) -> int:
-    """Create files readable by their owner only, as vector files are (mkstemp's 0600)."""
+    """Create a staging file 0600, until it is chmod-ed (the staging directory is 0700)."""
     return os.open(path, flags, 0o600)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from django_embeddings.store.permissions import DEFAULT, Permissions
 from django_embeddings.typing import Matrix, Vector
 
 PREFIX = "_vectors-"
@@ -58,7 +59,9 @@ def base_of(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def append(directory: str | Path, base: int, matrix: Matrix) -> int:
+def append(
+    directory: str | Path, base: int, matrix: Matrix, permissions: Permissions = DEFAULT
+) -> int:
     """Append the rows of ``matrix``; returns the byte offset of the first.
 
     The caller holds the store's lock. On an error (a full disk) the file is cut
@@ -66,7 +69,7 @@ def append(directory: str | Path, base: int, matrix: Matrix) -> int:
     """
     data = np.ascontiguousarray(matrix, dtype=_DTYPE).data.cast("B")
     path = os.path.join(directory, name_for(base))
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = permissions.open_or_create(path, os.O_RDWR)
     try:
         size = os.fstat(fd).st_size
         offset = -(-size // 4) * 4
