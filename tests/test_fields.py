@@ -62,13 +62,13 @@ class TestSave:
         expected = get_provider().embed(["Read and write comma separated files"])[0]
         np.testing.assert_array_equal(vector, expected)
 
-    def test_vector_goes_to_the_private_vector_log(self):
+    def test_vector_goes_to_the_vector_log_with_the_file_mode(self):
         Article.objects.create(title="a", body="alpha beta")
         folder = field_of(Article).store.path
         assert not list(folder.glob("*.npy"))  # no file per row
         names = [p.name for p in folder.glob("_vectors-*")]
         assert names == ["_vectors-0"]
-        assert (folder / names[0]).stat().st_mode & 0o077 == 0
+        assert (folder / names[0]).stat().st_mode & 0o777 == 0o640  # the default mode
 
     def test_unchanged_text_makes_no_provider_call(self):
         article = Article.objects.create(title="a", body="same text")
