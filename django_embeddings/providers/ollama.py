@@ -244,9 +244,9 @@ class OllamaProvider(BaseProvider):
 
     async def _apost(self, payload: bytes) -> Any:
         """:meth:`_post` with ``httpx``: the retry loop is the same generator."""
+        client = await self._async_clients.get()  # names the extra if httpx is missing
         import httpx
 
-        client = await self._async_clients.get()
         attempts = self._attempts()
         wait = next(attempts)
         while True:
@@ -373,8 +373,8 @@ def _describe(exc: BaseException) -> str:
 
 def _root_cause(exc: BaseException) -> BaseException:
     """The socket error under httpx's wrappers (``ConnectionRefusedError``, ...)."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
     return exc
 
 
