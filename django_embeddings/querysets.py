@@ -12,6 +12,11 @@ crash or race ever serves a vector of a text the database no longer holds.
 
 Filters added after the search select rows before the top ``k`` is taken, except
 filters on ``similarity``, which apply to the hits.
+
+``asemantic_search()`` and ``asimilar_to()`` are the same methods for async code:
+the first embeds the query text through the provider's async path, the second
+reads the object's vector in a thread, and both return the same lazy queryset,
+whose evaluation (``async for``, ``acount()``...) Django runs in its own thread.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Self
 
 import numpy as np
+from asgiref.sync import sync_to_async
 from django.core.exceptions import EmptyResultSet
 from django.db import models, router
 from django.db.models import F, Q
@@ -38,7 +44,7 @@ from django_embeddings import cache, invalidation
 from django_embeddings.conf import conf
 from django_embeddings.exceptions import EmbeddingsError
 from django_embeddings.fields import EmbeddingField, embedding_fields
-from django_embeddings.providers import embed_checked
+from django_embeddings.providers import aembed_checked, embed_checked
 from django_embeddings.ranking import Top
 from django_embeddings.typing import Vector
 
@@ -78,6 +84,12 @@ class Ranked:
 
 
 _bound: ContextVar[dict[int, Ranked] | None] = ContextVar("django_embeddings_bound", default=None)
+
+# Query texts embedded ahead by an async method, by (field label, text): the sync
+# method it then calls finds its vector here instead of calling the provider.
+_embedded: ContextVar[dict[tuple[str, str], Vector] | None] = ContextVar(
+    "django_embeddings_embedded", default=None
+)
 
 
 @contextlib.contextmanager
@@ -274,24 +286,21 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         """
         embedding_field = self._embedding_field(field)
         _check_k(k)
-        if isinstance(query, str):
-            text = query[: conf.MAX_TEXT_LENGTH]
-            if not text.strip():
-                raise ValueError(
-                    f"semantic_search() on {embedding_field.label} needs a query text; "
-                    f"got {query!r}."
-                )
-            provider = embedding_field.get_provider()
-            target = f"a search of {embedding_field.label}"
-            vector = embed_checked(provider, [text], input_type="query", target=target)[0]
-        else:
-            vector = np.asarray(query, dtype=np.float32)
-            if vector.ndim != 1 or not np.isfinite(vector).all():
-                raise ValueError(
-                    f"semantic_search() on {embedding_field.label} needs a text or a finite "
-                    f"1-D vector, not an array of shape {vector.shape!r}."
-                )
+        vector = self._query_vector(embedding_field, query, "semantic_search")
         return self._searching(Search(embedding_field, vector, k))
+
+    async def asemantic_search(
+        self, query: str | Sequence[float] | Vector, k: int = 10, field: str | None = None
+    ) -> Self:
+        """:meth:`semantic_search` for async code.
+
+        The query text is embedded through the provider's ``aembed()`` before this
+        returns; the queryset returned is as lazy as ``semantic_search()``'s, and
+        Django evaluates it off the event loop (``async for``, ``await qs.acount()``).
+        """
+        _check_k(k)
+        async with self._query_embedded(query, field, "semantic_search"):
+            return self.semantic_search(query, k, field)
 
     def similar_to(self, obj: models.Model, k: int = 10, field: str | None = None) -> Self:
         """The ``k`` rows most similar to ``obj``, never ``obj`` itself."""
@@ -319,6 +328,11 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
             )
         return self._searching(Search(embedding_field, vector, k, exclude=key))
 
+    async def asimilar_to(self, obj: models.Model, k: int = 10, field: str | None = None) -> Self:
+        """:meth:`similar_to` for async code: the vector of ``obj`` is read from the
+        index (loaded from the store on first use) in Django's thread for the ORM."""
+        return await sync_to_async(self.similar_to)(obj, k, field)
+
     # -- evaluation: every path that runs SQL resolves the search first ----------------
 
     def _clone(self) -> Self:
@@ -344,6 +358,17 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
             return
         with _binding(search, self._exact(search)):
             yield from super()._iterator(use_chunked_fetch, chunk_size)  # type: ignore[misc]
+
+    async def aiterator(self, chunk_size: int = 2000) -> AsyncIterator[Any]:
+        if self._search is None:
+            async for row in super().aiterator(chunk_size):
+                yield row
+            return
+        # Django's aiterator() bypasses _iterator(); a search has at most MAX_K rows,
+        # so they are fetched through iterator() in one trip to the thread.
+        rows = await sync_to_async(lambda: list(self.iterator(chunk_size)))()
+        for row in rows:
+            yield row
 
     def count(self) -> int:
         if self._search is None or self._result_cache is not None:
@@ -380,6 +405,51 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         return self._plain_hits().delete()
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _query_vector(
+        self, field: EmbeddingField, query: str | Sequence[float] | Vector, method: str
+    ) -> Vector:
+        """The vector to search with: ``query`` itself, or the embedding of its text."""
+        if isinstance(query, str):
+            text = _query_text(field, query, method)
+            embedded = (_embedded.get() or {}).get((field.label, text))
+            if embedded is not None:
+                return embedded
+            provider = field.get_provider()
+            vectors = embed_checked(provider, [text], input_type="query", target=_target(field))
+            vector: Vector = vectors[0]
+            return vector
+        vector = np.asarray(query, dtype=np.float32)
+        if vector.ndim != 1 or not np.isfinite(vector).all():
+            raise ValueError(
+                f"{method}() on {field.label} needs a text or a finite "
+                f"1-D vector, not an array of shape {vector.shape!r}."
+            )
+        return vector
+
+    @contextlib.asynccontextmanager
+    async def _query_embedded(
+        self, query: str | Sequence[float] | Vector, field: str | None, method: str
+    ) -> AsyncIterator[None]:
+        """Embeds a query text through the provider's async path, for the sync
+        ``method`` called inside to find (an ``a``-method is its sync twin after this)."""
+        if not isinstance(query, str):
+            yield
+            return
+        embedding_field = self._embedding_field(field)
+        text = _query_text(embedding_field, query, method)
+        # Building a provider may import a library: not on the event loop either.
+        provider = await sync_to_async(embedding_field.get_provider, thread_sensitive=False)()
+        vectors = await aembed_checked(
+            provider, [text], input_type="query", target=_target(embedding_field)
+        )
+        token = _embedded.set(
+            {**(_embedded.get() or {}), (embedding_field.label, text): vectors[0]}
+        )
+        try:
+            yield
+        finally:
+            _embedded.reset(token)
 
     def _searching(self, search: Search) -> Self:
         if self._search is not None:
@@ -659,6 +729,17 @@ class EmbeddingQuerySet(EmbeddingQuerySetMixin):
 
 class EmbeddingManager(models.Manager.from_queryset(EmbeddingQuerySet)):  # type: ignore[misc]
     """``objects = EmbeddingManager()`` gives a model semantic search."""
+
+
+def _query_text(field: EmbeddingField, query: str, method: str) -> str:
+    text = query[: conf.MAX_TEXT_LENGTH]
+    if not text.strip():
+        raise ValueError(f"{method}() on {field.label} needs a query text; got {query!r}.")
+    return text
+
+
+def _target(field: EmbeddingField) -> str:
+    return f"a search of {field.label}"
 
 
 def _check_k(k: Any) -> None:

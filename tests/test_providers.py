@@ -7,6 +7,7 @@ script, so retries, timeouts and headers are exercised on a real socket.
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import logging
 import math
@@ -30,11 +31,13 @@ from django_embeddings.exceptions import ProviderError
 from django_embeddings.providers import (
     BaseProvider,
     HashingProvider,
+    aembed_checked,
     clear_providers,
     embed_checked,
     get_provider,
     validate_vectors,
 )
+from django_embeddings.providers._remote import LoopClients
 from django_embeddings.providers.ollama import OllamaProvider
 from django_embeddings.providers.static import DEFAULT_PATH, StaticModelProvider
 
@@ -308,6 +311,91 @@ def test_embed_checked_accepts_a_zero_vector_for_queries_only() -> None:
     assert not vectors.any()
     with pytest.raises(ProviderError, match=r"'blank' returned an all-zero vector for doc"):
         embed_checked(Blank(), ["zzz"], input_type="document", target="doc")
+
+
+class Recording(BaseProvider):
+    """Embeds like the hashing provider, noting the thread of each call; fails on "boom"."""
+
+    dimensions = 8
+    identity = "recording"
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def embed(self, texts: Any, input_type: Any = "document") -> Any:
+        self.threads.append(threading.get_ident())
+        if "boom" in texts:
+            raise RuntimeError("the model fell over")
+        return HashingProvider(dimensions=8).embed(texts, input_type)
+
+
+def test_aembed_runs_embed_off_the_event_loop() -> None:
+    provider = Recording()
+
+    async def main() -> tuple[int, Any]:
+        return threading.get_ident(), await provider.aembed(["a text"], "query")
+
+    loop_thread, vectors = asyncio.run(main())
+    np.testing.assert_array_equal(vectors, HashingProvider(dimensions=8).embed(["a text"]))
+    assert provider.threads and provider.threads[0] != loop_thread
+
+
+def test_aembed_checked_checks_like_embed_checked() -> None:
+    provider = Recording()
+    vectors = asyncio.run(aembed_checked(provider, ["x"], input_type="query", target="a query"))
+    np.testing.assert_array_equal(
+        vectors, embed_checked(provider, ["x"], input_type="query", target="a query")
+    )
+    for check in (embed_checked, aembed_checked):
+        with pytest.raises(ProviderError, match=r"'recording' failed to embed doc: .*fell over"):
+            result = check(provider, ["boom"], input_type="document", target="doc")
+            if asyncio.iscoroutine(result):
+                asyncio.run(result)
+
+
+def test_remote_async_client_is_shared_on_a_loop(server: ScriptedServer) -> None:
+    pytest.importorskip("httpx", reason="the ollama extra is not installed")
+    server.script(default=Reply(body=ollama_answer(4)))
+    provider = OllamaProvider(model="tiny-embed", dimensions=4, base_url=server.url)
+
+    async def main() -> None:
+        try:
+            # Concurrent first calls on one loop end up sharing one client.
+            await asyncio.gather(provider.aembed(["one"]), provider.aembed(["two"]))
+            client = await provider._async_clients.get()
+            await provider.aembed(["three"])
+            assert await provider._async_clients.get() is client
+        finally:
+            await provider.aclose()
+        assert not provider._async_clients._clients
+
+    asyncio.run(main())
+    assert len(server.seen) == 3
+
+
+def test_loop_clients_drop_the_clients_of_closed_loops() -> None:
+    closed: list[object] = []
+
+    async def close(client: object) -> None:
+        closed.append(client)
+
+    clients: LoopClients[object] = LoopClients(object, close)
+    first = asyncio.run(clients.get())
+    second = asyncio.run(clients.get())
+    assert second is not first
+    assert list(clients._clients.values()) == [second]  # the first loop's is gone
+    assert closed == []  # a closed loop's connections cannot be closed any more
+    clients.forget()
+    assert not clients._clients
+
+
+def test_ollama_aembed_without_httpx_names_the_extra(
+    server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "httpx", None)
+    provider = OllamaProvider(model="tiny-embed", dimensions=4, base_url=server.url)
+    with pytest.raises(ImproperlyConfigured, match=re.escape("django-embedding-field[ollama]")):
+        asyncio.run(provider.aembed(["hello"]))
 
 
 def test_static_identity_is_cheap_and_stable() -> None:
@@ -615,6 +703,28 @@ def expected(texts: list[str], dims: int, prefix: str = "") -> np.ndarray:
 TEXTS = [f"text number {i}" + "!" * i for i in range(7)]
 
 
+@pytest.fixture(params=["embed", "aembed"])
+def embed(request: pytest.FixtureRequest) -> Callable[..., np.ndarray]:
+    """``provider.embed(...)``, or ``provider.aembed(...)`` on an event loop of its own:
+    every HTTP provider test runs both, as both must behave alike."""
+    if request.param == "embed":
+        return lambda provider, *args, **kwargs: provider.embed(*args, **kwargs)
+
+    def run(provider: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+        if isinstance(provider, OllamaProvider):
+            pytest.importorskip("httpx", reason="the ollama extra is not installed")
+
+        async def once() -> np.ndarray:
+            try:
+                return await provider.aembed(*args, **kwargs)
+            finally:
+                await provider.aclose()  # its connections belong to this loop
+
+        return asyncio.run(once())
+
+    return run
+
+
 # --- OpenAIProvider ---------------------------------------------------------------------
 
 
@@ -643,10 +753,10 @@ def openai_provider(server: ScriptedServer) -> Iterator[Callable[..., Any]]:
         provider.close()
 
 
-def test_openai_batches_in_order(server: ScriptedServer, openai_provider: Any) -> None:
+def test_openai_batches_in_order(embed: Any, server: ScriptedServer, openai_provider: Any) -> None:
     server.script(default=Reply(body=openai_answer(4)))
     provider = openai_provider(batch_size=3)
-    vectors = provider.embed(TEXTS)
+    vectors = embed(provider, TEXTS)
     np.testing.assert_array_equal(vectors, expected(TEXTS, 4))
     assert vectors.dtype == np.float32
     assert [len(s.json["input"]) for s in server.seen] == [3, 3, 1]
@@ -655,17 +765,19 @@ def test_openai_batches_in_order(server: ScriptedServer, openai_provider: Any) -
     assert server.seen[0].json["encoding_format"] == "float"
     assert "dimensions" not in server.seen[0].json  # not a text-embedding-3 model
     assert provider.identity == "openai:compat-model-4d"
-    assert provider.embed([]).shape == (0, 4)
+    assert embed(provider, []).shape == (0, 4)
 
 
-def test_openai_batches_by_characters(server: ScriptedServer, openai_provider: Any) -> None:
+def test_openai_batches_by_characters(
+    embed: Any, server: ScriptedServer, openai_provider: Any
+) -> None:
     server.script(default=Reply(body=openai_answer(4)))
     texts = ["a" * 10, "b" * 10, "c" * 10, "d" * 25]
-    openai_provider(max_batch_chars=20).embed(texts)
+    embed(openai_provider(max_batch_chars=20), texts)
     assert [s.json["input"] for s in server.seen] == [texts[:2], texts[2:3], texts[3:]]
 
 
-def test_openai_base64(server: ScriptedServer, openai_provider: Any) -> None:
+def test_openai_base64(embed: Any, server: ScriptedServer, openai_provider: Any) -> None:
     import base64
 
     def answer(request: Any) -> Any:
@@ -676,42 +788,46 @@ def test_openai_base64(server: ScriptedServer, openai_provider: Any) -> None:
         return body
 
     server.script(default=Reply(body=answer))
-    vectors = openai_provider(encoding_format="base64").embed(TEXTS[:2])
+    vectors = embed(openai_provider(encoding_format="base64"), TEXTS[:2])
     np.testing.assert_array_equal(vectors, expected(TEXTS[:2], 4))
     assert server.seen[0].json["encoding_format"] == "base64"
 
 
 def test_openai_sends_dimensions_for_text_embedding_3(
-    server: ScriptedServer, openai_provider: Any
+    embed: Any, server: ScriptedServer, openai_provider: Any
 ) -> None:
     server.script(default=Reply(body=openai_answer(8)))
     provider = openai_provider(model="text-embedding-3-small", dimensions=8)
-    provider.embed(["hello"])
+    embed(provider, ["hello"])
     assert server.seen[0].json["dimensions"] == 8
     assert provider.identity == "openai:text-embedding-3-small-8d"
 
 
-def test_openai_retries_after_429(server: ScriptedServer, openai_provider: Any) -> None:
+def test_openai_retries_after_429(embed: Any, server: ScriptedServer, openai_provider: Any) -> None:
     server.script(
         Reply(429, {"error": {"message": "slow down"}}, {"retry-after-ms": "10"}),
         default=Reply(body=openai_answer(4)),
     )
-    vectors = openai_provider().embed(TEXTS[:2])
+    vectors = embed(openai_provider(), TEXTS[:2])
     np.testing.assert_array_equal(vectors, expected(TEXTS[:2], 4))
     assert len(server.seen) == 2
 
 
-def test_openai_gives_up_after_a_burst_of_500(server: ScriptedServer, openai_provider: Any) -> None:
+def test_openai_gives_up_after_a_burst_of_500(
+    embed: Any, server: ScriptedServer, openai_provider: Any
+) -> None:
     server.script(default=Reply(500, {"error": {"message": "boom"}}, {"retry-after-ms": "5"}))
     with pytest.raises(ProviderError, match=r"answered HTTP 500 for model 'compat-model'"):
-        openai_provider(max_retries=3).embed(["hello"])
+        embed(openai_provider(max_retries=3), ["hello"])
     assert len(server.seen) == 4
 
 
-def test_openai_times_out_on_a_hung_server(server: ScriptedServer, openai_provider: Any) -> None:
+def test_openai_times_out_on_a_hung_server(
+    embed: Any, server: ScriptedServer, openai_provider: Any
+) -> None:
     server.script(default=Reply(body=openai_answer(4), hang=30))
     with pytest.raises(ProviderError, match=r"timed out after 0.3s .*'compat-model'"):
-        openai_provider(timeout=0.3, max_retries=0).embed(["hello"])
+        embed(openai_provider(timeout=0.3, max_retries=0), ["hello"])
     assert len(server.seen) == 1  # max_retries=0: no second attempt
 
 
@@ -725,15 +841,15 @@ def test_openai_times_out_on_a_hung_server(server: ScriptedServer, openai_provid
     ],
 )
 def test_openai_rejects_bad_answers(
-    server: ScriptedServer, openai_provider: Any, mutate: Any, message: str
+    embed: Any, server: ScriptedServer, openai_provider: Any, mutate: Any, message: str
 ) -> None:
     server.script(default=Reply(body=openai_answer(4, mutate=mutate)))
     with pytest.raises(ProviderError, match=message):
-        openai_provider().embed(["one", "two"])
+        embed(openai_provider(), ["one", "two"])
 
 
 def test_openai_key_is_sent_but_never_shown(
-    server: ScriptedServer, openai_provider: Any, caplog: pytest.LogCaptureFixture
+    embed: Any, server: ScriptedServer, openai_provider: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     server.script(
@@ -742,7 +858,7 @@ def test_openai_key_is_sent_but_never_shown(
     )
     provider = openai_provider()
     with pytest.raises(ProviderError, match="HTTP 401") as info:
-        provider.embed(["hello"])
+        embed(provider, ["hello"])
     assert server.seen[0].headers["authorization"] == f"Bearer {SECRET}"
     assert SECRET not in str(info.value)
     assert "***" in str(info.value)
@@ -752,11 +868,11 @@ def test_openai_key_is_sent_but_never_shown(
 
 
 def test_openai_key_from_environment(
-    server: ScriptedServer, openai_provider: Any, monkeypatch: pytest.MonkeyPatch
+    embed: Any, server: ScriptedServer, openai_provider: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
     server.script(default=Reply(body=openai_answer(4)))
-    openai_provider(api_key=None).embed(["hello"])
+    embed(openai_provider(api_key=None), ["hello"])
     assert server.seen[0].headers["authorization"] == "Bearer sk-from-env"
 
 
@@ -803,10 +919,10 @@ def ollama(server: ScriptedServer) -> Callable[..., OllamaProvider]:
     return make
 
 
-def test_ollama_batches_in_order(server: ScriptedServer, ollama: Any) -> None:
+def test_ollama_batches_in_order(embed: Any, server: ScriptedServer, ollama: Any) -> None:
     server.script(default=Reply(body=ollama_answer(4)))
     provider = ollama(batch_size=3, keep_alive="5m")
-    vectors = provider.embed(TEXTS)
+    vectors = embed(provider, TEXTS)
     np.testing.assert_array_equal(vectors, expected(TEXTS, 4))
     assert vectors.dtype == np.float32
     assert [s.json["input"] for s in server.seen] == [TEXTS[:3], TEXTS[3:6], TEXTS[6:]]
@@ -818,16 +934,16 @@ def test_ollama_batches_in_order(server: ScriptedServer, ollama: Any) -> None:
         "keep_alive": "5m",
     }
     assert provider.identity == "ollama:tiny-embed-4d"
-    assert provider.embed([]).shape == (0, 4)
+    assert embed(provider, []).shape == (0, 4)
     assert not server.seen[0].headers.get("authorization")
 
 
-def test_ollama_known_model_prompts(server: ScriptedServer, ollama: Any) -> None:
+def test_ollama_known_model_prompts(embed: Any, server: ScriptedServer, ollama: Any) -> None:
     server.script(default=Reply(body=ollama_answer(768)))
     provider = ollama(model="nomic-embed-text:v1.5", dimensions=None)
     assert provider.dimensions == 768
-    documents = provider.embed(["a cat"])
-    query = provider.embed(["a cat"], input_type="query")
+    documents = embed(provider, ["a cat"])
+    query = embed(provider, ["a cat"], input_type="query")
     assert [s.json["input"] for s in server.seen] == [
         ["search_document: a cat"],
         ["search_query: a cat"],
@@ -840,14 +956,14 @@ def test_ollama_known_model_prompts(server: ScriptedServer, ollama: Any) -> None
 
 
 def test_ollama_retries_after_429(
-    server: ScriptedServer, ollama: Any, caplog: pytest.LogCaptureFixture
+    embed: Any, server: ScriptedServer, ollama: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     server.script(
         Reply(429, {"error": "busy"}, {"Retry-After": "0"}),
         Reply(503, {"error": "loading"}),
         default=Reply(body=ollama_answer(4)),
     )
-    vectors = ollama().embed(TEXTS[:2])
+    vectors = embed(ollama(), TEXTS[:2])
     np.testing.assert_array_equal(vectors, expected(TEXTS[:2], 4))
     assert len(server.seen) == 3
     assert "HTTP 429: busy" in caplog.text
@@ -855,35 +971,37 @@ def test_ollama_retries_after_429(
 
 
 def test_ollama_gives_up_after_a_burst_of_500(
-    server: ScriptedServer, ollama: Any, caplog: pytest.LogCaptureFixture
+    embed: Any, server: ScriptedServer, ollama: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     server.script(default=Reply(500, {"error": "model runner crashed"}))
     with pytest.raises(
         ProviderError,
         match=r"'tiny-embed' after 4 attempts .*HTTP 500: model runner crashed",
     ):
-        ollama(max_retries=3).embed(["hello"])
+        embed(ollama(max_retries=3), ["hello"])
     assert len(server.seen) == 4
     # The waits follow retry_backoff=0.001 (at most 1, 2 and 4 ms), not the default 0.5 s.
     waits = re.findall(r"retry (\d) of 3 in (\S+)s", caplog.text)
     assert waits == [("1", "0.00"), ("2", "0.00"), ("3", "0.00")]
 
 
-def test_ollama_does_not_retry_client_errors(server: ScriptedServer, ollama: Any) -> None:
+def test_ollama_does_not_retry_client_errors(
+    embed: Any, server: ScriptedServer, ollama: Any
+) -> None:
     server.script(default=Reply(404, {"error": "model 'tiny-embed' not found"}))
     with pytest.raises(ProviderError, match=r"answered HTTP 404: model 'tiny-embed' not found"):
-        ollama().embed(["hello"])
+        embed(ollama(), ["hello"])
     assert len(server.seen) == 1
 
 
-def test_ollama_times_out_on_a_hung_server(server: ScriptedServer, ollama: Any) -> None:
+def test_ollama_times_out_on_a_hung_server(embed: Any, server: ScriptedServer, ollama: Any) -> None:
     server.script(default=Reply(body=ollama_answer(4), hang=30))
     with pytest.raises(ProviderError, match=r"after 2 attempts \(timeout 0.3s\): timed out"):
-        ollama(timeout=0.3, max_retries=1).embed(["hello"])
+        embed(ollama(timeout=0.3, max_retries=1), ["hello"])
     assert len(server.seen) == 2
 
 
-def test_ollama_connection_refused() -> None:
+def test_ollama_connection_refused(embed: Any) -> None:
     from tests.conftest import free_port
 
     provider = OllamaProvider(
@@ -894,7 +1012,7 @@ def test_ollama_connection_refused() -> None:
         retry_backoff=0.001,
     )
     with pytest.raises(ProviderError, match=r"after 2 attempts .*ConnectionRefusedError"):
-        provider.embed(["hello"])
+        embed(provider, ["hello"])
 
 
 @pytest.mark.parametrize(
@@ -907,22 +1025,24 @@ def test_ollama_connection_refused() -> None:
     ],
 )
 def test_ollama_rejects_bad_answers(
-    server: ScriptedServer, ollama: Any, mutate: Any, message: str
+    embed: Any, server: ScriptedServer, ollama: Any, mutate: Any, message: str
 ) -> None:
     server.script(default=Reply(body=ollama_answer(4, mutate=mutate)))
     with pytest.raises(ProviderError, match=message) as info:
-        ollama().embed(["one", "two"])
+        embed(ollama(), ["one", "two"])
     assert "tiny-embed" in str(info.value)
 
 
-def test_ollama_rejects_a_body_that_is_not_json(server: ScriptedServer, ollama: Any) -> None:
+def test_ollama_rejects_a_body_that_is_not_json(
+    embed: Any, server: ScriptedServer, ollama: Any
+) -> None:
     server.script(default=Reply(body=b"<html>proxy error</html>"))
     with pytest.raises(ProviderError, match=r"not JSON for model 'tiny-embed'"):
-        ollama().embed(["hello"])
+        embed(ollama(), ["hello"])
 
 
 def test_ollama_key_is_sent_but_never_shown(
-    server: ScriptedServer, ollama: Any, caplog: pytest.LogCaptureFixture
+    embed: Any, server: ScriptedServer, ollama: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     server.script(
@@ -931,7 +1051,7 @@ def test_ollama_key_is_sent_but_never_shown(
     )
     provider = ollama(api_key=SECRET)
     with pytest.raises(ProviderError, match="HTTP 403") as info:
-        provider.embed(["hello"])
+        embed(provider, ["hello"])
     assert server.seen[0].headers["authorization"] == f"Bearer {SECRET}"
     assert SECRET not in str(info.value)
     assert SECRET not in repr(provider)

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
+from asgiref.sync import async_to_sync
 from django.core.paginator import Paginator
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -10,6 +13,7 @@ from django_embeddings import EmbeddingManager, EmbeddingQuerySet
 from django_embeddings.exceptions import EmbeddingsError, ProviderError
 from django_embeddings.fields import content_hash
 from django_embeddings.providers import get_provider
+from django_embeddings.querysets import EmbeddingQuerySetMixin
 from tests.otherapp.models import Doc as OtherDoc
 from tests.testapp.models import Article, ArticleProxy, ManualDoc
 
@@ -311,3 +315,113 @@ class TestNeverAnOldText:
 
         call_command("embeddings_backfill", "testapp.Article", "--missing", verbosity=0)
         assert row.pk in [h.pk for h in Article.objects.semantic_search("entirely new words", k=1)]
+
+
+class TestAsync:
+    """``asemantic_search()`` and ``asimilar_to()``, run on an event loop as a view would."""
+
+    def test_asemantic_search_ranks_like_semantic_search(self, corpus):
+        async def search():
+            hits = await Article.objects.filter(published=True).asemantic_search("apple fox", k=7)
+            return [(h.pk, h.similarity) async for h in hits]
+
+        expected = Article.objects.filter(published=True).semantic_search("apple fox", k=7)
+        assert async_to_sync(search)() == [(h.pk, h.similarity) for h in expected]
+        assert_ranking(
+            list(expected), brute_force("apple fox", [a for a in corpus if a.published], 7)
+        )
+
+    def test_the_query_is_embedded_once_off_the_loop_and_never_at_evaluation(self, corpus):
+        provider = get_provider()
+
+        async def search():
+            loop_thread = threading.get_ident()
+            hits = await Article.objects.asemantic_search("cherry delta", k=5)
+            embedded = len(provider.calls)
+            # Still lazy and chainable; evaluating it in every way asks nothing more.
+            narrowed = hits.filter(published=False)
+            rows = [h async for h in narrowed]
+            count = await hits.acount()
+            first = await hits.afirst()
+            exists = await hits.aexists()
+            streamed = [h.pk async for h in hits.aiterator(chunk_size=2)]
+            assert len(provider.calls) == embedded
+            return loop_thread, rows, count, first, exists, streamed
+
+        provider.calls.clear()
+        provider.threads.clear()
+        loop_thread, rows, count, first, exists, streamed = async_to_sync(search)()
+        assert provider.calls == [["cherry delta"]]
+        assert provider.threads[0] != loop_thread  # the default aembed() runs embed() in a thread
+        expected = list(Article.objects.semantic_search("cherry delta", k=5))
+        narrowed = Article.objects.semantic_search("cherry delta", k=5).filter(published=False)
+        assert [h.pk for h in rows] == [h.pk for h in narrowed]
+        assert rows and not any(h.published for h in rows)
+        assert count == 5 and exists
+        assert first.pk == expected[0].pk
+        assert first.similarity == pytest.approx(expected[0].similarity)
+        assert streamed == [h.pk for h in expected]
+
+    def test_asemantic_search_with_a_vector_embeds_nothing(self, corpus):
+        provider = get_provider()
+        vector = provider.embed(["golf hotel"], "query")[0]
+        provider.calls.clear()
+
+        async def search():
+            return [h.pk async for h in await Article.objects.asemantic_search(vector, k=4)]
+
+        assert async_to_sync(search)() == [
+            h.pk for h in Article.objects.semantic_search("golf hotel", k=4)
+        ]
+        assert provider.calls == [["golf hotel"]]  # by the sync search, not the async one
+
+    def test_asemantic_search_errors_match_semantic_search(self, corpus, settings):
+        run = async_to_sync(Article.objects.all().asemantic_search)
+        provider = get_provider()
+        provider.calls.clear()
+        with pytest.raises(ValueError, match="k should be an int"):
+            run("apple", k=0)
+        with pytest.raises(ValueError, match=r"semantic_search\(\) on .* needs a query text"):
+            run("  ")
+        with pytest.raises(ValueError, match="has no EmbeddingField named 'nope'"):
+            run("apple", field="nope")
+        with pytest.raises(ValueError, match="finite 1-D vector"):
+            run(np.zeros((2, 64)))
+        assert provider.calls == []  # nothing was embedded for a search that cannot run
+        settings.DJANGO_EMBEDDINGS_PROVIDERS = {
+            **settings.DJANGO_EMBEDDINGS_PROVIDERS,
+            "default": {"BACKEND": "tests.utils.FailingProvider"},
+        }
+        with pytest.raises(ProviderError, match=r"a search of testapp\.Article\.embedding"):
+            run("anything")
+
+    def test_asimilar_to_reads_the_index_off_the_loop(self, corpus, monkeypatch):
+        threads = []
+        similar_to = EmbeddingQuerySetMixin.similar_to
+
+        def recording(self, *args, **kwargs):
+            threads.append(threading.get_ident())
+            return similar_to(self, *args, **kwargs)
+
+        monkeypatch.setattr(EmbeddingQuerySetMixin, "similar_to", recording)
+
+        async def similar():
+            hits = await Article.objects.filter(published=True).asimilar_to(corpus[3], k=5)
+            return threading.get_ident(), [(h.pk, h.similarity) async for h in hits]
+
+        loop_thread, hits = async_to_sync(similar)()
+        assert threads and loop_thread not in threads
+        expected = Article.objects.filter(published=True).similar_to(corpus[3], k=5)
+        assert hits == [(h.pk, h.similarity) for h in expected]
+        assert corpus[3].pk not in [pk for pk, _ in hits]
+
+    def test_asimilar_to_a_row_without_embedding(self):
+        doc = ManualDoc.objects.create(text="not embedded")
+        with pytest.raises(EmbeddingsError, match="no embedding"):
+            async_to_sync(ManualDoc.objects.all().asimilar_to)(doc)
+
+    def test_aiterator_without_a_search(self, corpus):
+        async def titles():
+            return [a.title async for a in Article.objects.order_by("pk").aiterator(chunk_size=50)]
+
+        assert async_to_sync(titles)() == [a.title for a in corpus]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -17,9 +18,11 @@ class CountingProvider(HashingProvider):
     def __init__(self, dimensions: int = 64, **options: Any) -> None:
         super().__init__(dimensions=dimensions, **options)
         self.calls: list[list[str]] = []
+        self.threads: list[int] = []  # the thread of each call
 
     def embed(self, texts: Sequence[str], input_type: InputType = "document") -> Matrix:
         self.calls.append(list(texts))
+        self.threads.append(threading.get_ident())
         return super().embed(texts, input_type)
 
 

@@ -13,7 +13,12 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from django_embeddings.conf import conf
-from django_embeddings.providers.base import BaseProvider, embed_checked, validate_vectors
+from django_embeddings.providers.base import (
+    BaseProvider,
+    aembed_checked,
+    embed_checked,
+    validate_vectors,
+)
 from django_embeddings.providers.hashing import HashingProvider
 
 if TYPE_CHECKING:
@@ -31,6 +36,7 @@ __all__ = [
     "OpenAIProvider",
     "SentenceTransformerProvider",
     "StaticModelProvider",
+    "aembed_checked",
     "clear_providers",
     "embed_checked",
     "get_provider",

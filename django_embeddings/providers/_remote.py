@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
+
+Client = TypeVar("Client")
 
 
 def check_positive_int(provider: str, option: str, value: Any) -> int:
@@ -73,3 +78,49 @@ def public_url(url: str) -> str:
 
 def short(values: list[int]) -> str:
     return repr(values) if len(values) <= 10 else f"{values[:10]!r}..."
+
+
+class LoopClients(Generic[Client]):
+    """One async HTTP client per event loop.
+
+    A client's pooled connections belong to the loop that opened them, so a
+    client is kept for the running loop and reused by every request on it (one
+    connection pool per process under an ASGI server). Clients of loops that have
+    closed (``async_to_sync`` runs each call on a new loop) are dropped, as their
+    connections can never be used again.
+    """
+
+    def __init__(
+        self, make: Callable[[], Client], close: Callable[[Client], Awaitable[Any]]
+    ) -> None:
+        self._make = make
+        self._close = close
+        self._clients: dict[asyncio.AbstractEventLoop, Client] = {}
+        self._lock = threading.Lock()
+
+    async def get(self) -> Client:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is not None:
+            return client
+        # Building a client imports the SDK and loads TLS certificates: not on the loop.
+        made = await sync_to_async(self._make, thread_sensitive=False)()
+        with self._lock:
+            for other in [other for other in self._clients if other.is_closed()]:
+                del self._clients[other]
+            client = self._clients.setdefault(loop, made)
+        if client is not made:  # another request on this loop made one meanwhile
+            await self._close(made)
+        return client
+
+    async def aclose(self) -> None:
+        """Close the running loop's client; the next request makes a new one."""
+        with self._lock:
+            client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await self._close(client)
+
+    def forget(self) -> None:
+        """Drop every client (from sync code, which cannot close them)."""
+        with self._lock:
+            self._clients.clear()

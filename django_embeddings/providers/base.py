@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+from asgiref.sync import sync_to_async
 
 from django_embeddings.exceptions import ProviderError
 from django_embeddings.typing import InputType, Matrix
@@ -15,7 +17,8 @@ class BaseProvider:
     """Turns texts into vectors.
 
     Subclasses set :attr:`dimensions` and :attr:`identity` and implement
-    :meth:`embed`. Options come from the alias's ``OPTIONS`` in
+    :meth:`embed`; providers that call a server also implement :meth:`aembed`
+    with an async client. Options come from the alias's ``OPTIONS`` in
     ``DJANGO_EMBEDDINGS_PROVIDERS`` as keyword arguments.
 
     ``identity`` names the model and its version. It is stored with every vector,
@@ -39,6 +42,16 @@ class BaseProvider:
         """
         raise NotImplementedError
 
+    async def aembed(self, texts: Sequence[str], input_type: InputType = "document") -> Matrix:
+        """:meth:`embed` for async code.
+
+        By default :meth:`embed` runs in a worker thread: a local model computes
+        in numpy, which would hold the event loop for as long as it takes. Not
+        thread-sensitive, so searches embed concurrently instead of queueing behind
+        the thread Django keeps for the ORM.
+        """
+        return await sync_to_async(self.embed, thread_sensitive=False)(texts, input_type)
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.identity!r}>"
 
@@ -51,14 +64,35 @@ def embed_checked(
 
     An all-zero vector is accepted for a query (the provider has no confident
     vector for it) and refused for a document, which would be stored."""
-    try:
+    with _named_failures(provider, target):
         raw = provider.embed(texts, input_type=input_type)
+    return _checked(raw, provider, texts, input_type=input_type, target=target)
+
+
+async def aembed_checked(
+    provider: BaseProvider, texts: Sequence[str], *, input_type: InputType, target: str
+) -> Matrix:
+    """:func:`embed_checked` through ``provider.aembed``: the same errors and checks."""
+    with _named_failures(provider, target):
+        raw = await provider.aembed(texts, input_type=input_type)
+    return _checked(raw, provider, texts, input_type=input_type, target=target)
+
+
+@contextlib.contextmanager
+def _named_failures(provider: BaseProvider, target: str) -> Iterator[None]:
+    try:
+        yield
     except ProviderError:
         raise
     except Exception as exc:
         raise ProviderError(
             f"Provider {provider.identity!r} failed to embed {target}: {exc}"
         ) from exc
+
+
+def _checked(
+    raw: Any, provider: BaseProvider, texts: Sequence[str], *, input_type: InputType, target: str
+) -> Matrix:
     return validate_vectors(
         raw,
         expected_rows=len(texts),

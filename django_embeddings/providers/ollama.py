@@ -3,12 +3,14 @@
 HTTP goes through the standard library's ``urllib``: one JSON POST per batch
 needs no client library, so this provider adds no dependency (the ``openai``
 extra's HTTP client is not installed for Ollama users, and is not the same
-package as ``httpx`` in recent SDK versions anyway). Retries, backoff and the
-timeout are implemented here.
+package as ``httpx`` in recent SDK versions anyway). :meth:`OllamaProvider.aembed`,
+for async code, uses ``httpx.AsyncClient`` (the ``django-embedding-field[ollama]``
+extra). Retries, backoff and the timeout are implemented here, once for both.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import hashlib
 import http.client
@@ -18,7 +20,7 @@ import random
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from email.message import Message
 from typing import Any
 
@@ -27,6 +29,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from django_embeddings.exceptions import ProviderError
 from django_embeddings.providers._remote import (
+    LoopClients,
     batches,
     check_positive_int,
     check_retries,
@@ -38,6 +41,8 @@ from django_embeddings.providers.base import BaseProvider, validate_vectors
 from django_embeddings.typing import InputType, Matrix
 
 logger = logging.getLogger(__name__)
+
+EXTRA = "django-embedding-field[ollama]"
 
 # Native sizes of common embedding models in Ollama's library, by name without
 # the ":tag". Any other model needs the ``dimensions`` option.
@@ -54,6 +59,9 @@ KNOWN_PROMPTS = {
 # A server's Retry-After is honoured up to this many seconds.
 MAX_RETRY_AFTER = 60.0
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+# One attempt's answer: status, headers (read with .get(), any case) and body.
+Reply = tuple[int, Any, bytes]
 
 
 class OllamaProvider(BaseProvider):
@@ -140,6 +148,9 @@ class OllamaProvider(BaseProvider):
         self.keep_alive = keep_alive
         self.truncate = truncate
         self._api_key = api_key or None
+        self._async_clients: LoopClients[Any] = LoopClients(
+            self._make_async_client, lambda client: client.aclose()
+        )
 
         identity = f"ollama:{model}-{self.dimensions}d"
         if self.document_prompt:
@@ -149,19 +160,40 @@ class OllamaProvider(BaseProvider):
         self.identity = identity
 
     def embed(self, texts: Sequence[str], input_type: InputType = "document") -> Matrix:
-        if not texts:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
-        prompt = (self.query_prompt if input_type == "query" else self.document_prompt) or ""
-        out = np.empty((len(texts), self.dimensions), dtype=np.float32)
-        for start, batch in batches(texts, self.batch_size, self.max_batch_chars):
-            out[start : start + len(batch)] = self._embed_batch([prompt + t for t in batch])
+        out = np.zeros((len(texts), self.dimensions), dtype=np.float32)
+        for start, batch in self._batches(texts, input_type):
+            out[start : start + len(batch)] = self._rows(batch, self._post(self._body(batch)))
         return out
 
-    def _embed_batch(self, batch: list[str]) -> Matrix:
+    async def aembed(self, texts: Sequence[str], input_type: InputType = "document") -> Matrix:
+        """:meth:`embed` through ``httpx.AsyncClient``: the same retries, timeout and errors."""
+        out = np.zeros((len(texts), self.dimensions), dtype=np.float32)
+        for start, batch in self._batches(texts, input_type):
+            answer = await self._apost(self._body(batch))
+            out[start : start + len(batch)] = self._rows(batch, answer)
+        return out
+
+    async def aclose(self) -> None:
+        """Close the running event loop's connections; the next :meth:`aembed` opens new ones."""
+        await self._async_clients.aclose()
+
+    def close(self) -> None:
+        self._async_clients.forget()
+
+    def _batches(
+        self, texts: Sequence[str], input_type: InputType
+    ) -> Iterator[tuple[int, list[str]]]:
+        prompt = (self.query_prompt if input_type == "query" else self.document_prompt) or ""
+        for start, batch in batches(texts, self.batch_size, self.max_batch_chars):
+            yield start, [prompt + text for text in batch]
+
+    def _body(self, batch: list[str]) -> bytes:
         body: dict[str, Any] = {"model": self.model, "input": batch, "truncate": self.truncate}
         if self.keep_alive is not None:
             body["keep_alive"] = self.keep_alive
-        answer = self._post("/api/embed", body)
+        return json.dumps(body).encode("utf-8")
+
+    def _rows(self, batch: list[str], answer: Any) -> Matrix:
         embeddings = answer.get("embeddings") if isinstance(answer, dict) else None
         if not isinstance(embeddings, list) or len(embeddings) != len(batch):
             got = len(embeddings) if isinstance(embeddings, list) else None
@@ -183,21 +215,67 @@ class OllamaProvider(BaseProvider):
             target=f"a batch of {len(batch)} texts from {self.where!r}",
         )
 
-    def _post(self, path: str, body: Mapping[str, Any]) -> Any:
-        """POST JSON and return the decoded answer, retrying what may pass."""
-        payload = json.dumps(body).encode("utf-8")
+    @property
+    def _url(self) -> str:
+        return self.base_url + "/api/embed"
+
+    @property
+    def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        url = self.base_url + path
-        for attempt in range(self.max_retries + 1):
-            retry_after: float | None = None
+        return headers
+
+    def _post(self, payload: bytes) -> Any:
+        """POST JSON and return the decoded answer, retrying what may pass."""
+        attempts = self._attempts()
+        wait = next(attempts)
+        while True:
+            time.sleep(wait)
             try:
-                status, answer_headers, raw = self._request(url, payload, headers)
+                reply: Reply | str = self._request(self._url, payload, self._headers)
             except (OSError, http.client.HTTPException) as exc:
                 # URLError, timeouts and refused or reset connections are OSErrors.
-                problem = _describe(exc)
+                reply = _describe(exc)
+            try:
+                wait = attempts.send(reply)
+            except StopIteration as done:
+                return done.value
+
+    async def _apost(self, payload: bytes) -> Any:
+        """:meth:`_post` with ``httpx``: the retry loop is the same generator."""
+        client = await self._async_clients.get()  # names the extra if httpx is missing
+        import httpx
+
+        attempts = self._attempts()
+        wait = next(attempts)
+        while True:
+            await asyncio.sleep(wait)
+            try:
+                # httpx's timeout bounds each network operation; this one the whole answer.
+                async with asyncio.timeout(self.timeout):
+                    response = await client.post(self._url, content=payload, headers=self._headers)
+                reply: Reply | str = (response.status_code, response.headers, response.content)
+            except (httpx.TimeoutException, TimeoutError):
+                reply = "timed out"
+            except httpx.TransportError as exc:
+                reply = _describe(_root_cause(exc))
+            try:
+                wait = attempts.send(reply)
+            except StopIteration as done:
+                return done.value
+
+    def _attempts(self) -> Generator[float, Reply | str, Any]:
+        """The retry policy without the I/O: receives each attempt's reply (or what went
+        wrong), yields the seconds to wait before the next attempt, returns the answer."""
+        wait = 0.0
+        for attempt in range(self.max_retries + 1):
+            reply = yield wait
+            retry_after: float | None = None
+            if isinstance(reply, str):
+                problem = reply
             else:
+                status, answer_headers, raw = reply
                 if 200 <= status < 300:
                     return self._decode(raw)
                 problem = f"HTTP {status}{self._server_message(raw)}"
@@ -211,7 +289,7 @@ class OllamaProvider(BaseProvider):
                     f"Ollama at {self.where!r} failed for model {self.model!r} after "
                     f"{attempt + 1} attempts (timeout {self.timeout:g}s): {problem}"
                 )
-            delay = self._backoff(attempt, retry_after)
+            wait = self._backoff(attempt, retry_after)
             logger.warning(
                 "Ollama at %s: %s for model %s; retry %d of %d in %.2fs",
                 self.where,
@@ -219,9 +297,8 @@ class OllamaProvider(BaseProvider):
                 self.model,
                 attempt + 1,
                 self.max_retries,
-                delay,
+                wait,
             )
-            time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _request(
@@ -236,6 +313,16 @@ class OllamaProvider(BaseProvider):
         except urllib.error.HTTPError as exc:
             with exc:
                 return exc.code, exc.headers, _read(exc, deadline)
+
+    def _make_async_client(self) -> Any:
+        try:
+            import httpx
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                f"{type(self).__name__}.aembed() needs httpx ({exc}); install it with: "
+                f"pip install '{EXTRA}'"
+            ) from exc
+        return httpx.AsyncClient(timeout=self.timeout)
 
     def _decode(self, raw: bytes) -> Any:
         try:
@@ -282,6 +369,13 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The socket error under httpx's wrappers (``ConnectionRefusedError``, ...)."""
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
+    return exc
 
 
 def _retry_after(value: str | None) -> float | None:

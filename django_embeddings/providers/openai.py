@@ -1,20 +1,23 @@
 """A provider for OpenAI's embeddings API and servers that speak it.
 
 Requests go through the ``openai`` SDK (the ``django-embedding-field[openai]``
-extra), imported on first use. The SDK already retries 408/409/429/5xx and
-connection errors with exponential backoff and jitter, honours ``Retry-After``
-(``retry-after-ms`` too) and applies the timeout; this module adds batching,
-checks on what comes back, and errors that name the model but never the key.
+extra), imported on first use: its ``OpenAI`` client for :meth:`embed`, its
+``AsyncOpenAI`` client for :meth:`aembed`, with the same options. The SDK
+already retries 408/409/429/5xx and connection errors with exponential backoff
+and jitter, honours ``Retry-After`` (``retry-after-ms`` too) and applies the
+timeout; this module adds batching, checks on what comes back, and errors that
+name the model but never the key.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +25,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from django_embeddings.exceptions import ProviderError
 from django_embeddings.providers._remote import (
+    LoopClients,
     batches,
     check_positive_int,
     check_retries,
@@ -142,6 +146,9 @@ class OpenAIProvider(BaseProvider):
         }
         self._client: Any = None
         self._lock = threading.Lock()
+        self._async_clients: LoopClients[Any] = LoopClients(
+            lambda: self._make_client(asynchronous=True), lambda client: client.close()
+        )
 
     @property
     def where(self) -> str:
@@ -150,22 +157,41 @@ class OpenAIProvider(BaseProvider):
 
     def embed(self, texts: Sequence[str], input_type: InputType = "document") -> Matrix:
         # OpenAI's models are symmetric: input_type does not change the request.
+        out = np.zeros((len(texts), self.dimensions), dtype=np.float32)
         if not texts:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
+            return out
         client = self._get_client()
-        out = np.empty((len(texts), self.dimensions), dtype=np.float32)
         for start, batch in batches(texts, self.batch_size, self.max_batch_chars):
-            out[start : start + len(batch)] = self._embed_batch(client, batch)
+            with self._failures():
+                response = client.embeddings.create(input=batch, **self._request())
+            out[start : start + len(batch)] = self._rows(response, batch)
         return out
 
-    def _embed_batch(self, client: Any, batch: list[str]) -> Matrix:
-        import openai
+    async def aembed(self, texts: Sequence[str], input_type: InputType = "document") -> Matrix:
+        """:meth:`embed` through the SDK's ``AsyncOpenAI``: the same retries and errors."""
+        out = np.zeros((len(texts), self.dimensions), dtype=np.float32)
+        if not texts:
+            return out
+        client = await self._async_clients.get()
+        for start, batch in batches(texts, self.batch_size, self.max_batch_chars):
+            with self._failures():
+                response = await client.embeddings.create(input=batch, **self._request())
+            out[start : start + len(batch)] = self._rows(response, batch)
+        return out
 
-        kwargs: dict[str, Any] = {"encoding_format": self.encoding_format}
+    def _request(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"model": self.model, "encoding_format": self.encoding_format}
         if self.send_dimensions:
             kwargs["dimensions"] = self.dimensions
+        return kwargs
+
+    @contextlib.contextmanager
+    def _failures(self) -> Iterator[None]:
+        """The SDK's errors, once its retries are spent, as ``ProviderError``."""
+        import openai
+
         try:
-            response = client.embeddings.create(model=self.model, input=batch, **kwargs)
+            yield
         except openai.APITimeoutError as exc:
             raise self._error(
                 f"timed out after {self.timeout:g}s ({self.max_retries} retries)", exc
@@ -177,6 +203,7 @@ class OpenAIProvider(BaseProvider):
         except (openai.OpenAIError, ValueError, TypeError) as exc:  # e.g. an unparsable body
             raise self._error("failed", exc) from exc
 
+    def _rows(self, response: Any, batch: list[str]) -> Matrix:
         data = sorted(getattr(response, "data", None) or [], key=lambda item: item.index)
         indexes = [item.index for item in data]
         if indexes != list(range(len(batch))):
@@ -224,6 +251,11 @@ class OpenAIProvider(BaseProvider):
             client, self._client = self._client, None
         if client is not None:
             client.close()
+        self._async_clients.forget()
+
+    async def aclose(self) -> None:
+        """Close the running event loop's connections; the next :meth:`aembed` opens new ones."""
+        await self._async_clients.aclose()
 
     def _get_client(self) -> Any:
         if self._client is None:
@@ -232,7 +264,7 @@ class OpenAIProvider(BaseProvider):
                     self._client = self._make_client()
         return self._client
 
-    def _make_client(self) -> Any:
+    def _make_client(self, *, asynchronous: bool = False) -> Any:
         try:
             import openai
         except ImportError as exc:
@@ -240,7 +272,8 @@ class OpenAIProvider(BaseProvider):
                 f"{type(self).__name__} could not import openai ({exc}); install it with: "
                 f"pip install '{EXTRA}'"
             ) from exc
-        return openai.OpenAI(
+        client_class = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+        return client_class(
             # The SDK insists on a key; a local server that needs none ignores it.
             api_key=self._api_key or "unused",
             base_url=self.base_url,
