@@ -421,6 +421,17 @@ def apply_delta(
         return  # not loaded here: the next search loads the current state
     if not index.apply(entries, vectors):
         catch_up(index)
+        return
+    # Our own append: the index now holds the journal up to its end, so the next
+    # version check reads on from there instead of reading these entries back.
+    mark = store.appended_through(entries[-1].version) if entries else None
+    if mark is not None:
+        position, stat = mark
+        with index.lock:
+            if index.version == entries[-1].version and index.position.same_journal(
+                position.inode, position.header
+            ):
+                index.position, index.journal_stat = position, stat
 
 
 def loaded(label: str) -> FieldIndex | None:

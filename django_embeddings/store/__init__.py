@@ -221,6 +221,8 @@ class _Journal:
     dimensions: int | None = None
     index_stat: tuple[int, int, int] | None = None
     index_version: int = 0
+    # (version, where the journal ended, its stat) right after this process's last append
+    appended: tuple[int, Position, tuple[int, int, int]] | None = None
 
     @property
     def version(self) -> int:
@@ -358,6 +360,16 @@ class Store:
             version = records.versions[-1] if records.versions else snap.version
             return State(snap, records, tail.position, version, base=tail.base, source=source)
         raise StoreError(f"{self.label}: the store kept changing while it was read.")
+
+    def appended_through(self, version: int) -> tuple[Position, tuple[int, int, int]] | None:
+        """Where the journal ended (and its stat) right after this process appended the
+        entries up to ``version``, if that is still its last append and no compaction
+        followed: an index holding every entry up to ``version`` can read on from there."""
+        known = _journals.get(self.path)
+        appended = known.appended if known is not None else None
+        if appended is None or appended[0] != version:
+            return None
+        return appended[1], appended[2]
 
     def read_tail(self, position: Position) -> Tail | None:
         """Entries appended since ``position``, with their vectors; ``None`` after a compaction.
@@ -583,6 +595,12 @@ class Store:
         known.size += written
         known.last = entries[-1].version
         known.ends_line = True
+        stat = os.fstat(fd)
+        known.appended = (
+            known.last,
+            Position(known.inode, known.size, known.header),
+            (stat.st_ino, stat.st_size, stat.st_mtime_ns),
+        )
 
     def _matrix(self, items: list[tuple[str, Vector, str, str]]) -> Matrix:
         """The batch's vectors as one little-endian float32 matrix; checks keys and shapes."""

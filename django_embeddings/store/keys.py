@@ -76,5 +76,11 @@ def rows_of_ints(keys: Keys, wanted: npt.NDArray[np.int64]) -> npt.NDArray[np.in
 
 
 def find(keys: Keys, key: str) -> int | None:
-    row = int(rows_of(keys, [key])[0])
-    return None if row < 0 else row
+    """The row of one key (a save's lookup: no array is built for it)."""
+    if not len(keys):
+        return None
+    probe: int | str | None = as_int(key) if keys.dtype.kind == "i" else key
+    if probe is None:
+        return None
+    row = int(np.searchsorted(keys, probe))
+    return row if row < len(keys) and keys[row] == probe else None
