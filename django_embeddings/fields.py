@@ -122,14 +122,24 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
         # hash needs no provider call even when this process holds no index.
         saved = model_instance.__dict__.setdefault(SAVED, {})
         # Django may call pre_save more than once per save: keep the first "before".
-        previous = (
-            saved[self.attname][0]
-            if self.attname in saved
-            else (model_instance.__dict__.get(self.attname))
-        )
-        saved[self.attname] = (previous, text)
+        if self.attname in saved:
+            previous, _, mark = saved[self.attname]
+        else:
+            previous, mark = model_instance.__dict__.get(self.attname), self._mark(model_instance)
+        saved[self.attname] = (previous, text, mark)
         setattr(model_instance, self.attname, value)
         return value
+
+    def _mark(self, instance: models.Model) -> tuple[int, int] | None:
+        """The store journal's state before this save commits: if no other writer has
+        appended to it by the time this row's vector is stored, no vector of a newer
+        text can have been stored before it, and the check after storing is skipped."""
+        try:
+            return self.store_for(
+                router.db_for_write(type(instance), instance=instance)
+            ).journal_mark()
+        except Exception:  # no store configured: the write after commit reports it
+            return None
 
     def formfield(self, **kwargs: Any) -> Any:
         return None  # the hash is not for people to edit

@@ -43,10 +43,11 @@ def _on_post_save(
 ) -> None:
     if raw:
         return  # fixtures: embeddings travel with embeddings_export/import or backfill
-    saved: dict[str, tuple[str | None, str]] = instance.__dict__.pop(SAVED, {})
+    saved: dict[str, tuple[str | None, str, Any]] = instance.__dict__.pop(SAVED, {})
     for field in embedding_fields(sender):
+        mark = None
         if field.attname in saved:
-            previous, text = saved[field.attname]
+            previous, text, mark = saved[field.attname]
         elif update_fields is not None:
             # save(update_fields=...) left the column out, so pre_save did not run.
             if not _source_in(field, update_fields):
@@ -57,7 +58,7 @@ def _on_post_save(
         else:
             continue
         if field.auto_embed:
-            writer.schedule_put(field, using, field.key(instance.pk), text, previous)
+            writer.schedule_put(field, using, field.key(instance.pk), text, previous, mark)
 
 
 def _on_post_delete(

@@ -58,6 +58,8 @@ _MAX_ROUNDS = 5
 _CHUNK = 500  # primary keys per query (SQLite's parameter limit is 999 on old builds)
 _BATCHES = "_django_embeddings_batches"  # per-connection {(label, alias): Batch}
 
+Mark = tuple[int, int] | None  # a store journal's (inode, size), see Store.journal_mark
+
 
 # -- the store's only writers ------------------------------------------------------------
 
@@ -110,13 +112,18 @@ class Batch:
     using: str
     puts: dict[str, tuple[str, str | None]] = dataclass_field(default_factory=dict)
     deletes: set[str] = dataclass_field(default_factory=set)
+    mark: Mark = None
+    marked: bool = False
 
     def __post_init__(self) -> None:
         # on_commit keeps this very object, so the batch can tell whether it is still
         # registered (a rollback drops it) by identity.
         self.callback = self.flush
 
-    def put(self, key: str, text: str, previous: str | None) -> None:
+    def put(self, key: str, text: str, previous: str | None, mark: Mark = None) -> None:
+        if not self.marked:
+            # The first save's mark: the earliest, taken before the transaction commits.
+            self.mark, self.marked = mark, True
         self.deletes.discard(key)
         if key in self.puts:
             previous = self.puts[key][1]  # what the column said before this transaction
@@ -138,14 +145,17 @@ class Batch:
 
                 tasks.enqueue(field, list(self.puts), using=using)
             elif self.puts:
-                _write(field, using, self.puts)
+                _write(field, using, self.puts, self.mark)
         except Exception as exc:
             report_failure(field, keys, using, exc)
 
 
-def schedule_put(field: EmbeddingField, using: str, key: str, text: str, previous: Any) -> None:
-    """Embed ``text`` for row ``key`` once the current transaction commits."""
-    _with_batch(field, using, lambda batch: batch.put(key, text, previous))
+def schedule_put(
+    field: EmbeddingField, using: str, key: str, text: str, previous: Any, mark: Mark = None
+) -> None:
+    """Embed ``text`` for row ``key`` once the current transaction commits; ``mark`` is
+    the store journal's state before it committed (see ``EmbeddingField.pre_save``)."""
+    _with_batch(field, using, lambda batch: batch.put(key, text, previous, mark))
 
 
 def schedule_delete(field: EmbeddingField, using: str, key: str) -> None:
@@ -200,12 +210,17 @@ def report_failure(field: EmbeddingField, keys: Sequence[str], using: str, exc: 
 # -- embedding rows ----------------------------------------------------------------------------
 
 
-def _write(field: EmbeddingField, using: str, puts: dict[str, tuple[str, str | None]]) -> None:
-    """Embed a committed batch's texts (one provider call), then check them against the rows."""
+def _write(
+    field: EmbeddingField, using: str, puts: dict[str, tuple[str, str | None]], mark: Mark
+) -> None:
+    """Embed a committed batch's texts (one provider call), then check them against the
+    rows, unless no other writer touched the store since before the batch committed: a
+    newer text committed after ours is then stored after ours, by its own writer."""
     texts = {key: text for key, (text, _) in puts.items()}
     previous = {key: old for key, (_, old) in puts.items()}
     stored = _store_texts(field, using, texts, previous=previous)
-    _recheck(field, using, stored, rounds=_MAX_ROUNDS)
+    if stored and not field.store_for(using).only_append_since(mark):
+        _recheck(field, using, stored, rounds=_MAX_ROUNDS)
 
 
 def sync(

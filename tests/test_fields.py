@@ -7,8 +7,9 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
 from django.db.migrations.writer import MigrationWriter
+from django.test.utils import CaptureQueriesContext
 
-from django_embeddings import EmbeddingField, cache
+from django_embeddings import EmbeddingField, cache, writer
 from django_embeddings.exceptions import ProviderError
 from django_embeddings.fields import content_hash
 from django_embeddings.providers import get_provider
@@ -85,6 +86,30 @@ class TestSave:
         assert calls()[-1] == ["second text"]
         vector = field_of(Article).store.load_vector(str(article.pk))
         np.testing.assert_array_equal(vector, get_provider().embed(["second text"])[0])
+
+    def test_a_save_alone_reads_nothing_back(self):
+        """With no other write to the store since the save, its vector is the newest:
+        the save's INSERT is its only query."""
+        Article.objects.create(title="warm", body="the store exists now")
+        table = Article._meta.db_table
+        with CaptureQueriesContext(connection) as queries:
+            article = Article.objects.create(title="a", body="a text written alone")
+        assert [q["sql"].split()[0] for q in queries.captured_queries] == ["INSERT"]
+        assert field_of(Article).store.load_vector(str(article.pk)) is not None
+        assert table in queries.captured_queries[0]["sql"]
+
+    def test_a_store_write_since_the_save_makes_it_check_the_row(self):
+        """Another write reached the store between the save and its own store write: a
+        newer text of the row may be stored already, so the row's hash is read back."""
+        Article.objects.create(title="warm", body="the store exists now")
+        field = field_of(Article)
+        with CaptureQueriesContext(connection) as queries, transaction.atomic():
+            article = Article.objects.create(title="b", body="a text of its own")
+            # Another writer's vector, stored before this transaction commits.
+            vector = get_provider().embed(["another row"])[0]
+            writer.put_vectors(field.store, [("999999", vector, content_hash("x"), "h")])
+        selects = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT")]
+        assert len(selects) == 1 and str(article.pk) in selects[0], selects
 
     def test_update_fields_without_the_source_skips_work(self):
         article = Article.objects.create(title="a", body="body text")

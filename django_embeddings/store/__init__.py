@@ -221,8 +221,7 @@ class _Journal:
     dimensions: int | None = None
     index_stat: tuple[int, int, int] | None = None
     index_version: int = 0
-    # (version, where the journal ended, its stat) right after this process's last append
-    appended: tuple[int, Position, tuple[int, int, int]] | None = None
+    appended: _Append | None = None  # this process's last append to this journal
 
     @property
     def version(self) -> int:
@@ -230,6 +229,14 @@ class _Journal:
         # The index is ahead of the journal only after a crash between writing a
         # snapshot and starting its journal: versions continue after the snapshot.
         return max(last, self.index_version)
+
+
+@dataclass(frozen=True)
+class _Append:
+    version: int  # of its last entry
+    before: tuple[int, int]  # the journal's (inode, size) just before it
+    position: Position  # where the journal ended just after it
+    stat: tuple[int, int, int]  # the journal's (inode, size, mtime) just after it
 
 
 _journals: dict[Path, _Journal] = {}  # store path -> its journal, as this process last saw it
@@ -365,11 +372,28 @@ class Store:
         """Where the journal ended (and its stat) right after this process appended the
         entries up to ``version``, if that is still its last append and no compaction
         followed: an index holding every entry up to ``version`` can read on from there."""
-        known = _journals.get(self.path)
-        appended = known.appended if known is not None else None
-        if appended is None or appended[0] != version:
+        appended = self._last_append()
+        if appended is None or appended.version != version:
             return None
-        return appended[1], appended[2]
+        return appended.position, appended.stat
+
+    def journal_mark(self) -> tuple[int, int] | None:
+        """The journal's (inode, size) now, for :meth:`only_append_since`."""
+        try:
+            stat = os.stat(self.path / journal.JOURNAL)
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_size
+
+    def only_append_since(self, mark: tuple[int, int] | None) -> bool:
+        """Is this process's last append the only change to the journal since ``mark``
+        (taken with :meth:`journal_mark`)? Then no other writer stored anything meanwhile."""
+        appended = self._last_append()
+        return mark is not None and appended is not None and appended.before == mark
+
+    def _last_append(self) -> _Append | None:
+        known = _journals.get(self.path)
+        return known.appended if known is not None else None
 
     def read_tail(self, position: Position) -> Tail | None:
         """Entries appended since ``position``, with their vectors; ``None`` after a compaction.
@@ -592,12 +616,14 @@ class Store:
         except BaseException:
             _journals.pop(self.path, None)  # part of it may be there: read the file next time
             raise
+        before = (known.inode, known.size)
         known.size += written
         known.last = entries[-1].version
         known.ends_line = True
         stat = os.fstat(fd)
-        known.appended = (
+        known.appended = _Append(
             known.last,
+            before,
             Position(known.inode, known.size, known.header),
             (stat.st_ino, stat.st_size, stat.st_mtime_ns),
         )
