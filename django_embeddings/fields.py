@@ -125,15 +125,19 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
         if self.attname in saved:
             previous, _, mark = saved[self.attname]
         else:
-            previous, mark = model_instance.__dict__.get(self.attname), self._mark(model_instance)
+            previous = model_instance.__dict__.get(self.attname)
+            mark = self._mark(model_instance) if add else None
         saved[self.attname] = (previous, text, mark)
         setattr(model_instance, self.attname, value)
         return value
 
     def _mark(self, instance: models.Model) -> tuple[int, int] | None:
-        """The store journal's state before this save commits: if no other writer has
-        appended to it by the time this row's vector is stored, no vector of a newer
-        text can have been stored before it, and the check after storing is skipped."""
+        """The store journal's state before this insert commits. If no other writer has
+        appended to it by the time the new row's vector is stored, no vector of a newer
+        text of the row can be stored yet (its writer committed after this insert, so it
+        stores after it), and the check after storing is skipped. Updates are always
+        checked: a concurrent save may have committed an older text that the store
+        already holds, and made no store write of its own."""
         try:
             return self.store_for(
                 router.db_for_write(type(instance), instance=instance)

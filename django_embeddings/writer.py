@@ -124,6 +124,8 @@ class Batch:
         if not self.marked:
             # The first save's mark: the earliest, taken before the transaction commits.
             self.mark, self.marked = mark, True
+        elif mark is None:
+            self.mark = None  # a save with no mark (an update) is always checked
         self.deletes.discard(key)
         if key in self.puts:
             previous = self.puts[key][1]  # what the column said before this transaction
@@ -214,8 +216,8 @@ def _write(
     field: EmbeddingField, using: str, puts: dict[str, tuple[str, str | None]], mark: Mark
 ) -> None:
     """Embed a committed batch's texts (one provider call), then check them against the
-    rows, unless no other writer touched the store since before the batch committed: a
-    newer text committed after ours is then stored after ours, by its own writer."""
+    rows, unless the batch inserted them and no other writer touched the store since
+    before it committed (see ``EmbeddingField._mark``)."""
     texts = {key: text for key, (text, _) in puts.items()}
     previous = {key: old for key, (_, old) in puts.items()}
     stored = _store_texts(field, using, texts, previous=previous)

@@ -98,6 +98,17 @@ class TestSave:
         assert field_of(Article).store.load_vector(str(article.pk)) is not None
         assert table in queries.captured_queries[0]["sql"]
 
+    def test_an_update_always_checks_the_row(self):
+        """A concurrent save may commit an older text the store holds already, and store
+        nothing: only reading the row back after storing tells."""
+        article = Article.objects.create(title="a", body="first text")
+        with CaptureQueriesContext(connection) as queries, transaction.atomic():
+            Article.objects.create(title="b", body="a new row")
+            article.body = "second text"
+            article.save()
+        selects = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT")]
+        assert len(selects) == 1 and str(article.pk) in selects[0], selects
+
     def test_a_store_write_since_the_save_makes_it_check_the_row(self):
         """Another write reached the store between the save and its own store write: a
         newer text of the row may be stored already, so the row's hash is read back."""
