@@ -18,6 +18,11 @@ How the files are made:
 4. ``config.json`` records the source model, the options and the SHA-256 of
    ``model.safetensors``; the provider builds its ``identity`` from them without
    loading the weights.
+5. ``vocab.txt`` and ``wordpiece.json`` hold the vocabulary and what the provider
+   derives from it (``django_embeddings.providers.wordpiece.write``), so loading
+   the model never builds tokenizers' WordPiece model, one call that holds the
+   GIL for tens of milliseconds. ``python -m django_embeddings.providers.wordpiece
+   DIR`` writes them again from ``DIR/tokenizer.json`` alone, without torch.
 
 The script then compares the static model with the full model (through
 sentence-transformers) on the sentence pairs below and prints the figures; it
@@ -71,8 +76,9 @@ SOURCE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_TOTAL_BYTES = 16_000_000
 
 NOTICE = """\
-The files in this directory (model.safetensors, tokenizer.json, config.json) are
-distilled weights derived from the all-MiniLM-L6-v2 model by sentence-transformers
+The files in this directory (model.safetensors, tokenizer.json, vocab.txt,
+wordpiece.json, config.json) are distilled weights derived from the
+all-MiniLM-L6-v2 model by sentence-transformers
 (https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2), which is licensed
 under the Apache License, Version 2.0
 (https://www.apache.org/licenses/LICENSE-2.0).
@@ -81,8 +87,9 @@ Changes made: every token of the original vocabulary was embedded with the
 original transformer, projected with PCA to {dims} dimensions, weighted with SIF
 and stored as int8 with one scale per row (a static "model2vec" embedding table).
 tokenizer.json is the original WordPiece tokenizer, with the unused "[unusedN]"
-tokens removed. These derived files are distributed under the same Apache
-License, Version 2.0. See scripts/distill_static_model.py for how they are made.
+tokens removed; vocab.txt and wordpiece.json are derived from it. These derived
+files are distributed under the same Apache License, Version 2.0. See
+scripts/distill_static_model.py for how they are made.
 """
 
 # (a, b) pairs from paraphrases to unrelated, to correlate the static model's
@@ -261,6 +268,11 @@ def write_model(
         save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "np"})
         tokenizer = _plain_tokenizer(tokenizer)
         tokenizer.save(str(staging / "tokenizer.json"), pretty=False)
+        sys.path.insert(0, str(REPO_ROOT))
+        from django_embeddings.providers import wordpiece
+
+        if not wordpiece.write(staging):
+            raise SystemExit("The tokenizer is not one the wordpiece module can run.")
         digest = hashlib.sha256((staging / "model.safetensors").read_bytes()).hexdigest()
         config = {
             "model_type": "model2vec",
@@ -280,7 +292,8 @@ def write_model(
         }
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (staging / "NOTICE").write_text(NOTICE.format(dims=dims))
-        for name in ("model.safetensors", "tokenizer.json", "config.json", "NOTICE"):
+        files = ("model.safetensors", "tokenizer.json", "vocab.txt", "wordpiece.json")
+        for name in (*files, "config.json", "NOTICE"):
             os.chmod(staging / name, 0o644)  # tempfile's private mode would ship otherwise
             os.replace(staging / name, out / name)
     return config

@@ -499,6 +499,42 @@ def test_static_refuses_weights_that_do_not_match_config(tmp_path: Path) -> None
         StaticModelProvider(path=model).embed(["text"])
 
 
+def test_static_reads_safetensors_as_views(monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.numpy import load, save
+
+    from django_embeddings.providers import static as static_module
+
+    tensors = {
+        "embeddings": np.arange(12, dtype=np.int8).reshape(4, 3),
+        "weights": np.linspace(0.5, 2.0, 4, dtype=np.float32),
+        "mapping": np.array([3, 2, 1, 0], dtype=np.int64),
+    }
+    raw = save(tensors, metadata={"format": "np"})
+    ours = static_module._read_tensors(raw)
+    for name, tensor in load(raw).items():
+        assert ours[name].dtype == tensor.dtype
+        np.testing.assert_array_equal(ours[name], tensor)
+        assert not ours[name].flags.writeable  # a view of the file's bytes, not a copy
+    # A dtype numpy does not read as stored (bfloat16...) goes to safetensors' loader.
+    monkeypatch.delitem(static_module._DTYPES, "I8")
+    np.testing.assert_array_equal(
+        static_module._read_tensors(raw)["embeddings"], tensors["embeddings"]
+    )
+
+
+def test_static_damaged_safetensors_header_is_reported(tmp_path: Path) -> None:
+    model = _copy_model(tmp_path)
+    raw = (model / "model.safetensors").read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    header["weights"]["data_offsets"][1] += 4
+    damaged = json.dumps(header, separators=(",", ":")).encode().ljust(size)
+    assert len(damaged) == size
+    (model / "model.safetensors").write_bytes(raw[:8] + damaged + raw[8 + size :])
+    with pytest.raises(ProviderError, match=r"could not load .*'weights' does not fit"):
+        StaticModelProvider(path=model).embed(["text"])
+
+
 def test_static_bad_config_is_reported(tmp_path: Path) -> None:
     model = _copy_model(tmp_path)
     (model / "config.json").write_text('{"hidden_dim": "many"}')

@@ -14,19 +14,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 from django.core.exceptions import ImproperlyConfigured
 
 from django_embeddings.exceptions import ProviderError
+from django_embeddings.providers import wordpiece
 from django_embeddings.providers.base import BaseProvider
 from django_embeddings.typing import InputType, Matrix
 
@@ -47,6 +49,11 @@ _SHORT_WORD = 4  # letters; too few letter triples to judge, so always known
 _PLAUSIBLE = (2, 5)  # at least 2/5 of a word's letter triples occur in vocabulary words
 _LETTERS = re.compile(r"[^\W\d_]+")  # letter runs; digits and "_" split them
 _ASCII_WORD = re.compile(r"[a-z]+")
+# safetensors dtypes numpy reads as they are stored (little-endian).
+_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+    "I8": "i1", "U8": "u1", "BOOL": "?",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -59,9 +66,45 @@ class _Metadata:
     recorded: bool  # the hash comes from config.json, so the weights can be checked
 
 
+class _Tokenizer(Protocol):
+    """Token ids of texts, cut to ``max_tokens``, without special tokens."""
+
+    def ids(self, texts: Sequence[str]) -> list[list[int]]: ...
+
+    def words(self, texts: Sequence[str]) -> list[list[tuple[int, ...]]]:
+        """Each text's ids grouped by the word they come from."""
+
+    def token(self, token_id: int) -> str: ...
+
+
+class _RustTokenizer:
+    """tokenizers' own model, for models shipped without ``vocab.txt`` (see ``wordpiece``)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def ids(self, texts: Sequence[str]) -> list[list[int]]:
+        # encode_batch_fast skips offset tracking (tokenizers >= 0.21).
+        encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        return [encoding.ids for encoding in encode(list(texts), add_special_tokens=False)]
+
+    def words(self, texts: Sequence[str]) -> list[list[tuple[int, ...]]]:
+        out = []
+        for encoding in self.tokenizer.encode_batch(list(texts), add_special_tokens=False):
+            words: dict[int, list[int]] = {}
+            for token_id, word in zip(encoding.ids, encoding.word_ids, strict=True):
+                if word is not None:
+                    words.setdefault(word, []).append(token_id)
+            out.append([tuple(ids) for ids in words.values()])
+        return out
+
+    def token(self, token_id: int) -> str:
+        return str(self.tokenizer.id_to_token(token_id))
+
+
 @dataclass(frozen=True)
 class _Model:
-    tokenizer: Any  # tokenizers.Tokenizer, imported lazily
+    tokenizer: _Tokenizer
     embeddings: npt.NDArray[Any]  # (rows, dims); float16/32 or int8
     weights: npt.NDArray[np.float32] | None  # per-token scale, model2vec's "weights"
     mapping: npt.NDArray[np.int64] | None  # token id -> row, model2vec's "mapping"
@@ -149,15 +192,13 @@ class StaticModelProvider(BaseProvider):
             return np.zeros((0, dims), dtype=np.float32)
         clipped = [text[: model.char_limit] for text in texts]
         if input_type == "query":
-            # Queries are few and short: the full encoding gives each token's word.
-            encodings = model.tokenizer.encode_batch(clipped, add_special_tokens=False)
-            blank = np.array([not _has_known_word(model, e) for e in encodings], dtype=bool)
+            # Queries are few and short: group their tokens by word to judge them.
+            words = model.tokenizer.words(clipped)
+            id_lists = [[i for word in text for i in word] for text in words]
+            blank = np.array([not _has_known_word(model, text) for text in words], dtype=bool)
         else:
-            # encode_batch_fast skips offset tracking (tokenizers >= 0.21).
-            encode = getattr(model.tokenizer, "encode_batch_fast", model.tokenizer.encode_batch)
-            encodings = encode(clipped, add_special_tokens=False)
+            id_lists = model.tokenizer.ids(clipped)
             blank = np.zeros(len(clipped), dtype=bool)
-        id_lists = [encoding.ids for encoding in encodings]
         lengths = np.fromiter((len(ids) for ids in id_lists), dtype=np.int64, count=len(id_lists))
         flat = np.fromiter(
             (i for ids in id_lists for i in ids), dtype=np.int64, count=int(lengths.sum())
@@ -273,15 +314,17 @@ class StaticModelProvider(BaseProvider):
         return self._model
 
     def _load_model(self, meta: _Metadata) -> _Model:
-        from safetensors.numpy import load as load_tensors
-        from tokenizers import Tokenizer
-
+        # Every step is a file read or hash (these release the GIL) or a short call:
+        # in an async server's worker thread, one long call holding the GIL stalls
+        # the event loop. Only a model without vocab.txt needs tokenizers' own
+        # model, whose construction is such a call (see the wordpiece module).
         weights_path = self.path / WEIGHTS_FILE
         try:
             raw = weights_path.read_bytes()
-            tensors = load_tensors(raw)
-            tokenizer = Tokenizer.from_file(str(self.path / TOKENIZER_FILE))
-        except Exception as exc:  # safetensors and tokenizers raise their own types
+            tensors = _read_tensors(raw)
+            vocabulary = wordpiece.load(self.path, self.max_tokens)
+            tokenizer: Any = None if vocabulary is not None else self._rust_tokenizer()
+        except Exception as exc:  # safetensors, tokenizers and json raise their own types
             raise ProviderError(
                 f"StaticModelProvider could not load the model in {str(self.path)!r}: {exc}"
             ) from exc
@@ -301,7 +344,21 @@ class StaticModelProvider(BaseProvider):
             )
         mapping = tensors.get("mapping")
         weights = tensors.get("weights")
-        vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        tokens: _Tokenizer
+        if vocabulary is not None:
+            tokens = vocabulary.wordpiece
+            vocab_size = vocabulary.size
+            median = vocabulary.median_token_length
+            trigrams: frozenset[str] | None = vocabulary.trigrams
+            continuation = vocabulary.wordpiece.continuation
+            unk_id: int | None = vocabulary.wordpiece.unk_id
+        else:
+            tokens = _RustTokenizer(tokenizer)
+            vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+            vocab = tokenizer.get_vocab(with_added_tokens=True)
+            median = wordpiece.median_token_length(vocab)
+            trigrams, continuation = _spelling(tokenizer, vocab)
+            unk_id = _unk_id(tokenizer)
         rows_needed = vocab_size if mapping is None else len(mapping)
         if (mapping is None and len(embeddings) != vocab_size) or (
             weights is not None and len(weights) != rows_needed
@@ -311,19 +368,14 @@ class StaticModelProvider(BaseProvider):
                 f"for a vocabulary of {vocab_size} tokens."
             )
 
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(self.max_tokens)
-        vocab = tokenizer.get_vocab(with_added_tokens=True)
-        # model2vec cuts texts to max_tokens * the median token length before
-        # tokenizing: the result is the same, and a huge text is not tokenized whole.
-        median = int(np.median([len(token) for token in vocab]))
-        trigrams, continuation = _spelling(tokenizer, vocab)
         model = _Model(
-            tokenizer=tokenizer,
+            tokenizer=tokens,
             embeddings=embeddings,
             weights=None if weights is None else weights.astype(np.float32),
             mapping=None if mapping is None else mapping.astype(np.int64),
-            unk_id=_unk_id(tokenizer),
+            unk_id=unk_id,
+            # model2vec cuts texts to max_tokens * the median token length before
+            # tokenizing: the result is the same, and a huge text is not tokenized whole.
             char_limit=self.max_tokens * max(median, 1),
             trigrams=trigrams,
             continuation=continuation,
@@ -338,6 +390,41 @@ class StaticModelProvider(BaseProvider):
         )
         return model
 
+    def _rust_tokenizer(self) -> Any:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(self.path / TOKENIZER_FILE))
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(self.max_tokens)
+        return tokenizer
+
+
+def _read_tensors(raw: bytes) -> dict[str, npt.NDArray[Any]]:
+    """The tensors of a safetensors file, as read-only views of ``raw``.
+
+    The format is an 8-byte little-endian header length, a JSON header, then the
+    data: numpy views each tensor without a copy, where safetensors' own loader
+    copies them all in one call that holds the GIL. Other dtypes (bfloat16...)
+    go to that loader.
+    """
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    header.pop("__metadata__", None)
+    if any(entry.get("dtype") not in _DTYPES for entry in header.values()):
+        from safetensors.numpy import load as load_tensors
+
+        return dict(load_tensors(raw))
+    tensors = {}
+    for name, entry in header.items():
+        dtype = np.dtype(_DTYPES[entry["dtype"]])
+        shape = tuple(entry["shape"])
+        begin, end = entry["data_offsets"]
+        count = math.prod(shape)
+        if end - begin != count * dtype.itemsize or 8 + size + end > len(raw):
+            raise ValueError(f"tensor {name!r} does not fit its data offsets")
+        tensors[name] = np.frombuffer(raw, dtype, count, 8 + size + begin).reshape(shape)
+    return tensors
+
 
 def _spelling(tokenizer: Any, vocab: dict[str, int]) -> tuple[frozenset[str] | None, str]:
     """The letter triples of a WordPiece vocabulary's whole words, and its "##" prefix."""
@@ -345,33 +432,18 @@ def _spelling(tokenizer: Any, vocab: dict[str, int]) -> tuple[frozenset[str] | N
 
     if not isinstance(tokenizer.model, WordPiece):
         return None, ""
-    prefix = str(tokenizer.model.continuing_subword_prefix)
-    trigrams = set()
-    for token in vocab:
-        word = token.lower()
-        if len(word) >= 2 and _ASCII_WORD.fullmatch(word):
-            trigrams.update(_triples(word))
-    return frozenset(trigrams), prefix
+    return wordpiece.vocabulary_trigrams(vocab), str(tokenizer.model.continuing_subword_prefix)
 
 
-def _triples(word: str) -> list[str]:
-    marked = f"^{word}$"
-    return [marked[i : i + 3] for i in range(len(marked) - 2)]
-
-
-def _has_known_word(model: _Model, encoding: Any) -> bool:
-    """Does this query's encoding hold a word the model knows (see the class docstring)?"""
-    words: dict[int, list[int]] = {}
-    for position, word in enumerate(encoding.word_ids):
-        if word is not None:
-            words.setdefault(word, []).append(position)
-    for positions in words.values():
-        pieces = [encoding.tokens[i] for i in positions]
+def _has_known_word(model: _Model, words: list[tuple[int, ...]]) -> bool:
+    """Does a query (its token ids by word) hold a word the model knows? See the class docstring."""
+    for ids in words:
+        pieces = [model.tokenizer.token(token_id) for token_id in ids]
         text = "".join(piece.removeprefix(model.continuation) for piece in pieces)
         if not any(char.isalnum() for char in text):
             continue  # punctuation
-        if len(positions) == 1:
-            if encoding.ids[positions[0]] != model.unk_id:
+        if len(ids) == 1:
+            if ids[0] != model.unk_id:
                 return True
             continue
         if model.trigrams is None:
@@ -389,7 +461,7 @@ def _spelled_like_a_word(run: str, trigrams: frozenset[str]) -> bool:
         return False  # one key held down: "aaaaaaa" (but "uu" and "www" are names)
     if len(run) <= _SHORT_WORD:
         return True
-    triples = _triples(run)
+    triples = wordpiece.letter_triples(run)
     seen = sum(triple in trigrams for triple in triples)
     return seen * _PLAUSIBLE[1] >= len(triples) * _PLAUSIBLE[0]
 
