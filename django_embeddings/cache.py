@@ -270,15 +270,17 @@ class FieldIndex:
         base_ok: npt.NDArray[np.bool_],
         tail_ok: npt.NDArray[np.bool_],
         candidates: Sequence[str] | npt.NDArray[np.int64],
-    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-        """Keep only ``candidates``: string keys, or integer keys as an int64 array
-        (what a filtered queryset of an integer-keyed model gives, with no string per row)."""
-        base_mask = np.zeros_like(base_ok)
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
+        """The snapshot rows of ``candidates`` that ``base_ok`` allows, and the tail mask
+        narrowed to them. Candidates are string keys, or integer keys as an int64 array
+        (what a filtered queryset of an integer-keyed model gives, with no string per
+        row); the work is in the candidates' number, not the store's."""
         if isinstance(candidates, np.ndarray):
             rows = row_keys.rows_of_ints(self.base_keys, candidates)
         else:
             rows = row_keys.rows_of(self.base_keys, candidates)
-        base_mask[rows[rows >= 0]] = True
+        rows = rows[rows >= 0]
+        rows = rows[base_ok[rows]]
         tail_mask = np.zeros_like(tail_ok)
         if not self.tail_rows:
             pass
@@ -292,7 +294,7 @@ class FieldIndex:
                 found = self.tail_rows.get(key)
                 if found is not None and found < len(tail_mask):
                     tail_mask[found] = True
-        return base_ok & base_mask, tail_ok & tail_mask
+        return rows, tail_ok & tail_mask
 
     def valid_rows(self, identity: str) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
         """Live rows made by ``identity``: rows from another model are not comparable."""

@@ -38,12 +38,24 @@ class Top:
 
 
 class _Scored:
-    """The scores of the rows of ``matrix`` that ``mask`` allows."""
+    """The scores of the rows of ``matrix`` that ``mask`` allows (or of ``rows``)."""
 
-    def __init__(self, matrix: Matrix, mask: npt.NDArray[np.bool_], unit: Vector) -> None:
-        self.count = int(np.count_nonzero(mask))
-        self.rows: npt.NDArray[np.intp] | None = None
+    def __init__(
+        self,
+        matrix: Matrix,
+        mask: npt.NDArray[np.bool_] | None,
+        unit: Vector,
+        rows: npt.NDArray[np.intp] | None = None,
+    ) -> None:
+        self.rows = rows
         self.scores: npt.NDArray[np.float32] = np.empty(0, dtype=np.float32)
+        if mask is None:
+            assert rows is not None
+            self.count = len(rows)
+            if self.count:
+                self.scores = np.asarray(matrix[rows]) @ unit
+            return
+        self.count = int(np.count_nonzero(mask))
         if not self.count:
             return
         if self.count * 4 < len(mask):
@@ -93,8 +105,10 @@ class Ranking:
         if exclude is not None:
             base_ok, tail_ok = index.without(base_ok, tail_ok, [exclude])
         if candidates is not None:
-            base_ok, tail_ok = index.restricted(base_ok, tail_ok, candidates)
-        self.base = _Scored(index.base, base_ok, unit)
+            rows, tail_ok = index.restricted(base_ok, tail_ok, candidates)
+            self.base = _Scored(index.base, None, unit, rows=rows)
+        else:
+            self.base = _Scored(index.base, base_ok, unit)
         self.tail = _Scored(tail, tail_ok, unit)
         self.size = self.base.count + self.tail.count
 
