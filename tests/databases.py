@@ -8,6 +8,7 @@ MARIADB_* ones (else 127.0.0.1:3306 as ``django_embeddings``, a user that
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from typing import Any
@@ -23,6 +24,10 @@ def vendor() -> str:
     """``postgres``, ``mariadb`` or ``sqlite``: the database DJANGO_EMBEDDINGS_TEST_DB names."""
     name = os.environ.get("DJANGO_EMBEDDINGS_TEST_DB", "sqlite")
     return "mariadb" if name == "mysql" else name
+
+
+def mysqlclient_installed() -> bool:
+    return importlib.util.find_spec("MySQLdb") is not None
 
 
 def postgres_database(name: str) -> dict[str, object]:
@@ -103,13 +108,13 @@ def mariadb_problem() -> str | None:
     Creates the test user when it cannot log in yet, as root over the local UNIX
     socket (root's usual passwordless login on Debian); idempotent.
     """
-    try:
-        import MySQLdb
-    except ImportError:
+    if not mysqlclient_installed():
         return (
             "mysqlclient is not installed (pip install mysqlclient; it builds against "
             "the MariaDB client headers: apt-get install libmariadb-dev pkg-config)"
         )
+    import MySQLdb
+
     params = mariadb_params()
     try:
         socket.create_connection((params["host"], params["port"]), timeout=1).close()
