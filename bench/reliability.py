@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=harness.seed_for_run())
     args = parser.parse_args(argv)
     size = {name: scale[0 if args.quick else 1] for name, scale in SCALES.items()}
-    problem = harness.postgres_problem()
+    problem = harness.database_problem()
     if problem is not None:
         print(f"Cannot run: {problem}", file=sys.stderr)
         return 1

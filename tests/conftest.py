@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from django.test import override_settings
 
+from tests.databases import mariadb_problem, vendor
+
 ON_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -21,20 +23,29 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+def _database_problem() -> str | None:
+    """Why the database DJANGO_EMBEDDINGS_TEST_DB names cannot be used, or ``None``."""
+    if vendor() == "postgres":
+        host = os.environ.get("PGHOST", "127.0.0.1")
+        port = int(os.environ.get("PGPORT", "5432"))
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+        except OSError:
+            return f"PostgreSQL is not reachable on {host}:{port}"
+    elif vendor() == "mariadb":
+        return mariadb_problem()
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Without a reachable PostgreSQL, a PostgreSQL run skips (and fails under CI=true)."""
-    if os.environ.get("DJANGO_EMBEDDINGS_TEST_DB") != "postgres":
+    """Without a usable database server, its run skips (and fails under CI=true)."""
+    reason = _database_problem()
+    if reason is None:
         return
-    host = os.environ.get("PGHOST", "127.0.0.1")
-    port = int(os.environ.get("PGPORT", "5432"))
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-    except OSError:
-        reason = f"PostgreSQL is not reachable on {host}:{port}"
-        if ON_CI:
-            raise pytest.UsageError(f"{reason} (CI=true: PostgreSQL tests must run)") from None
-        for item in items:
-            item.add_marker(pytest.mark.skip(reason=reason))
+    if ON_CI:
+        raise pytest.UsageError(f"{reason} (CI=true: database tests must run)")
+    for item in items:
+        item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,7 +4,13 @@ import os
 import tempfile
 from pathlib import Path
 
-from tests.databases import postgres_database
+from tests.databases import (
+    MARIADB_PREFIX,
+    mariadb_database,
+    mysqlclient_installed,
+    postgres_database,
+    vendor,
+)
 
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
@@ -43,17 +49,25 @@ TEMPLATES = [
 ]
 
 
-# DJANGO_EMBEDDINGS_TEST_DB=postgres runs the suite on the PostgreSQL server.
-if os.environ.get("DJANGO_EMBEDDINGS_TEST_DB") == "postgres":
+# DJANGO_EMBEDDINGS_TEST_DB=postgres or =mariadb (or mysql) runs the suite on that
+# server. A test database per run, so that runs in parallel (tox environments, a
+# developer's run beside CI) never drop each other's tables.
+if vendor() == "postgres":
     DATABASES = {
         "default": {
             **postgres_database("test"),
-            # A database per run, so that runs in parallel (tox environments, a
-            # developer's run beside CI) never drop each other's tables.
             "TEST": {"NAME": f"test_django_embeddings_{os.getpid()}"},
         }
     }
+elif vendor() == "mariadb" and mysqlclient_installed():
+    DATABASES = {
+        "default": mariadb_database(
+            f"{MARIADB_PREFIX}django_embeddings", test_name=f"test_django_embeddings_{os.getpid()}"
+        )
+    }
 else:
+    # Also a MariaDB run without mysqlclient: Django can start, and conftest.py skips
+    # every test saying why (or fails under CI=true).
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 
 # A second database: each database has a store of its own (tests/test_databases.py).

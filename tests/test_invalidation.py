@@ -1,8 +1,8 @@
 """Cross-process cache coherence: pubsub, mtime and none, with real processes and Redis.
 
 Peers are real OS processes (``tests/multiprocess/peer.py``) sharing one store
-directory and one file-based database (or PostgreSQL under
-``DJANGO_EMBEDDINGS_TEST_DB=postgres``); gunicorn serves ``tests/multiprocess``'s
+directory and one file-based database (or PostgreSQL or MariaDB under
+``DJANGO_EMBEDDINGS_TEST_DB``); gunicorn serves ``tests/multiprocess``'s
 views. Faults are real: a private redis-server is killed, paused, restarted or
 started with an ACL that refuses SUBSCRIBE. Waits are bounded polls: a peer's
 write must become visible within a generous bound, which is correctness, not a
@@ -43,6 +43,7 @@ from django_embeddings.coherence import handling, messages, process
 from django_embeddings.conf import conf
 from django_embeddings.store import Entry, Store
 from tests.conftest import RedisServer, free_port
+from tests.databases import MARIADB_CHARSET, mariadb_connect, vendor
 from tests.testapp.models import Article, Product
 
 REPO = Path(__file__).resolve().parent.parent
@@ -642,23 +643,35 @@ class Deployment:
         self.migrated = False
 
     def _create_database(self) -> str:
-        if os.environ.get("DJANGO_EMBEDDINGS_TEST_DB") != "postgres":
+        if vendor() == "sqlite":
             self.env["MP_DATABASE"] = str(self.tmp_path / "db.sqlite3")
             return self.env["MP_DATABASE"]
-        import psycopg
-
-        name = f"mp_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(self._pg_dsn("postgres"), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+        name = f"test_mp_{uuid.uuid4().hex[:12]}"
+        if vendor() == "mariadb":
+            self._server_execute(f"CREATE DATABASE `{name}` {MARIADB_CHARSET}")
+        else:
+            self._server_execute(f'CREATE DATABASE "{name}"')
         self.env["MP_DATABASE"] = name
         return name
 
     @staticmethod
-    def _pg_dsn(name: str) -> str:
+    def _server_execute(sql: str) -> None:
+        """Run ``sql`` outside any database on the server of this run."""
+        if vendor() == "mariadb":
+            connection = mariadb_connect()
+            try:
+                connection.cursor().execute(sql)
+            finally:
+                connection.close()
+            return
+        import psycopg
+
         host = os.environ.get("PGHOST", "127.0.0.1")
         port = os.environ.get("PGPORT", "5432")
         user = os.environ.get("PGUSER", "postgres")
-        return f"host={host} port={port} user={user} dbname={name}"
+        dsn = f"host={host} port={port} user={user} dbname=postgres"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql)
 
     def peer(self, mode: str = "pubsub", **env: str) -> Peer:
         peer = Peer(
@@ -699,11 +712,10 @@ class Deployment:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
-        if os.environ.get("DJANGO_EMBEDDINGS_TEST_DB") == "postgres":
-            import psycopg
-
-            with psycopg.connect(self._pg_dsn("postgres"), autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        if vendor() == "postgres":
+            self._server_execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        elif vendor() == "mariadb":
+            self._server_execute(f"DROP DATABASE IF EXISTS `{self.database}`")
 
 
 def _answers(url: str) -> bool:
@@ -716,7 +728,7 @@ def _answers(url: str) -> bool:
 
 @pytest.fixture
 def deployment(tmp_path, redis_url) -> Iterator[Deployment]:  # type: ignore[no-untyped-def]
-    if os.environ.get("DJANGO_EMBEDDINGS_TEST_DB") == "postgres":
+    if vendor() == "postgres":
         pytest.importorskip("psycopg")
     deployment = Deployment(tmp_path, redis_url)
     try:

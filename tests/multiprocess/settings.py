@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from tests.databases import postgres_database
+from tests.databases import mariadb_database, postgres_database, vendor
 
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
@@ -26,8 +26,10 @@ INSTALLED_APPS = [
     "tests.otherapp",
 ]
 
-if os.environ.get("DJANGO_EMBEDDINGS_TEST_DB") == "postgres":
+if vendor() == "postgres":
     DATABASES = {"default": postgres_database(os.environ["MP_DATABASE"])}
+elif vendor() == "mariadb":
+    DATABASES = {"default": mariadb_database(os.environ["MP_DATABASE"])}
 else:
     DATABASES = {
         "default": {

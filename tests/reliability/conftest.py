@@ -1,4 +1,4 @@
-"""Fixtures of the reliability tests: a dedicated PostgreSQL database for child processes."""
+"""Fixtures of the reliability tests: a dedicated database for child processes."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import skip_or_fail
-from tests.reliability.harness import Database, Server, child_env, postgres_problem
+from tests.reliability.harness import Database, Server, child_env, database_problem
 
 
 @pytest.fixture(scope="session")
 def rel_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
-    """``django_embeddings_rel_<pid>``, migrated once, dropped at the end of the session."""
-    problem = postgres_problem()
+    """``test_django_embeddings_rel_<pid>``, migrated once, dropped at the end of the session."""
+    problem = database_problem()
     if problem is not None:
         skip_or_fail(problem)
     db = Database().create(tmp_path_factory.mktemp("rel-migrate"))

@@ -1,7 +1,8 @@
 """The parent side of the multi-process scenarios, shared by the tests and the bench.
 
-A dedicated PostgreSQL database (``django_embeddings_rel_<pid>``) is created for
-a run and dropped after it; child processes (:mod:`tests.reliability.worker`) run
+A dedicated database (``test_django_embeddings_rel_<pid>``, on MariaDB under
+``DJANGO_EMBEDDINGS_TEST_DB=mariadb``, else on PostgreSQL) is created for a run and
+dropped after it; child processes (:mod:`tests.reliability.worker`) run
 their own Django setup against it and one store directory.
 """
 
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.databases import MARIADB_CHARSET, mariadb_connect, mariadb_problem, vendor
+
 REPO = Path(__file__).resolve().parents[2]
 PG = {
     "host": os.environ.get("PGHOST", "127.0.0.1"),
@@ -36,14 +39,21 @@ class ChildFailed(AssertionError):
     pass
 
 
+def rel_vendor() -> str:
+    """MariaDB under DJANGO_EMBEDDINGS_TEST_DB=mariadb, else PostgreSQL (SQLite has one writer)."""
+    return "mariadb" if vendor() == "mariadb" else "postgres"
+
+
 def _connect(dbname: str) -> Any:
     import psycopg
 
     return psycopg.connect(dbname=dbname, autocommit=True, connect_timeout=3, **PG)
 
 
-def postgres_problem() -> str | None:
-    """Why PostgreSQL cannot be used, or ``None`` when it can."""
+def database_problem() -> str | None:
+    """Why the server of the multi-process scenarios cannot be used, or ``None`` when it can."""
+    if rel_vendor() == "mariadb":
+        return mariadb_problem()
     try:
         import psycopg
     except ImportError:
@@ -56,30 +66,50 @@ def postgres_problem() -> str | None:
 
 
 class Database:
-    """A throwaway PostgreSQL database with the test apps' tables."""
+    """A throwaway PostgreSQL or MariaDB database with the test apps' tables."""
 
     def __init__(self) -> None:
-        self.name = f"django_embeddings_rel_{os.getpid()}"
+        self.vendor = rel_vendor()
+        self.name = f"test_django_embeddings_rel_{os.getpid()}"
+
+    def _execute(self, sql: str, database: str | None = None) -> list[tuple[Any, ...]]:
+        if self.vendor == "mariadb":
+            connection = mariadb_connect(database)
+            try:
+                cursor = connection.cursor()
+                cursor.execute(sql)
+                return list(cursor.fetchall() or ())
+            finally:
+                connection.close()
+        with _connect(database or "postgres") as conn:
+            cursor = conn.execute(sql)
+            return cursor.fetchall() if cursor.description else []
 
     def create(self, scratch: Path) -> Database:
-        with _connect("postgres") as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{self.name}"')
+        self.drop()
+        if self.vendor == "mariadb":
+            self._execute(f"CREATE DATABASE `{self.name}` {MARIADB_CHARSET}")
+        else:
+            self._execute(f'CREATE DATABASE "{self.name}"')
         run_child(["migrate"], child_env(self, scratch), timeout=120)
         return self
 
     def drop(self) -> None:
-        with _connect("postgres") as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        if self.vendor == "mariadb":
+            self._execute(f"DROP DATABASE IF EXISTS `{self.name}`")
+        else:
+            self._execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
     def truncate(self) -> None:
-        with _connect(self.name) as conn:
-            conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY")
+        if self.vendor == "mariadb":
+            for table in TABLES:  # TRUNCATE also restarts AUTO_INCREMENT
+                self._execute(f"TRUNCATE {table}", self.name)
+        else:
+            self._execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY", self.name)
 
     def rows(self) -> dict[int, tuple[str, str | None]]:
-        with _connect(self.name) as conn:
-            cursor = conn.execute("SELECT id, body, embedding FROM testapp_article")
-            return {pk: (body, column) for pk, body, column in cursor}
+        rows = self._execute("SELECT id, body, embedding FROM testapp_article", self.name)
+        return {pk: (body, column) for pk, body, column in rows}
 
 
 def child_env(db: Database, store_dir: Path, **extra: str) -> dict[str, str]:
@@ -91,6 +121,7 @@ def child_env(db: Database, store_dir: Path, **extra: str) -> dict[str, str]:
     env.update(
         DJANGO_SETTINGS_MODULE="tests.reliability.settings",
         DJANGO_EMBEDDINGS_REL_DB=db.name,
+        DJANGO_EMBEDDINGS_REL_VENDOR=db.vendor,
         DJANGO_EMBEDDINGS_REL_DIR=str(store_dir),
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     )

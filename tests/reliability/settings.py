@@ -1,18 +1,21 @@
 """Settings of the child processes the reliability tests start.
 
 Every child runs its own ``django.setup()`` against the dedicated PostgreSQL
-database and the store directory the parent names in the environment.
+(or MariaDB) database and the store directory the parent names in the environment.
 """
 
 from __future__ import annotations
 
 import os
 
-from tests.databases import postgres_database
+from tests.databases import mariadb_database, postgres_database
 from tests.settings import *  # noqa: F403
 
 _NAME = os.environ.get("DJANGO_EMBEDDINGS_REL_DB", "django_embeddings_rel")
-DATABASES = {"default": postgres_database(_NAME)}
+if os.environ.get("DJANGO_EMBEDDINGS_REL_VENDOR") == "mariadb":
+    DATABASES = {"default": mariadb_database(_NAME)}
+else:
+    DATABASES = {"default": postgres_database(_NAME)}
 
 DJANGO_EMBEDDINGS_DIR = os.environ.get("DJANGO_EMBEDDINGS_REL_DIR", DJANGO_EMBEDDINGS_DIR)  # noqa: F405
 DJANGO_EMBEDDINGS_INVALIDATION = "mtime"  # the environment variable wins (pubsub tests set it)
