@@ -331,6 +331,27 @@ def embedding_fields(model: type[models.Model]) -> tuple[EmbeddingField, ...]:
     return _embedding_fields(model)
 
 
+def embedding_field_named(
+    model: type[models.Model], name: str | None, *, how_to_choose: str
+) -> EmbeddingField:
+    """The EmbeddingField of ``model`` called ``name``, or (``name`` being ``None``) its
+    only one; a ``ValueError`` says which fields there are, and ``how_to_choose`` one."""
+    fields = embedding_fields(model)
+    names = [field.name for field in fields]
+    if name is not None:
+        for field in fields:
+            if field.name == name:
+                return field
+        raise ValueError(
+            f"{model._meta.label} has no EmbeddingField named {name!r}; it has {names!r}."
+        )
+    if len(fields) == 1:
+        return fields[0]
+    if not fields:
+        raise ValueError(f"{model._meta.label} has no EmbeddingField.")
+    raise ValueError(f"{model._meta.label} has several EmbeddingFields {names!r}; {how_to_choose}.")
+
+
 @functools.cache
 def _embedding_fields(model: Any) -> tuple[EmbeddingField, ...]:
     return tuple(f for f in model._meta.concrete_fields if isinstance(f, EmbeddingField))

@@ -43,7 +43,7 @@ from django.db.models.sql.constants import MULTI
 from django_embeddings import cache, invalidation
 from django_embeddings.conf import conf
 from django_embeddings.exceptions import EmbeddingsError
-from django_embeddings.fields import EmbeddingField, embedding_fields
+from django_embeddings.fields import EmbeddingField, embedding_field_named
 from django_embeddings.providers import aembed_checked, embed_checked
 from django_embeddings.ranking import Top
 from django_embeddings.typing import Vector
@@ -479,23 +479,7 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         return clone  # type: ignore[no-any-return]
 
     def _embedding_field(self, name: str | None) -> EmbeddingField:
-        fields = embedding_fields(self.model)
-        if name is not None:
-            for candidate in fields:
-                if candidate.name == name:
-                    return candidate
-            raise ValueError(
-                f"{self.model._meta.label} has no EmbeddingField named {name!r}; "
-                f"it has {[f.name for f in fields]!r}."
-            )
-        if len(fields) == 1:
-            return fields[0]
-        if not fields:
-            raise ValueError(f"{self.model._meta.label} has no EmbeddingField.")
-        raise ValueError(
-            f"{self.model._meta.label} has several EmbeddingFields "
-            f"{[f.name for f in fields]!r}; pass field= to choose one."
-        )
+        return embedding_field_named(self.model, name, how_to_choose="pass field= to choose one")
 
     def _store_alias(self) -> str:
         # Vectors are written by the database rows are written to; a read replica

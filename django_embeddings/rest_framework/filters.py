@@ -21,7 +21,7 @@ from rest_framework.filters import BaseFilterBackend
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
-from django_embeddings.fields import EmbeddingField, embedding_fields
+from django_embeddings.fields import EmbeddingField, embedding_field_named
 from django_embeddings.querysets import MAX_K
 
 __all__ = ["SemanticSearchFilter"]
@@ -103,25 +103,14 @@ class SemanticSearchFilter(BaseFilterBackend):
                 "give the model `objects = EmbeddingManager()` (or a QuerySet with "
                 "EmbeddingQuerySetMixin)."
             )
-        fields = embedding_fields(model)
-        names = [field.name for field in fields]
         name = getattr(view, "embedding_field", self.embedding_field)
-        if name is not None:
-            for field in fields:
-                if field.name == name:
-                    return field
-            raise ImproperlyConfigured(
-                f"{_name(view)}: embedding_field = {name!r}, but the EmbeddingFields of "
-                f"{model._meta.label} are {names!r}."
+        try:
+            return embedding_field_named(
+                model, name, how_to_choose="set embedding_field on the view to choose one"
             )
-        if len(fields) == 1:
-            return fields[0]
-        if not fields:
-            raise ImproperlyConfigured(f"{_name(view)}: {model._meta.label} has no EmbeddingField.")
-        raise ImproperlyConfigured(
-            f"{_name(view)}: {model._meta.label} has several EmbeddingFields {names!r}; "
-            "set embedding_field on the view to choose one."
-        )
+        except ValueError as exc:
+            chosen = f"embedding_field = {name!r}: " if name is not None else ""
+            raise ImproperlyConfigured(f"{_name(view)}: {chosen}{exc}") from exc
 
     # -- filtering ---------------------------------------------------------------------
 
