@@ -11,10 +11,13 @@ which asyncio does not report: a call into C that holds the GIL stalls the loop
 from whichever thread makes it. Loading the static model makes none that takes
 more than a few milliseconds (``scripts/measure_cold_load.py`` measures it).
 
-The threshold, 20 ms, is four of CPython's 5 ms GIL switch intervals: a callback
-that does nothing slow can still wait that long for the GIL while Django's threads
-run the search, so a smaller one would flag the threads' work, not the loop's.
-Loading the model or the index, or embedding on the loop, takes far longer.
+The threshold, 50 ms, is ten of CPython's 5 ms GIL switch intervals: a callback
+that does nothing slow can still wait a few of them for the GIL while Django's
+threads run the search, and on a loaded machine (test environments run in parallel
+on two cores) the OS may not run the loop's thread for a few time slices more.
+What this guards against takes longer: loading the model through tokenizers held
+the GIL for 60 to 330 ms, and embedding a query or loading an index on the loop
+would block it for as long.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.signals import request_finished
 from django.db import connections
 from django.urls import reverse
 
@@ -42,7 +46,7 @@ uvicorn = pytest.importorskip("uvicorn", reason="uvicorn (the test extra) is not
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
-SLOW_CALLBACK = 0.020
+SLOW_CALLBACK = 0.050
 
 
 class SlowCallbacks(logging.Handler):
@@ -85,6 +89,9 @@ def served(corpus: Any, settings: Any, request: Any) -> Iterator[tuple[Served, S
     # provider (and loads its model, unless the test asks for a loaded one).
     clear_providers()
     cache.clear()
+    # Each request runs its ORM work in a thread of its own (Django's ASGI handler gives
+    # it a ThreadSensitiveContext): close that thread's connections when it finishes.
+    request_finished.connect(close_this_threads_connections, dispatch_uid=__name__)
     if getattr(request, "param", "cold") == "model loaded":
         get_provider().embed(["warm up"], "query")
     port = free_port()
@@ -111,7 +118,7 @@ def served(corpus: Any, settings: Any, request: Any) -> Iterator[tuple[Served, S
         finally:
             beat.cancel()
             # The connections Django opened in its thread for the ORM.
-            await sync_to_async(connections.close_all)()
+            await sync_to_async(close_this_threads_connections)()
 
     thread = threading.Thread(target=asyncio.run, args=(main(),), kwargs={"debug": True})
     thread.start()
@@ -126,6 +133,20 @@ def served(corpus: Any, settings: Any, request: Any) -> Iterator[tuple[Served, S
         server.should_exit = True
         thread.join(30)
         asyncio_logger.removeHandler(slow)
+        request_finished.disconnect(dispatch_uid=__name__)
+
+
+def close_this_threads_connections(**kwargs: Any) -> None:
+    """``connections.close_all()``, and also an in-memory SQLite database's connection,
+    which Django never closes (the database would go with it; the test thread's own
+    connection keeps it): collected unclosed, Python 3.13 warns about it."""
+    for connection in connections.all(initialized_only=True):
+        if connection.vendor == "sqlite" and connection.is_in_memory_db():
+            if connection.connection is not None:
+                connection.connection.close()
+                connection.connection = None
+        else:
+            connection.close()
 
 
 def search_a_few_times(server: Served) -> None:
