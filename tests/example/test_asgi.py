@@ -1,23 +1,20 @@
 """The async JSON API under uvicorn: no request blocks the event loop.
 
 uvicorn serves the example project in a thread of this process (so it shares the
-test database), on an event loop in asyncio's debug mode, which logs every
-callback that holds the loop longer than ``slow_callback_duration``. The first
-request is cold: the provider is built (its model loaded, in the "cold" case)
-and the index is read from the store, which must all happen off the loop.
+test database). The first request is cold: the provider is built (its model
+loaded, in the "cold" case) and the index is read from the store, which must all
+happen off the loop.
 
-The heartbeat's figure, printed, also counts waits for the GIL between callbacks,
-which asyncio does not report: a call into C that holds the GIL stalls the loop
-from whichever thread makes it. Loading the static model makes none that takes
-more than a few milliseconds (``scripts/measure_cold_load.py`` measures it).
-
-The threshold, 50 ms, is ten of CPython's 5 ms GIL switch intervals: a callback
-that does nothing slow can still wait a few of them for the GIL while Django's
-threads run the search, and on a loaded machine (test environments run in parallel
-on two cores) the OS may not run the loop's thread for a few time slices more.
-What this guards against takes longer: loading the model through tokenizers held
-the GIL for 60 to 330 ms, and embedding a query or loading an index on the loop
-would block it for as long.
+What is asserted is the loop thread's own CPU time in each callback it runs
+(``time.thread_time()`` around ``asyncio.Handle._run``): loading an index or a
+model on the loop costs 30 ms or more of it, while what Django and this package
+do on the loop costs 3 to 7 ms in a callback (both measured on this test). Wall-
+clock time is not asserted: on two cores shared by parallel test environments, a
+callback that does nothing slow can wait 50 to 100 ms for the GIL or for the OS
+to run its thread. It is printed instead, from asyncio's debug mode and from a
+heartbeat, which also counts GIL waits between callbacks: how long another
+thread's call into C holds the GIL is measured on a quiet machine by
+``scripts/measure_cold_load.py``.
 """
 
 from __future__ import annotations
@@ -46,7 +43,8 @@ uvicorn = pytest.importorskip("uvicorn", reason="uvicorn (the test extra) is not
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
-SLOW_CALLBACK = 0.050
+CPU_PER_CALLBACK = 0.020  # seconds of the loop thread's own CPU time
+SLOW_CALLBACK = 0.050  # seconds of wall-clock time, reported by asyncio's debug mode
 
 
 class SlowCallbacks(logging.Handler):
@@ -60,6 +58,33 @@ class SlowCallbacks(logging.Handler):
         message = record.getMessage()
         if message.startswith("Executing ") and " took " in message:
             self.messages.append(message)
+
+
+class LoopCpu:
+    """The loop thread's CPU time in each callback it runs, past a threshold."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.thread_id: int | None = None
+        self.heavy: list[tuple[float, str]] = []
+        self.longest = 0.0
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        run = asyncio.events.Handle._run
+
+        def timed_run(handle: asyncio.events.Handle) -> None:
+            if threading.get_ident() != self.thread_id:
+                return run(handle)
+            started = time.thread_time()
+            try:
+                return run(handle)
+            finally:
+                spent = time.thread_time() - started
+                self.longest = max(self.longest, spent)
+                if spent > self.threshold:
+                    self.heavy.append((spent, repr(handle)))
+
+        monkeypatch.setattr(asyncio.events.Handle, "_run", timed_run)
 
 
 class Served:
@@ -78,7 +103,9 @@ class Served:
 
 
 @pytest.fixture
-def served(corpus: Any, settings: Any, request: Any) -> Iterator[tuple[Served, SlowCallbacks]]:
+def served(
+    corpus: Any, settings: Any, request: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Served, SlowCallbacks, LoopCpu]]:
     from example_project.asgi import application
 
     settings.ALLOWED_HOSTS = ["127.0.0.1"]
@@ -101,6 +128,8 @@ def served(corpus: Any, settings: Any, request: Any) -> Iterator[tuple[Served, S
     server = uvicorn.Server(config)
     served = Served(port)
     slow = SlowCallbacks()
+    loop_cpu = LoopCpu(CPU_PER_CALLBACK)
+    loop_cpu.install(monkeypatch)
     asyncio_logger = logging.getLogger("asyncio")
     asyncio_logger.addHandler(slow)
 
@@ -111,6 +140,7 @@ def served(corpus: Any, settings: Any, request: Any) -> Iterator[tuple[Served, S
             served.longest_block = max(served.longest_block, time.perf_counter() - started - 0.001)
 
     async def main() -> None:
+        loop_cpu.thread_id = threading.get_ident()
         asyncio.get_running_loop().slow_callback_duration = SLOW_CALLBACK
         beat = asyncio.create_task(heartbeat())
         try:
@@ -127,8 +157,10 @@ def served(corpus: Any, settings: Any, request: Any) -> Iterator[tuple[Served, S
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.01)
     slow.messages.clear()  # uvicorn's start-up is not a request
+    loop_cpu.heavy.clear()
+    loop_cpu.longest = 0.0
     try:
-        yield served, slow
+        yield served, slow, loop_cpu
     finally:
         server.should_exit = True
         thread.join(30)
@@ -170,10 +202,15 @@ def search_a_few_times(server: Served) -> None:
 
 
 @pytest.mark.parametrize("served", ["cold", "model loaded"], indirect=True)
-def test_async_search_api_never_blocks_the_loop(served: tuple[Served, SlowCallbacks]) -> None:
-    server, slow = served
+def test_async_search_api_never_blocks_the_loop(
+    served: tuple[Served, SlowCallbacks, LoopCpu],
+) -> None:
+    server, slow, loop_cpu = served
     search_a_few_times(server)
-    # Not asserted (no timing asserts): a heartbeat's longest wait, which also counts
-    # the time the loop waited for the GIL between callbacks.
+    # Reported, not asserted (wall-clock time depends on the machine's load).
     print(f"longest event loop block seen: {server.longest_block * 1000:.1f} ms")
-    assert slow.messages == []
+    print(f"most CPU time in one callback on the loop: {loop_cpu.longest * 1000:.1f} ms")
+    print(f"callbacks over {SLOW_CALLBACK * 1000:.0f} ms of wall-clock time: {len(slow.messages)}")
+    for message in slow.messages:
+        print(f"  {message}")
+    assert loop_cpu.heavy == []
