@@ -64,6 +64,16 @@ def store_dir(tmp_path: Path, settings) -> Path:  # type: ignore[no-untyped-def]
     return directory
 
 
+@pytest.fixture(params=[0o077, 0o022, 0o000], ids=["umask077", "umask022", "umask000"])
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    """Each test using it runs under a private, the usual and no umask at all."""
+    previous = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(previous)
+
+
 def _ping(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5) as sock:

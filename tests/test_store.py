@@ -7,7 +7,6 @@ import multiprocessing
 import os
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -528,15 +527,6 @@ def test_a_store_written_by_0_1_0_loads_and_migrates(tmp_path):
 
 def mode_of(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
-
-
-@pytest.fixture(params=[0o077, 0o022], ids=["umask077", "umask022"])
-def umask(request: pytest.FixtureRequest) -> Iterator[int]:
-    previous = os.umask(request.param)
-    try:
-        yield request.param
-    finally:
-        os.umask(previous)
 
 
 @pytest.mark.parametrize(

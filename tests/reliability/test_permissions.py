@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,15 +32,6 @@ KINDS = {
     ),
     "snapshot meta": lambda name: name == "meta.json",
 }
-
-
-@pytest.fixture(params=[0o077, 0o022, 0o000], ids=["umask077", "umask022", "umask000"])
-def umask(request: pytest.FixtureRequest) -> Iterator[int]:
-    previous = os.umask(request.param)
-    try:
-        yield request.param
-    finally:
-        os.umask(previous)
 
 
 def modes(top: Path) -> tuple[dict[str, set[int]], set[int]]:
