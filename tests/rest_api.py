@@ -14,18 +14,27 @@ from django_embeddings.rest_framework import SemanticSearchFilter, SimilarityFie
 from tests.testapp.models import Article, Doc, Product
 
 
-class ArticleSerializer(serializers.ModelSerializer):
+class WithSimilarity(serializers.ModelSerializer):
+    """A model's rows with the score of a semantic search (``None`` outside one)."""
+
     similarity = SimilarityField()
 
+
+class SearchList(generics.ListAPIView):
+    """A list view searched by meaning; each subclass names its rows and serializer."""
+
+    filter_backends = [SemanticSearchFilter]
+
+
+class ArticleSerializer(WithSimilarity):
     class Meta:
         model = Article
         fields = ["id", "title", "similarity"]
 
 
-class ArticleList(generics.ListAPIView):
+class ArticleList(SearchList):
     queryset = Article.objects.order_by("pk")
     serializer_class = ArticleSerializer
-    filter_backends = [SemanticSearchFilter]
 
 
 class SmallK(ArticleList):
@@ -90,18 +99,15 @@ class ScoredArticles(ArticleList):
     serializer_class = ScoredArticleSerializer
 
 
-class ProductSerializer(serializers.ModelSerializer):
-    similarity = SimilarityField()
-
+class ProductSerializer(WithSimilarity):
     class Meta:
         model = Product
         fields = ["id", "name", "similarity"]
 
 
-class ProductsByName(generics.ListAPIView):
+class ProductsByName(SearchList):
     queryset = Product.objects.order_by("pk")
     serializer_class = ProductSerializer
-    filter_backends = [SemanticSearchFilter]
     embedding_field = "name_embedding"
 
 
@@ -123,12 +129,11 @@ class DocSerializer(serializers.ModelSerializer):
         fields = ["id"]
 
 
-class WithoutManager(generics.ListAPIView):
+class WithoutManager(SearchList):
     """A queryset without semantic_search(): a plain manager over a searchable model."""
 
     queryset = Doc._base_manager.order_by("pk")
     serializer_class = DocSerializer
-    filter_backends = [SemanticSearchFilter]
 
 
 class RenamedParams(SemanticSearchFilter):
