@@ -658,13 +658,19 @@ def redis_admin(url: str) -> Iterator[Any]:
         client.close()
 
 
-def _wait(predicate: Any, timeout: float) -> bool:
+def wait_until(predicate: Any, timeout: float) -> bool:
+    """Whether ``predicate()`` became true within ``timeout`` seconds (polled)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
     return True
+
+
+def healthy(peer: Server) -> bool:
+    """Whether the invalidation listener of ``peer`` is subscribed."""
+    return bool(peer.call("listener")["healthy"])
 
 
 REDIS_FAULTS = ("debug sleep", "client pause", "kill and restart", "subscribe denied")
@@ -695,21 +701,18 @@ def run_redis_faults(
     problems: list[str] = []
     written = 0
 
-    def healthy(peer: Server) -> bool:
-        return bool(peer.call("listener")["healthy"])
-
     def write(text: str) -> None:
         nonlocal written
         written += 1
         pk = a.call("create", body=f"{text} n{written}")["pk"]
         outcome.operations += 1
         outcome.rows_checked += 1
-        if not _wait(lambda: b.call("top", text=f"{text} n{written}")["pk"] == pk, bound):
+        if not wait_until(lambda: b.call("top", text=f"{text} n{written}")["pk"] == pk, bound):
             outcome.stale += 1
             problems.append(f"B did not see {text!r} within {bound} s")
 
     def settle() -> None:
-        if not _wait(lambda: healthy(a) and healthy(b), bound):
+        if not wait_until(lambda: healthy(a) and healthy(b), bound):
             problems.append("a listener did not become healthy again")
 
     try:
@@ -731,7 +734,7 @@ def run_redis_faults(
             outcome.faults += 1
             settle()
             redis_server.stop()
-            if not _wait(lambda: not healthy(b), bound):
+            if not wait_until(lambda: not healthy(b), bound):
                 problems.append("B's listener did not notice Redis was gone")
             write("while redis is down about ini")
             redis_server.start()
@@ -742,7 +745,7 @@ def run_redis_faults(
                 conn.execute_command("ACL", "SETUSER", "default", "-subscribe")
                 conn.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
                 try:
-                    if not _wait(lambda: not healthy(b), bound):
+                    if not wait_until(lambda: not healthy(b), bound):
                         problems.append("B's listener did not notice it was refused")
                     write("while subscribing is denied about xml")
                 finally:

@@ -9,10 +9,8 @@ listener thread must survive every fault and its log stay short.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,8 +20,10 @@ from tests.reliability.harness import (
     Database,
     Server,
     child_env,
+    healthy,
     redis_admin,
     run_redis_faults,
+    wait_until,
 )
 
 pytestmark = pytest.mark.slow
@@ -62,22 +62,9 @@ def pair(
         b.close()
 
 
-def wait(predicate: Any, timeout: float = BOUND) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def healthy(peer: Server) -> bool:
-    return bool(peer.call("listener")["healthy"])
-
-
 def sees(b: Server, text: str, pk: int) -> bool:
     """B's best hit for ``text`` is row ``pk`` within the bound."""
-    return wait(lambda: b.call("top", text=text)["pk"] == pk)
+    return wait_until(lambda: b.call("top", text=text)["pk"] == pk, BOUND)
 
 
 def write_and_check(a: Server, b: Server, text: str) -> None:
@@ -106,7 +93,7 @@ def test_publish_denied_by_acl(pair: tuple[Server, Server], redis_server: RedisS
     """A may no longer PUBLISH while B's subscription stays healthy: B's listener
     still finds A's writes within its periodic sweep (SWEEP_SECONDS)."""
     a, b = pair
-    assert wait(lambda: healthy(a) and healthy(b))
+    assert wait_until(lambda: healthy(a) and healthy(b), BOUND)
     write_and_check(a, b, "before the acl change about csv")
     with redis_admin(redis_server.url) as conn:
         conn.execute_command("ACL", "SETUSER", "default", "-publish")
