@@ -505,9 +505,7 @@ def try_create(body: str) -> str | None:
 
 def serve() -> None:
     """Answer JSON commands from stdin, one JSON line each, until EOF or ``quit``."""
-    from django.db import connections
 
-    from django_embeddings import cache
     from tests.testapp.models import Article
 
     out = sys.stdout
@@ -529,22 +527,12 @@ def serve() -> None:
             elif command == "repair":
                 _answer(out, {"ok": True, "repair": repair()})
             elif command == "fork_writer":
-                connections.close_all()  # the child opens its own connection
-                cache.clear()
-                pid = os.fork()
-                if pid == 0:  # pragma: no cover - the child never returns
-                    _child(request)
-                _answer(out, {"ok": True, "pid": pid})
+                _answer(out, {"ok": True, "pid": _fork(_crash_writer, request)})
             elif command == "ops":
                 run_ops(request["ops"])
                 _answer(out, {"ok": True})
             elif command == "fork_ops":
-                connections.close_all()
-                cache.clear()
-                pid = os.fork()
-                if pid == 0:  # pragma: no cover - the child never returns
-                    _ops_child(request)
-                _answer(out, {"ok": True, "pid": pid})
+                _answer(out, {"ok": True, "pid": _fork(_paused_ops, request)})
             elif command == "create":
                 article = Article.objects.create(title="r", body=request["body"])
                 _answer(out, {"ok": True, "pk": article.pk})
@@ -583,13 +571,21 @@ def serve() -> None:
             _answer(out, {"ok": False, "error": traceback.format_exc()})
 
 
-def _child(request: dict[str, Any]) -> None:
-    code = 0
+def _fork(work: Callable[[dict[str, Any]], None], request: dict[str, Any]) -> int:
+    """The pid of a child that runs ``work(request)`` on connections of its own, then exits."""
+    from django.db import connections
+
+    from django_embeddings import cache
+
+    connections.close_all()  # the child opens its own connection
+    cache.clear()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0  # pragma: no cover - the child never returns
     try:
         sys.stdin.close()
-        crash_writer(
-            request["seed"], Path(request["ledger"]), request.get("point"), request.get("hit", 1)
-        )
+        work(request)
     except BaseException:
         traceback.print_exc()
         code = 1
@@ -597,17 +593,15 @@ def _child(request: dict[str, Any]) -> None:
         os._exit(code)
 
 
-def _ops_child(request: dict[str, Any]) -> None:
-    code = 0
-    try:
-        sys.stdin.close()
-        _arm(request["pause"], 1, action="stop")
-        run_ops(request["ops"])
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    finally:
-        os._exit(code)
+def _crash_writer(request: dict[str, Any]) -> None:
+    crash_writer(
+        request["seed"], Path(request["ledger"]), request.get("point"), request.get("hit", 1)
+    )
+
+
+def _paused_ops(request: dict[str, Any]) -> None:
+    _arm(request["pause"], 1, action="stop")
+    run_ops(request["ops"])
 
 
 def _answer(out: Any, payload: dict[str, Any]) -> None:
