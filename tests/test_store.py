@@ -588,6 +588,15 @@ def test_a_file_is_created_with_its_mode_where_hard_links_fail(tmp_path, umask, 
     assert os.listdir(tmp_path) == ["_lock"]  # no temp file left behind
 
 
+def read_opened(path: Path) -> bytes:
+    """What the descriptor ``Permissions().open_or_create()`` returns for ``path`` reads."""
+    fd = Permissions().open_or_create(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 1024)
+    finally:
+        os.close(fd)
+
+
 def test_a_file_made_meanwhile_by_another_process_is_opened(tmp_path, monkeypatch):
     """Two processes creating the lock at once: the one that loses opens the winner's."""
     real_link = os.link
@@ -597,11 +606,7 @@ def test_a_file_made_meanwhile_by_another_process_is_opened(tmp_path, monkeypatc
         real_link(source, target)  # FileExistsError, as when the other process won
 
     monkeypatch.setattr(os, "link", other_process_first)
-    fd = Permissions().open_or_create(tmp_path / "_lock", os.O_RDONLY)
-    try:
-        assert os.read(fd, 10) == b"theirs"
-    finally:
-        os.close(fd)
+    assert read_opened(tmp_path / "_lock") == b"theirs"
     assert os.listdir(tmp_path) == ["_lock"]
 
     def unsupported(source: str, target: str) -> None:
@@ -619,8 +624,4 @@ def test_a_file_made_meanwhile_by_another_process_is_opened(tmp_path, monkeypatc
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(os, "open", missing_once)
-    fd = Permissions().open_or_create(tmp_path / "_vectors-0", os.O_RDONLY)
-    try:
-        assert os.read(fd, 20) == b"made meanwhile"
-    finally:
-        os.close(fd)
+    assert read_opened(tmp_path / "_vectors-0") == b"made meanwhile"
