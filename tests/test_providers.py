@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import re
-import shutil
 import sys
 import threading
 import time
@@ -40,6 +39,7 @@ from django_embeddings.providers import (
 from django_embeddings.providers._remote import LoopClients
 from django_embeddings.providers.ollama import OllamaProvider
 from django_embeddings.providers.static import DEFAULT_PATH, StaticModelProvider
+from tests.utils import copy_static_model
 
 SECRET = "sk-test-Zq8vY1secret"
 
@@ -466,14 +466,8 @@ def test_static_max_tokens_truncates() -> None:
         StaticModelProvider(max_tokens=0)
 
 
-def _copy_model(tmp_path: Path) -> Path:
-    target = tmp_path / "model"
-    shutil.copytree(DEFAULT_PATH, target)
-    return target
-
-
 def test_static_identity_follows_the_weights(tmp_path: Path) -> None:
-    model = _copy_model(tmp_path)
+    model = copy_static_model(tmp_path)
     config = json.loads((model / "config.json").read_text())
     del config["weights_sha256"], config["model_name"]
     (model / "config.json").write_text(json.dumps(config))
@@ -491,7 +485,7 @@ def test_static_identity_follows_the_weights(tmp_path: Path) -> None:
 
 
 def test_static_refuses_weights_that_do_not_match_config(tmp_path: Path) -> None:
-    model = _copy_model(tmp_path)
+    model = copy_static_model(tmp_path)
     data = bytearray((model / "model.safetensors").read_bytes())
     data[-1] ^= 0x01
     (model / "model.safetensors").write_bytes(bytes(data))
@@ -523,7 +517,7 @@ def test_static_reads_safetensors_as_views(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_static_damaged_safetensors_header_is_reported(tmp_path: Path) -> None:
-    model = _copy_model(tmp_path)
+    model = copy_static_model(tmp_path)
     raw = (model / "model.safetensors").read_bytes()
     size = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + size])
@@ -536,7 +530,7 @@ def test_static_damaged_safetensors_header_is_reported(tmp_path: Path) -> None:
 
 
 def test_static_bad_config_is_reported(tmp_path: Path) -> None:
-    model = _copy_model(tmp_path)
+    model = copy_static_model(tmp_path)
     (model / "config.json").write_text('{"hidden_dim": "many"}')
     with pytest.raises(ImproperlyConfigured, match=r"positive int 'hidden_dim', not 'many'"):
         StaticModelProvider(path=model).dimensions  # noqa: B018

@@ -25,6 +25,7 @@ from django_embeddings.providers.static import (
     StaticModelProvider,
     _RustTokenizer,
 )
+from tests.utils import copy_static_model
 
 ALPHABET = (
     "abcdeéÉßﬁ中文字日本語한국어привет  \t\n\r\x00\x7f\u200b\u0301!?.,-_##[UNK][PAD]01239🙂Ωσς"
@@ -164,15 +165,9 @@ def test_a_tokenizer_without_normalizer_or_pre_tokenizer(tmp_path: Path) -> None
     assert loaded.wordpiece.ids(texts) == _RustTokenizer(tokenizer).ids(texts)
 
 
-def _model_copy(tmp_path: Path) -> Path:
-    target = tmp_path / "model"
-    shutil.copytree(DEFAULT_PATH, target)
-    return target
-
-
 def test_provider_without_the_files_embeds_bit_identically(tmp_path: Path) -> None:
     """A model folder without vocab.txt loads tokenizers' own model: same vectors."""
-    model = _model_copy(tmp_path)
+    model = copy_static_model(tmp_path)
     (model / wordpiece.VOCAB_FILE).unlink()
     (model / wordpiece.INDEX_FILE).unlink()
     texts = _texts()[:400] + ["zzzqqqxxyy", "asdfghjkl json", "[PAD]", "?!", "🙂"]
@@ -195,7 +190,7 @@ def test_shipped_model_never_builds_tokenizers_model(monkeypatch: pytest.MonkeyP
 def test_files_of_another_tokenizer_are_ignored(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    model = _model_copy(tmp_path)
+    model = copy_static_model(tmp_path)
     config = _tokenizer_json()
     config["model"]["vocab"]["[UNK]"], config["model"]["vocab"]["the"] = (
         config["model"]["vocab"]["the"],
@@ -211,7 +206,7 @@ def test_files_of_another_tokenizer_are_ignored(
 
 
 def test_an_edited_vocabulary_is_ignored(tmp_path: Path) -> None:
-    model = _model_copy(tmp_path)
+    model = copy_static_model(tmp_path)
     vocab = model / wordpiece.VOCAB_FILE
     vocab.write_text(vocab.read_text(encoding="utf-8").replace("\nthe\n", "\nteh\n"), "utf-8")
     assert wordpiece.load(model, 512) is None

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from django.db.models import Model
 
 from django_embeddings import cache
 from django_embeddings.providers import HashingProvider
+from django_embeddings.providers.static import DEFAULT_PATH
 from django_embeddings.typing import InputType, Matrix
 
 
@@ -84,3 +87,10 @@ def failures() -> Iterator[list[dict[str, Any]]]:
         yield seen
     finally:
         embedding_failed.disconnect(receiver)
+
+
+def copy_static_model(directory: Path) -> Path:
+    """A copy of the shipped static model in ``directory``/model, free to be altered."""
+    target = directory / "model"
+    shutil.copytree(DEFAULT_PATH, target)
+    return target
