@@ -282,9 +282,9 @@ class FieldIndex:
         rows = rows[rows >= 0]
         rows = rows[base_ok[rows]]
         tail_mask = np.zeros_like(tail_ok)
-        if not self.tail_rows:
-            pass
-        elif isinstance(candidates, np.ndarray):
+        if not self.tail_rows:  # no writes since the snapshot: the candidates need no scan
+            return rows, tail_mask
+        if isinstance(candidates, np.ndarray):
             wanted = set(candidates.tolist())
             for key, row in self.tail_rows.items():
                 if row < len(tail_mask) and row_keys.as_int(key) in wanted:

@@ -130,3 +130,22 @@ def test_ties_are_broken_by_key_integers_numerically(store):
         store.put_many([(key, vec(7), "00" * 16, "m1")])
     hits = cache.get(store).search(vec(7), 5, identity="m1")
     assert [h.key for h in hits] == ["9", "10", "11", "a", "b"]
+
+
+@pytest.mark.parametrize("as_ints", [False, True], ids=["string-keys", "int64-keys"])
+def test_candidates_restrict_the_snapshot_and_the_rows_written_after_it(store, as_ints):
+    def among(*keys: int) -> list[str]:
+        candidates = np.array(keys, dtype=np.int64) if as_ints else [str(k) for k in keys]
+        hits = cache.get(store).search(vec(1), 10, identity="m1", candidates=candidates)
+        return sorted(h.key for h in hits)
+
+    for n in range(6):
+        put(store, str(n), n)
+    store.compact()
+    assert not cache.get(store).tail_rows  # every row in the snapshot
+    assert among(1, 4, 99) == ["1", "4"]
+    put(store, "7", 7)
+    put(store, "8", 8)
+    assert cache.get(store).tail_rows
+    assert among(1, 7, 99) == ["1", "7"]
+    assert among(99) == []
