@@ -90,7 +90,10 @@ def peer_main() -> None:  # pragma: no cover - runs in the child processes
             return None
         if op == "build":
             n, dims = command["rows"], command["dims"]
-            store = Store(big_field.store.path, label=big_field.store.label)
+            field_store = big_field.store
+            store = Store(
+                field_store.path, label=field_store.label, permissions=field_store.permissions
+            )
             store.clear()
             for start in range(0, n, 10_000):
                 count = min(10_000, n - start)

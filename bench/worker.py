@@ -112,8 +112,14 @@ def build_store(args: dict[str, Any]) -> dict[str, Any]:
 
     n = int(args["n"])
     field_store = doc_field().store
-    # The field's own store path, but no compaction until the explicit one at the end.
-    store = Store(field_store.path, label=field_store.label, compact_threshold=2**62)
+    # The field's own store (path and file modes), but no compaction until the explicit
+    # one at the end.
+    store = Store(
+        field_store.path,
+        label=field_store.label,
+        compact_threshold=2**62,
+        permissions=field_store.permissions,
+    )
     if args.get("reuse") and store.path.is_dir() and store.stats().vectors == n:
         return {"n": n, "reused": True, "path": str(store.path)}
     store.clear()
