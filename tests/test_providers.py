@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import gc
 import json
 import logging
 import math
@@ -15,6 +16,7 @@ import re
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from asgiref.sync import async_to_sync
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
@@ -373,20 +376,82 @@ def test_remote_async_client_is_shared_on_a_loop(server: ScriptedServer) -> None
     assert len(server.seen) == 3
 
 
-def test_loop_clients_drop_the_clients_of_closed_loops() -> None:
-    closed: list[object] = []
+def test_loop_clients_are_closed_on_their_loop_before_it_closes() -> None:
+    closed: list[tuple[object, asyncio.AbstractEventLoop]] = []
 
     async def close(client: object) -> None:
-        closed.append(client)
+        closed.append((client, asyncio.get_running_loop()))
 
     clients: LoopClients[object] = LoopClients(object, close)
-    first = asyncio.run(clients.get())
-    second = asyncio.run(clients.get())
-    assert second is not first
-    assert list(clients._clients.values()) == [second]  # the first loop's is gone
-    assert closed == []  # a closed loop's connections cannot be closed any more
-    clients.forget()
+
+    async def use() -> tuple[object, asyncio.AbstractEventLoop]:
+        return await clients.get(), asyncio.get_running_loop()
+
+    first = asyncio.run(use())  # asyncio.run shuts the loop's async generators down
+    assert closed == [first] and not clients._clients
+    second = async_to_sync(use)()  # what a sync Django view calling async code does
+    assert second[0] is not first[0]
+    assert closed == [first, second] and not clients._clients
+
+    # A loop closed without shutdown_asyncgens(): its client can only be dropped.
+    loop = asyncio.new_event_loop()
+    stranded = loop.run_until_complete(clients.get())
+    loop.close()
+    third = asyncio.run(use())
+    assert third[0] is not stranded and closed[-1] == third and len(closed) == 3
     assert not clients._clients
+
+    # aclose() closes the running loop's client at once; forget() leaves it to the loop.
+    async def closes_at_once() -> None:
+        client = await clients.get()
+        await clients.aclose()
+        assert closed[-1] == (client, asyncio.get_running_loop())
+        await clients.get()
+        clients.forget()
+        gc.collect()  # the dropped holder asks its loop to close the client
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    asyncio.run(closes_at_once())
+    assert len(closed) == 5 and not clients._clients
+
+
+def test_remote_async_clients_leave_no_open_connections(server: ScriptedServer) -> None:
+    """Each async_to_sync / asyncio.run call on a provider without aclose(): its loop's
+    client and pooled connection are closed when that loop ends (no ResourceWarning)."""
+    httpx = pytest.importorskip("httpx", reason="the ollama extra is not installed")
+    server.script(default=Reply(body=ollama_answer(4)))
+    provider = OllamaProvider(model="tiny-embed", dimensions=4, base_url=server.url)
+    seen: list[Any] = []
+
+    async def embed() -> None:
+        await provider.aembed(["one"])
+        seen.append(await provider._async_clients.get())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        asyncio.run(embed())
+        async_to_sync(embed)()
+        gc.collect()
+    assert len(seen) == 2 and all(isinstance(c, httpx.AsyncClient) for c in seen)
+    assert all(client.is_closed for client in seen)
+    assert not provider._async_clients._clients
+
+
+def test_openai_async_clients_are_closed_with_their_loop(
+    server: ScriptedServer, openai_provider: Any
+) -> None:
+    server.script(default=Reply(body=openai_answer(4)))
+    provider = openai_provider()
+
+    async def embed() -> Any:
+        await provider.aembed(["one"])
+        return await provider._async_clients.get()
+
+    clients = [asyncio.run(embed()), async_to_sync(embed)()]
+    assert clients[0] is not clients[1]
+    assert all(client.is_closed() for client in clients)
+    assert not provider._async_clients._clients
 
 
 def test_ollama_aembed_without_httpx_names_the_extra(
@@ -744,13 +809,8 @@ def embed(request: pytest.FixtureRequest) -> Callable[..., np.ndarray]:
         if isinstance(provider, OllamaProvider):
             pytest.importorskip("httpx", reason="the ollama extra is not installed")
 
-        async def once() -> np.ndarray:
-            try:
-                return await provider.aembed(*args, **kwargs)
-            finally:
-                await provider.aclose()  # its connections belong to this loop
-
-        return asyncio.run(once())
+        # The loop's client is closed as asyncio.run shuts the loop down.
+        return asyncio.run(provider.aembed(*args, **kwargs))
 
     return run
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -81,13 +81,16 @@ def short(values: list[int]) -> str:
 
 
 class LoopClients(Generic[Client]):
-    """One async HTTP client per event loop.
+    """One async HTTP client per event loop, closed on that loop before it closes.
 
     A client's pooled connections belong to the loop that opened them, so a
     client is kept for the running loop and reused by every request on it (one
-    connection pool per process under an ASGI server). Clients of loops that have
-    closed (``async_to_sync`` runs each call on a new loop) are dropped, as their
-    connections can never be used again.
+    connection pool per process under an ASGI server). Each client is held by an
+    async generator started on its loop: the loop's ``shutdown_asyncgens()``,
+    which ``asyncio.run`` (so asgiref's ``async_to_sync``, which runs each call on
+    a new loop) and ASGI servers call before closing it, closes the client there.
+    A loop closed without that leaves nothing to close its connections with: its
+    client is only dropped.
     """
 
     def __init__(
@@ -95,32 +98,50 @@ class LoopClients(Generic[Client]):
     ) -> None:
         self._make = make
         self._close = close
-        self._clients: dict[asyncio.AbstractEventLoop, Client] = {}
+        self._clients: dict[
+            asyncio.AbstractEventLoop, tuple[Client, AsyncGenerator[None, None]]
+        ] = {}
         self._lock = threading.Lock()
 
     async def get(self) -> Client:
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is not None:
-            return client
+        held = self._clients.get(loop)
+        if held is not None:
+            return held[0]
         # Building a client imports the SDK and loads TLS certificates: not on the loop.
         made = await sync_to_async(self._make, thread_sensitive=False)()
+        keeper = self._hold(made)
         with self._lock:
             for other in [other for other in self._clients if other.is_closed()]:
                 del self._clients[other]
-            client = self._clients.setdefault(loop, made)
-        if client is not made:  # another request on this loop made one meanwhile
+            held = self._clients.setdefault(loop, (made, keeper))
+        if held[0] is not made:  # another request on this loop made one meanwhile
             await self._close(made)
-        return client
+        else:
+            await anext(keeper)  # started on this loop: known to its shutdown_asyncgens()
+        return held[0]
+
+    async def _hold(self, client: Client) -> AsyncGenerator[None, None]:
+        """Suspended while ``client`` is in use; closed (by aclose() or the loop's
+        shutdown), it closes the client on the loop."""
+        try:
+            yield
+        finally:
+            loop = asyncio.get_running_loop()
+            with self._lock:
+                if self._clients.get(loop, (None,))[0] is client:
+                    del self._clients[loop]
+            await self._close(client)
 
     async def aclose(self) -> None:
         """Close the running loop's client; the next request makes a new one."""
         with self._lock:
-            client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await self._close(client)
+            held = self._clients.pop(asyncio.get_running_loop(), None)
+        if held is not None:
+            await held[1].aclose()
 
     def forget(self) -> None:
-        """Drop every client (from sync code, which cannot close them)."""
+        """Drop every client (from sync code, which cannot await): each is closed on its
+        loop as the loop gets to it, or with the loop's shutdown."""
         with self._lock:
             self._clients.clear()
