@@ -379,11 +379,18 @@ def last_version_in(fd: int, start: int, end: int) -> int | None:
         probe = max(start, probe - _TAIL_PROBE * 16)
 
 
+def _open(directory: Path) -> int | None:
+    """The current journal opened for reading (``None``: no journal); the caller closes it."""
+    try:
+        return os.open(directory / JOURNAL, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+
+
 def identity(directory: Path) -> tuple[int, bytes] | None:
     """The current journal's inode and header line (``None``: no journal)."""
-    try:
-        fd = os.open(directory / JOURNAL, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    fd = _open(directory)
+    if fd is None:
         return None
     try:
         return os.fstat(fd).st_ino, header(fd)
@@ -393,9 +400,8 @@ def identity(directory: Path) -> tuple[int, bytes] | None:
 
 def last_base(directory: Path) -> int | None:
     """The base version of the current journal (-1: a damaged header; ``None``: no journal)."""
-    try:
-        fd = os.open(directory / JOURNAL, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    fd = _open(directory)
+    if fd is None:
         return None
     try:
         return read_base(header(fd))
@@ -405,9 +411,8 @@ def last_base(directory: Path) -> int | None:
 
 def last_version(directory: Path) -> int | None:
     """The version of the last complete entry (or the header's base); O(1) in the size."""
-    try:
-        fd = os.open(directory / JOURNAL, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    fd = _open(directory)
+    if fd is None:
         return None
     try:
         size = os.fstat(fd).st_size
@@ -427,9 +432,8 @@ def read(directory: Path, position: Position | None = None) -> Tail | None:
     """
     path = directory / JOURNAL
     offset = position.offset if position else 0
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    fd = _open(directory)
+    if fd is None:
         return None
     try:
         inode = os.fstat(fd).st_ino
