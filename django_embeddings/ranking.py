@@ -118,14 +118,14 @@ class Ranking:
         base_rows, base_scores = self.base.best(n)
         tail_rows, tail_scores = self.tail.best(n)
         base_keys: list[Any] = np.asarray(index.base_keys[base_rows]).tolist()
-        tail_keys = [self.tail_keys[row] for row in tail_rows.tolist()]
+        tail_picked = tail_rows.tolist()
+        tail_keys = [self.tail_keys[row] for row in tail_picked]
         scores = np.concatenate([base_scores, tail_scores]).astype(np.float64)
         keys = base_keys + tail_keys
         order = _order(keys, scores, integers=index.base_keys.dtype.kind == "i")[:n]
         with index.lock:
             base_hashes = _hex(np.asarray(index.base_hashes[base_rows]))
-            tail_meta = [index.tail_meta.get(key) for key in tail_keys]
-        hashes = base_hashes + [meta[0] if meta else None for meta in tail_meta]
+        hashes = base_hashes + [index.tail_hash(row) for row in tail_picked]
         picked = order.tolist()
         return Top(
             [keys[i] for i in picked],

@@ -130,3 +130,31 @@ def test_ties_are_broken_by_key_integers_numerically(store):
         store.put_many([(key, vec(7), "00" * 16, "m1")])
     hits = cache.get(store).search(vec(7), 5, identity="m1")
     assert [h.key for h in hits] == ["9", "10", "11", "a", "b"]
+
+
+def test_a_loaded_tail_keeps_each_rows_provider_and_hash(store):
+    """Rows loaded from the journal and rows applied after agree on identity and hash."""
+    for n in range(6):
+        put(store, str(n), n, identity="m1" if n % 2 else "m2")
+    index = cache.get(store)
+    put(store, "6", 6, identity="m2")
+    put(store, "1", 11, identity="m2")  # an update moves row 1 to another provider
+    index = cache.get(store)
+    assert sorted(h.key for h in index.search(vec(0), 10, identity="m1")) == ["3", "5"]
+    assert sorted(h.key for h in index.search(vec(0), 10, identity="m2")) == [
+        "0",
+        "1",
+        "2",
+        "4",
+        "6",
+    ]
+    assert index.meta("1") == (f"{11:032x}", "m2")
+    assert index.meta("3") == (f"{3:032x}", "m1")
+    assert index.hashes(["0", "1", "9"]) == [f"{0:032x}", f"{11:032x}", None]
+    store.delete("3")
+    index = cache.get(store)
+    assert index.meta("3") is None
+    assert [h.key for h in index.search(vec(0), 10, identity="m1")] == ["5"]
+    fresh = cache.reload(store)
+    for key in "0123456":
+        assert fresh.meta(key) == index.meta(key)

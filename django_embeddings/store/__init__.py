@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
@@ -122,18 +122,39 @@ class State:
     def _net(self) -> TailRows:
         records = self.records
         newest = self.newest()
-        live = [row for row in newest.values() if records.ops[row] == "put"]
         rows = TailRows(changed=list(newest))
-        if not live or self._source is None:
+        if len(newest) == len(records) and "del" not in records.ops:
+            live: list[int] | None = None  # every entry is its key's newest put (a bulk load)
+        else:
+            live = [row for row in newest.values() if records.ops[row] == "put"]
+        if live == [] or self._source is None:
             return rows
         vectors, sound = self._source.gather(records, live, self.snapshot.dimensions)
-        kept = [row for row, ok in zip(live, sound.tolist(), strict=True) if ok]
-        rows.keys = [records.keys[row] for row in kept]
-        rows.hashes = [records.hashes[row] for row in kept]
-        rows.identities = [records.identities[row] for row in kept]
-        rows.times = [records.times[row] for row in kept]
-        rows.vectors = vectors if len(kept) == len(live) else vectors[sound]
+        if sound.all():
+            kept = live
+        else:
+            kept = np.flatnonzero(sound).tolist() if live is None else _pick(live, sound)
+        rows.keys = _column(records.keys, kept)
+        rows.hashes = _column(records.hashes, kept)
+        rows.identities = _column(records.identities, kept)
+        rows.times = _column(records.times, kept)
+        rows.vectors = vectors if kept is live else vectors[sound]
         return rows
+
+
+def _ints(values: list[int], rows: list[int] | None) -> npt.NDArray[np.int64]:
+    """An int64 array of ``values`` at ``rows`` (``None``: all)."""
+    column = np.array(values, dtype=np.int64)
+    return column if rows is None else column[np.array(rows, dtype=np.intp)]
+
+
+def _pick(rows: list[int], mask: npt.NDArray[np.bool_]) -> list[int]:
+    return [row for row, ok in zip(rows, mask.tolist(), strict=True) if ok]
+
+
+def _column(values: list[_T], rows: list[int] | None) -> list[_T]:
+    """``values`` at ``rows`` (``None``: all of them, shared, not copied)."""
+    return values if rows is None else [values[row] for row in rows]
 
 
 @dataclass
@@ -160,6 +181,7 @@ class Stats:
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_T = TypeVar("_T")
 
 
 def _writes(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concatenate[Store, _P], _R]:
@@ -862,21 +884,24 @@ class _Source:
         self.reader = reader
 
     def gather(
-        self, records: Records, rows: list[int], dimensions: int | None
+        self, records: Records, rows: list[int] | None, dimensions: int | None
     ) -> tuple[Matrix, npt.NDArray[np.bool_]]:
-        """The vectors of the puts at ``rows`` and which are sound, in one pass over the log.
+        """The vectors of the puts at ``rows`` (``None``: all records) and which are
+        sound, in one pass over the log.
 
         ``dimensions`` is what the store holds (``None``: take the first vector's).
         """
+        at: Sequence[int] = range(len(records)) if rows is None else rows
         if dimensions is None:
-            dimensions = self._dimensions(records, rows)
-        out = np.zeros((len(rows), dimensions or 0), dtype=np.float32)
-        sound = np.zeros(len(rows), dtype=bool)
+            dimensions = self._dimensions(records, at)
+        out = np.zeros((len(at), dimensions or 0), dtype=np.float32)
+        sound = np.zeros(len(at), dtype=bool)
         if not dimensions:
             return out, sound
-        offsets = np.array([records.offsets[row] for row in rows], dtype=np.int64)
-        sizes = np.array([records.dimensions[row] for row in rows], dtype=np.int64)
-        expected = np.array([records.checksums[row] for row in rows], dtype=np.int64)
+        offsets, sizes, expected = (
+            _ints(column, rows)
+            for column in (records.offsets, records.dimensions, records.checksums)
+        )
         logged = offsets != NO_OFFSET
         fits = logged & (sizes == dimensions)
         if self.reader is not None and fits.any():
@@ -887,8 +912,8 @@ class _Source:
                     offsets[fits], dimensions, expected[fits]
                 )
         other_size = int((logged & ~fits).sum())
-        for n in np.flatnonzero(~logged):
-            key = records.keys[rows[n]]
+        for n in np.flatnonzero(~logged).tolist():
+            key = records.keys[at[n]]
             vector = files.load_vector(self.store.path, files.filename_for(key))
             if vector is None:
                 continue
@@ -896,7 +921,7 @@ class _Source:
                 other_size += 1
                 continue
             out[n], sound[n] = vector, True
-        unread = [records.keys[rows[n]] for n in np.flatnonzero(~sound)]
+        unread = [records.keys[at[n]] for n in np.flatnonzero(~sound).tolist()]
         if other_size:
             logger.warning(
                 "%s: ignoring %d rows of another size than %d dimensions",
@@ -915,7 +940,7 @@ class _Source:
             )
         return out, sound
 
-    def _dimensions(self, records: Records, rows: list[int]) -> int | None:
+    def _dimensions(self, records: Records, rows: Sequence[int]) -> int | None:
         """What the store holds: ``_dimensions``, else what most entries say."""
         stored = self.store._stored_dimensions()
         if stored is not None:
