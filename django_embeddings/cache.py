@@ -49,7 +49,12 @@ class FieldIndex:
         self.base_identities = np.asarray(snap.identities)
         self.identity_names = list(snap.identity_names)
         self.dimensions: int | None = snap.dimensions
+        # The tail's rows, each to be multiplied by its ``tail_scale``: 1 for the
+        # normalized vectors of applied writes; 1/length for the rows read at load,
+        # kept as stored (the log's own pages when it holds them back to back), so a
+        # cold start copies no matrix.
         self.tail: Matrix = np.zeros((0, self.dimensions or 0), dtype=np.float32)
+        self.tail_scale = np.zeros(0, dtype=np.float32)
         self.tail_keys: list[str] = []
         self.tail_alive = np.zeros(0, dtype=bool)
         # Per tail row, aligned with ``tail_keys``: its content hash, and its provider
@@ -71,10 +76,11 @@ class FieldIndex:
     def _load_tail(self, state: State) -> None:
         """Take in the journal tail at load time: its net rows, gathered by the store at once.
 
-        Column work only: the vectors are normalized a block at a time into the tail,
-        and the key -> row map is built on first need (a plain search needs none).
+        Column work only: the store checks and measures the vectors in one pass over
+        the log, searches scale their scores, and the key -> row map is built on first
+        need (a plain search needs none).
         """
-        rows = state.rows()
+        rows = state.rows(norms=True)
         if rows.changed and len(self.base_keys):
             found = row_keys.rows_of(self.base_keys, rows.changed)
             self.base_alive[found[found >= 0]] = False
@@ -82,11 +88,13 @@ class FieldIndex:
         if count:
             if self.dimensions is None:
                 self.dimensions = int(rows.vectors.shape[1])
-            # Room to grow, so the next writes append in place.
-            capacity = count + max(16, count // 4)
-            self.tail = np.empty((capacity, self.dimensions), np.float32)
-            normalize(rows.vectors, out=self.tail[:count])
-            self.tail[count:] = 0
+            norms = rows.norms
+            if norms is None:
+                norms = np.linalg.norm(rows.vectors, axis=-1).astype(np.float32)
+            # No room to grow: the first write after a load copies the rows (doubling).
+            self.tail = rows.vectors
+            self.tail_scale = (1 / np.where(norms == 0, 1, norms)).astype(np.float32)
+            capacity = count
             self.tail_alive = np.zeros(capacity, dtype=bool)
             self.tail_alive[:count] = True
             self.tail_keys = list(rows.keys)
@@ -178,8 +186,9 @@ class FieldIndex:
             logger.warning("%s: ignoring row %r of another size", self.store.label, entry.key)
             return True
         number = self._identity_numbers([entry.identity])[0]
-        if tail_row is not None:
+        if tail_row is not None and self.tail.flags.writeable:
             self.tail[tail_row] = normalize(vector)
+            self.tail_scale[tail_row] = 1
             self.tail_hashes[tail_row] = entry.hash
             self.tail_identities[tail_row] = number
             self.tail_alive[tail_row] = True
@@ -198,8 +207,12 @@ class FieldIndex:
             alive[:used] = self.tail_alive[:used]
             identities = np.zeros(capacity, dtype=np.int32)
             identities[:used] = self.tail_identities[:used]
+            scale = np.zeros(capacity, dtype=np.float32)
+            scale[:used] = self.tail_scale[:used]
             self.tail, self.tail_alive, self.tail_identities = grown, alive, identities
+            self.tail_scale = scale
         self.tail[used] = unit
+        self.tail_scale[used] = 1
         self.tail_alive[used] = True
         self.tail_identities[used] = identity
         self.tail_rows[key] = used
@@ -245,7 +258,9 @@ class FieldIndex:
         with self.lock:
             tail_row = self.tail_rows.get(key)
             if tail_row is not None and self.tail_alive[tail_row]:
-                return np.array(self.tail[tail_row])
+                row = self.tail[tail_row]
+                # Normalized as a write would have (scale 1: it was; a unit row's own scale is 1).
+                return np.array(row) if self.tail_scale[tail_row] == 1 else normalize(row)
             row = _find(self.base_keys, key)
             if row is not None and self.base_alive[row]:
                 return np.array(self.base[row])

@@ -79,6 +79,9 @@ class TailRows:
     identities: list[str] = field(default_factory=list)
     times: list[int] = field(default_factory=list)  # when each was stored (seconds; 0: unknown)
     vectors: Matrix = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # as stored
+    # Each vector's length, when asked for (``State.rows(norms=True)``): measured
+    # in the pass that checks them, so an index needs no normalized copy.
+    norms: npt.NDArray[np.float32] | None = None
 
 
 class State:
@@ -104,7 +107,7 @@ class State:
         self.version = version
         self.base = base  # the journal generation read (-1: none)
         self._source = source
-        self._rows: TailRows | None = None
+        self._rows: dict[bool, TailRows] = {}
 
     @functools.cached_property
     def tail(self) -> list[Entry]:
@@ -114,12 +117,14 @@ class State:
         """key -> record of its newest entry in the tail."""
         return dict(zip(self.records.keys, range(len(self.records)), strict=True))
 
-    def rows(self) -> TailRows:
-        if self._rows is None:
-            self._rows = self._net()
-        return self._rows
+    def rows(self, *, norms: bool = False) -> TailRows:
+        """The tail's live rows; with ``norms``, their vectors' lengths too (for an
+        index, which then scales scores rather than copying normalized vectors)."""
+        if norms not in self._rows:
+            self._rows[norms] = self._net(norms)
+        return self._rows[norms]
 
-    def _net(self) -> TailRows:
+    def _net(self, norms: bool) -> TailRows:
         records = self.records
         newest = self.newest()
         rows = TailRows(changed=list(newest))
@@ -129,7 +134,8 @@ class State:
             live = [row for row in newest.values() if records.ops[row] == "put"]
         if live == [] or self._source is None:
             return rows
-        vectors, sound = self._source.gather(records, live, self.snapshot.dimensions)
+        dimensions = self.snapshot.dimensions
+        vectors, sound, lengths = self._source.gather(records, live, dimensions, norms=norms)
         if sound.all():
             kept = live
         else:
@@ -139,6 +145,8 @@ class State:
         rows.identities = _column(records.identities, kept)
         rows.times = _column(records.times, kept)
         rows.vectors = vectors if kept is live else vectors[sound]
+        if lengths is not None:
+            rows.norms = lengths if kept is live else lengths[sound]
         return rows
 
 
@@ -433,7 +441,7 @@ class Store:
             source = self._source(tail, records)
             if source is None:
                 return None
-            found, sound = source.gather(records, puts, None)
+            found, sound, _ = source.gather(records, puts, None)
             for n, row in enumerate(puts):
                 if sound[n]:
                     vectors[row] = found[n]
@@ -884,10 +892,15 @@ class _Source:
         self.reader = reader
 
     def gather(
-        self, records: Records, rows: list[int] | None, dimensions: int | None
-    ) -> tuple[Matrix, npt.NDArray[np.bool_]]:
-        """The vectors of the puts at ``rows`` (``None``: all records) and which are
-        sound, in one pass over the log.
+        self,
+        records: Records,
+        rows: list[int] | None,
+        dimensions: int | None,
+        *,
+        norms: bool = False,
+    ) -> tuple[Matrix, npt.NDArray[np.bool_], npt.NDArray[np.float32] | None]:
+        """The vectors of the puts at ``rows`` (``None``: all records), which are
+        sound, and (with ``norms``) their lengths, in one pass over the log.
 
         ``dimensions`` is what the store holds (``None``: take the first vector's).
         """
@@ -896,8 +909,9 @@ class _Source:
             dimensions = self._dimensions(records, at)
         out = np.zeros((len(at), dimensions or 0), dtype=np.float32)
         sound = np.zeros(len(at), dtype=bool)
+        lengths: npt.NDArray[np.float32] | None = None
         if not dimensions:
-            return out, sound
+            return out, sound, np.zeros(len(at), np.float32) if norms else None
         offsets, sizes, expected = (
             _ints(column, rows)
             for column in (records.offsets, records.dimensions, records.checksums)
@@ -906,9 +920,9 @@ class _Source:
         fits = logged & (sizes == dimensions)
         if self.reader is not None and fits.any():
             if fits.all():
-                out, sound = self.reader.gather(offsets, dimensions, expected)
+                out, sound, lengths = self.reader.gather(offsets, dimensions, expected, norms=norms)
             else:
-                out[fits], sound[fits] = self.reader.gather(
+                out[fits], sound[fits], _ = self.reader.gather(
                     offsets[fits], dimensions, expected[fits]
                 )
         other_size = int((logged & ~fits).sum())
@@ -938,7 +952,10 @@ class _Source:
                 ", ".join(repr(key) for key in unread[:5]) + (", ..." if len(unread) > 5 else ""),
                 self.store.label,
             )
-        return out, sound
+        if norms and lengths is None:
+            with np.errstate(over="ignore", invalid="ignore"):  # unsound rows: left out
+                lengths = np.linalg.norm(out, axis=-1).astype(np.float32)
+        return out, sound, lengths
 
     def _dimensions(self, records: Records, rows: Sequence[int]) -> int | None:
         """What the store holds: ``_dimensions``, else what most entries say."""
