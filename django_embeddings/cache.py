@@ -1,10 +1,12 @@
 """Per-process search indexes: one normalized matrix per store, kept in step in place.
 
-A :class:`FieldIndex` is the memory-mapped snapshot plus the journal tail held in
-memory. Changes (this process's writes, a peer's published delta, or journal
-entries read on a version check) are applied in place: a replaced or deleted
-snapshot row is masked out and the new vector goes to the tail, so a write costs
-O(changed rows), never a reload of all N. This module knows nothing of Redis.
+A :class:`FieldIndex` is the memory-mapped snapshot plus the journal tail: the rows
+read at load stay in the vector log's pages, their scores scaled by each row's
+length; rows written after are held normalized in memory. Changes (this process's
+writes, a peer's published delta, or journal entries read on a version check) are
+applied in place: a replaced or deleted snapshot row is masked out and the new
+vector goes to the tail, so a write costs O(changed rows), never a reload of all N.
+This module knows nothing of Redis.
 """
 
 from __future__ import annotations
