@@ -1,10 +1,12 @@
 """Per-process search indexes: one normalized matrix per store, kept in step in place.
 
-A :class:`FieldIndex` is the memory-mapped snapshot plus the journal tail held in
-memory. Changes (this process's writes, a peer's published delta, or journal
-entries read on a version check) are applied in place: a replaced or deleted
-snapshot row is masked out and the new vector goes to the tail, so a write costs
-O(changed rows), never a reload of all N. This module knows nothing of Redis.
+A :class:`FieldIndex` is the memory-mapped snapshot plus the journal tail: the rows
+read at load stay in the vector log's pages, their scores scaled by each row's
+length; rows written after are held normalized in memory. Changes (this process's
+writes, a peer's published delta, or journal entries read on a version check) are
+applied in place: a replaced or deleted snapshot row is masked out and the new
+vector goes to the tail, so a write costs O(changed rows), never a reload of all N.
+This module knows nothing of Redis.
 """
 
 from __future__ import annotations
@@ -49,11 +51,19 @@ class FieldIndex:
         self.base_identities = np.asarray(snap.identities)
         self.identity_names = list(snap.identity_names)
         self.dimensions: int | None = snap.dimensions
+        # The tail's rows, each to be multiplied by its ``tail_scale``: 1 for the
+        # normalized vectors of applied writes; 1/length for the rows read at load,
+        # kept as stored (the log's own pages when it holds them back to back), so a
+        # cold start copies no matrix.
         self.tail: Matrix = np.zeros((0, self.dimensions or 0), dtype=np.float32)
+        self.tail_scale = np.zeros(0, dtype=np.float32)
         self.tail_keys: list[str] = []
         self.tail_alive = np.zeros(0, dtype=bool)
-        self.tail_rows: dict[str, int] = {}
-        self.tail_meta: dict[str, tuple[str, str]] = {}
+        # Per tail row, aligned with ``tail_keys``: its content hash, and its provider
+        # identity as a number into ``identity_names`` (columns, not an object per row).
+        self.tail_hashes: list[str] = []
+        self.tail_identities = np.zeros(0, dtype=np.int32)
+        self._tail_rows: dict[str, int] | None = {}
         self.version = snap.version
         self.position = state.position
         # Unknown until the first catch-up: a stat taken now, after the state was
@@ -66,8 +76,13 @@ class FieldIndex:
         self._load_tail(state)
 
     def _load_tail(self, state: State) -> None:
-        """Take in the journal tail at load time: its net rows, gathered by the store at once."""
-        rows = state.rows()
+        """Take in the journal tail at load time: its net rows, gathered by the store at once.
+
+        Column work only: the store checks and measures the vectors in one pass over
+        the log, searches scale their scores, and the key -> row map is built on first
+        need (a plain search needs none).
+        """
+        rows = state.rows(norms=True)
         if rows.changed and len(self.base_keys):
             found = row_keys.rows_of(self.base_keys, rows.changed)
             self.base_alive[found[found >= 0]] = False
@@ -75,18 +90,56 @@ class FieldIndex:
         if count:
             if self.dimensions is None:
                 self.dimensions = int(rows.vectors.shape[1])
-            # Room to grow, so the next writes append in place.
-            self.tail = np.zeros((count + max(16, count // 4), self.dimensions), np.float32)
-            normalize(rows.vectors, out=self.tail[:count])
-            self.tail_alive = np.zeros(len(self.tail), dtype=bool)
+            norms = rows.norms
+            if norms is None:
+                norms = np.linalg.norm(rows.vectors, axis=-1).astype(np.float32)
+            # No room to grow: the first write after a load copies the rows (doubling).
+            self.tail = rows.vectors
+            self.tail_scale = (1 / np.where(norms == 0, 1, norms)).astype(np.float32)
+            capacity = count
+            self.tail_alive = np.zeros(capacity, dtype=bool)
             self.tail_alive[:count] = True
             self.tail_keys = list(rows.keys)
-            self.tail_rows = dict(zip(rows.keys, range(count), strict=True))
-            self.tail_meta = dict(
-                zip(rows.keys, zip(rows.hashes, rows.identities, strict=True), strict=True)
-            )
+            self.tail_hashes = list(rows.hashes)
+            self.tail_identities = np.zeros(capacity, dtype=np.int32)
+            self.tail_identities[:count] = self._identity_numbers(rows.identities)
+            self._tail_rows = None
         self._changes = len(rows.changed)
         self.version = state.version
+
+    def _identity_numbers(self, identities: Sequence[str]) -> npt.NDArray[np.int32]:
+        """The numbers of ``identities`` in ``identity_names``, adding the new ones."""
+        names = self.identity_names
+        distinct = set(identities)
+        for name in sorted(distinct - set(names)):
+            names.append(name)
+        if len(distinct) == 1:
+            return np.full(len(identities), names.index(next(iter(distinct))), dtype=np.int32)
+        numbers = {name: n for n, name in enumerate(names)}
+        return np.array([numbers[name] for name in identities], dtype=np.int32)
+
+    @property
+    def tail_rows(self) -> dict[str, int]:
+        """key -> its tail row; built on first use after a load (a cold search needs none)."""
+        rows = self._tail_rows
+        if rows is None:
+            with self.lock:
+                rows = self._tail_rows
+                if rows is None:
+                    rows = dict(zip(self.tail_keys, range(len(self.tail_keys)), strict=True))
+                    self._tail_rows = rows
+        return rows
+
+    def tail_hash(self, row: int) -> str | None:
+        """The content hash of a live tail row (``None``: deleted since)."""
+        with self.lock:
+            return self.tail_hashes[row] if self.tail_alive[row] else None
+
+    def _tail_meta(self, key: str) -> tuple[str, str] | None:
+        row = self.tail_rows.get(key)
+        if row is None or not self.tail_alive[row]:
+            return None
+        return self.tail_hashes[row], self.identity_names[int(self.tail_identities[row])]
 
     # -- changes -------------------------------------------------------------------
 
@@ -126,7 +179,6 @@ class FieldIndex:
             self.tail_alive[tail_row] = False
         self._changes += 1
         if entry.op == "del":
-            self.tail_meta.pop(entry.key, None)
             return True
         assert vector is not None  # a put without its vector returned above
         if self.dimensions is None:
@@ -135,15 +187,18 @@ class FieldIndex:
         if vector.shape != (self.dimensions,):
             logger.warning("%s: ignoring row %r of another size", self.store.label, entry.key)
             return True
-        self.tail_meta[entry.key] = (entry.hash, entry.identity)
-        if tail_row is not None:
+        number = self._identity_numbers([entry.identity])[0]
+        if tail_row is not None and self.tail.flags.writeable:
             self.tail[tail_row] = normalize(vector)
+            self.tail_scale[tail_row] = 1
+            self.tail_hashes[tail_row] = entry.hash
+            self.tail_identities[tail_row] = number
             self.tail_alive[tail_row] = True
             return True
-        self._append(entry.key, normalize(vector))
+        self._append(entry.key, normalize(vector), entry.hash, number)
         return True
 
-    def _append(self, key: str, unit: Vector) -> None:
+    def _append(self, key: str, unit: Vector, content_hash: str, identity: int) -> None:
         used = len(self.tail_keys)
         if used == len(self.tail):
             # Grow by doubling into new arrays, so a search holding the old ones is unaffected.
@@ -152,10 +207,18 @@ class FieldIndex:
             grown[:used] = self.tail[:used]
             alive = np.zeros(capacity, dtype=bool)
             alive[:used] = self.tail_alive[:used]
-            self.tail, self.tail_alive = grown, alive
+            identities = np.zeros(capacity, dtype=np.int32)
+            identities[:used] = self.tail_identities[:used]
+            scale = np.zeros(capacity, dtype=np.float32)
+            scale[:used] = self.tail_scale[:used]
+            self.tail, self.tail_alive, self.tail_identities = grown, alive, identities
+            self.tail_scale = scale
         self.tail[used] = unit
+        self.tail_scale[used] = 1
         self.tail_alive[used] = True
+        self.tail_identities[used] = identity
         self.tail_rows[key] = used
+        self.tail_hashes.append(content_hash)
         self.tail_keys.append(key)
 
     # -- reads ---------------------------------------------------------------------
@@ -163,8 +226,9 @@ class FieldIndex:
     def meta(self, key: str) -> tuple[str, str] | None:
         """``(content hash, provider identity)`` of a live row, or ``None``."""
         with self.lock:
-            if key in self.tail_meta:
-                return self.tail_meta[key]
+            meta = self._tail_meta(key)
+            if meta is not None:
+                return meta
             row = _find(self.base_keys, key)
             if row is None or not self.base_alive[row]:
                 return None
@@ -181,7 +245,7 @@ class FieldIndex:
                 found = np.asarray(self.base_hashes[np.where(rows >= 0, rows, 0)])
             result: list[str | None] = []
             for position, key in enumerate(keys):
-                meta = self.tail_meta.get(key)
+                meta = self._tail_meta(key)
                 row = int(rows[position])
                 if meta is not None:
                     result.append(meta[0])
@@ -196,7 +260,9 @@ class FieldIndex:
         with self.lock:
             tail_row = self.tail_rows.get(key)
             if tail_row is not None and self.tail_alive[tail_row]:
-                return np.array(self.tail[tail_row])
+                row = self.tail[tail_row]
+                # Normalized as a write would have (scale 1: it was; a unit row's own scale is 1).
+                return np.array(row) if self.tail_scale[tail_row] == 1 else normalize(row)
             row = _find(self.base_keys, key)
             if row is not None and self.base_alive[row]:
                 return np.array(self.base[row])
@@ -308,11 +374,12 @@ class FieldIndex:
             same = np.zeros(len(self.base_keys), dtype=bool)
         base_ok = self.base_alive & same
         tail_ok = self.tail_alive[:used].copy()
-        stale = int((self.base_alive & ~same).sum())
-        for key, (_, row_identity) in self.tail_meta.items():
-            if row_identity != identity:
-                tail_ok[self.tail_rows[key]] = False
-                stale += 1
+        if identity in self.identity_names:
+            same_tail = self.tail_identities[:used] == self.identity_names.index(identity)
+        else:
+            same_tail = np.zeros(used, dtype=bool)
+        stale = int((self.base_alive & ~same).sum()) + int((tail_ok & ~same_tail).sum())
+        tail_ok &= same_tail
         if stale and not self._warned_stale:
             self._warned_stale = True
             logger.warning(

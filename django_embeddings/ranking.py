@@ -38,7 +38,8 @@ class Top:
 
 
 class _Scored:
-    """The scores of the rows of ``matrix`` that ``mask`` allows (or of ``rows``)."""
+    """The scores of the rows of ``matrix`` that ``mask`` allows (or of ``rows``),
+    each multiplied by its ``scale`` if given (rows not stored normalized)."""
 
     def __init__(
         self,
@@ -46,6 +47,7 @@ class _Scored:
         mask: npt.NDArray[np.bool_] | None,
         unit: Vector,
         rows: npt.NDArray[np.intp] | None = None,
+        scale: npt.NDArray[np.float32] | None = None,
     ) -> None:
         self.rows = rows
         self.scores: npt.NDArray[np.float32] = np.empty(0, dtype=np.float32)
@@ -54,6 +56,8 @@ class _Scored:
             self.count = len(rows)
             if self.count:
                 self.scores = np.asarray(matrix[rows]) @ unit
+                if scale is not None:
+                    self.scores *= scale[rows]
             return
         self.count = int(np.count_nonzero(mask))
         if not self.count:
@@ -61,8 +65,12 @@ class _Scored:
         if self.count * 4 < len(mask):
             self.rows = np.flatnonzero(mask)  # few rows: score only those
             self.scores = np.asarray(matrix[self.rows]) @ unit
+            if scale is not None:
+                self.scores *= scale[self.rows]
         else:  # most rows: one pass over the matrix, masking the rest
             self.scores = np.asarray(matrix @ unit)
+            if scale is not None:
+                self.scores *= scale
             if self.count < len(mask):
                 self.scores[~mask] = -np.inf
 
@@ -102,6 +110,7 @@ class Ranking:
             base_ok, tail_ok = index.valid_rows(identity)
             used = len(index.tail_keys)
             tail, self.tail_keys = index.tail[:used], index.tail_keys[:used]
+            scale = index.tail_scale[:used]
         if exclude is not None:
             base_ok, tail_ok = index.without(base_ok, tail_ok, [exclude])
         if candidates is not None:
@@ -109,7 +118,7 @@ class Ranking:
             self.base = _Scored(index.base, None, unit, rows=rows)
         else:
             self.base = _Scored(index.base, base_ok, unit)
-        self.tail = _Scored(tail, tail_ok, unit)
+        self.tail = _Scored(tail, tail_ok, unit, scale=scale)
         self.size = self.base.count + self.tail.count
 
     def top(self, n: int) -> Top:
@@ -118,14 +127,14 @@ class Ranking:
         base_rows, base_scores = self.base.best(n)
         tail_rows, tail_scores = self.tail.best(n)
         base_keys: list[Any] = np.asarray(index.base_keys[base_rows]).tolist()
-        tail_keys = [self.tail_keys[row] for row in tail_rows.tolist()]
+        tail_picked = tail_rows.tolist()
+        tail_keys = [self.tail_keys[row] for row in tail_picked]
         scores = np.concatenate([base_scores, tail_scores]).astype(np.float64)
         keys = base_keys + tail_keys
         order = _order(keys, scores, integers=index.base_keys.dtype.kind == "i")[:n]
         with index.lock:
             base_hashes = _hex(np.asarray(index.base_hashes[base_rows]))
-            tail_meta = [index.tail_meta.get(key) for key in tail_keys]
-        hashes = base_hashes + [meta[0] if meta else None for meta in tail_meta]
+        hashes = base_hashes + [index.tail_hash(row) for row in tail_picked]
         picked = order.tolist()
         return Top(
             [keys[i] for i in picked],

@@ -149,3 +149,52 @@ def test_candidates_restrict_the_snapshot_and_the_rows_written_after_it(store, a
     assert cache.get(store).tail_rows
     assert among(1, 7, 99) == ["1", "7"]
     assert among(99) == []
+
+
+def test_a_loaded_tail_keeps_each_rows_provider_and_hash(store):
+    """Rows loaded from the journal and rows applied after agree on identity and hash."""
+    for n in range(6):
+        put(store, str(n), n, identity="m1" if n % 2 else "m2")
+    index = cache.get(store)
+    put(store, "6", 6, identity="m2")
+    put(store, "1", 11, identity="m2")  # an update moves row 1 to another provider
+    index = cache.get(store)
+    assert sorted(h.key for h in index.search(vec(0), 10, identity="m1")) == ["3", "5"]
+    assert sorted(h.key for h in index.search(vec(0), 10, identity="m2")) == [
+        "0",
+        "1",
+        "2",
+        "4",
+        "6",
+    ]
+    assert index.meta("1") == (f"{11:032x}", "m2")
+    assert index.meta("3") == (f"{3:032x}", "m1")
+    assert index.hashes(["0", "1", "9"]) == [f"{0:032x}", f"{11:032x}", None]
+    store.delete("3")
+    index = cache.get(store)
+    assert index.meta("3") is None
+    assert [h.key for h in index.search(vec(0), 10, identity="m1")] == ["5"]
+    fresh = cache.reload(store)
+    for key in "0123456":
+        assert fresh.meta(key) == index.meta(key)
+
+
+def test_writes_after_a_load_of_journal_rows_equal_a_fresh_load(store):
+    """Rows loaded from the log are kept as stored and scaled; writes after the load
+    (updates of those rows, new rows, deletes) give what a fresh load gives."""
+    store.put_many([(str(n), vec(n) * (n + 1), f"{n:032x}", "m1") for n in range(40)])
+    index = cache.get(store)
+    assert not index.tail.flags.writeable  # the log's pages, not a copy
+    np.testing.assert_array_equal(index.vector("3"), vec(3) / np.linalg.norm(vec(3)))
+    put(store, "3", 103)
+    put(store, "new", 104)
+    store.delete("5")
+    index = cache.get(store)
+    fresh = cache.reload(store)
+    for query in (vec(103), vec(7), vec(200)):
+        assert ranking(index, query) == ranking(fresh, query)
+    for key in ("3", "5", "7", "new"):
+        a, b = index.vector(key), fresh.vector(key)
+        assert (a is None and b is None) or np.array_equal(a, b), key
+    assert index.keys() and sorted(index.keys()) == sorted(fresh.keys())
+    assert len(index) == len(fresh) == 40

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
@@ -79,6 +79,9 @@ class TailRows:
     identities: list[str] = field(default_factory=list)
     times: list[int] = field(default_factory=list)  # when each was stored (seconds; 0: unknown)
     vectors: Matrix = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # as stored
+    # Each vector's length, when asked for (``State.rows(norms=True)``): measured
+    # in the pass that checks them, so an index needs no normalized copy.
+    norms: npt.NDArray[np.float32] | None = None
 
 
 class State:
@@ -104,7 +107,7 @@ class State:
         self.version = version
         self.base = base  # the journal generation read (-1: none)
         self._source = source
-        self._rows: TailRows | None = None
+        self._rows: dict[bool, TailRows] = {}
 
     @functools.cached_property
     def tail(self) -> list[Entry]:
@@ -114,26 +117,52 @@ class State:
         """key -> record of its newest entry in the tail."""
         return dict(zip(self.records.keys, range(len(self.records)), strict=True))
 
-    def rows(self) -> TailRows:
-        if self._rows is None:
-            self._rows = self._net()
-        return self._rows
+    def rows(self, *, norms: bool = False) -> TailRows:
+        """The tail's live rows; with ``norms``, their vectors' lengths too (for an
+        index, which then scales scores rather than copying normalized vectors)."""
+        if norms not in self._rows:
+            self._rows[norms] = self._net(norms)
+        return self._rows[norms]
 
-    def _net(self) -> TailRows:
+    def _net(self, norms: bool) -> TailRows:
         records = self.records
         newest = self.newest()
-        live = [row for row in newest.values() if records.ops[row] == "put"]
         rows = TailRows(changed=list(newest))
-        if not live or self._source is None:
+        if len(newest) == len(records) and "del" not in records.ops:
+            live: list[int] | None = None  # every entry is its key's newest put (a bulk load)
+        else:
+            live = [row for row in newest.values() if records.ops[row] == "put"]
+        if live == [] or self._source is None:
             return rows
-        vectors, sound = self._source.gather(records, live, self.snapshot.dimensions)
-        kept = [row for row, ok in zip(live, sound.tolist(), strict=True) if ok]
-        rows.keys = [records.keys[row] for row in kept]
-        rows.hashes = [records.hashes[row] for row in kept]
-        rows.identities = [records.identities[row] for row in kept]
-        rows.times = [records.times[row] for row in kept]
-        rows.vectors = vectors if len(kept) == len(live) else vectors[sound]
+        dimensions = self.snapshot.dimensions
+        vectors, sound, lengths = self._source.gather(records, live, dimensions, norms=norms)
+        if sound.all():
+            kept = live
+        else:
+            kept = np.flatnonzero(sound).tolist() if live is None else _pick(live, sound)
+        rows.keys = _column(records.keys, kept)
+        rows.hashes = _column(records.hashes, kept)
+        rows.identities = _column(records.identities, kept)
+        rows.times = _column(records.times, kept)
+        rows.vectors = vectors if kept is live else vectors[sound]
+        if lengths is not None:
+            rows.norms = lengths if kept is live else lengths[sound]
         return rows
+
+
+def _ints(values: list[int], rows: list[int] | None) -> npt.NDArray[np.int64]:
+    """An int64 array of ``values`` at ``rows`` (``None``: all)."""
+    column = np.array(values, dtype=np.int64)
+    return column if rows is None else column[np.array(rows, dtype=np.intp)]
+
+
+def _pick(rows: list[int], mask: npt.NDArray[np.bool_]) -> list[int]:
+    return [row for row, ok in zip(rows, mask.tolist(), strict=True) if ok]
+
+
+def _column(values: list[_T], rows: list[int] | None) -> list[_T]:
+    """``values`` at ``rows`` (``None``: all of them, shared, not copied)."""
+    return values if rows is None else [values[row] for row in rows]
 
 
 @dataclass
@@ -160,6 +189,7 @@ class Stats:
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_T = TypeVar("_T")
 
 
 def _writes(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concatenate[Store, _P], _R]:
@@ -411,7 +441,7 @@ class Store:
             source = self._source(tail, records)
             if source is None:
                 return None
-            found, sound = source.gather(records, puts, None)
+            found, sound, _ = source.gather(records, puts, None)
             for n, row in enumerate(puts):
                 if sound[n]:
                     vectors[row] = found[n]
@@ -862,33 +892,42 @@ class _Source:
         self.reader = reader
 
     def gather(
-        self, records: Records, rows: list[int], dimensions: int | None
-    ) -> tuple[Matrix, npt.NDArray[np.bool_]]:
-        """The vectors of the puts at ``rows`` and which are sound, in one pass over the log.
+        self,
+        records: Records,
+        rows: list[int] | None,
+        dimensions: int | None,
+        *,
+        norms: bool = False,
+    ) -> tuple[Matrix, npt.NDArray[np.bool_], npt.NDArray[np.float32] | None]:
+        """The vectors of the puts at ``rows`` (``None``: all records), which are
+        sound, and (with ``norms``) their lengths, in one pass over the log.
 
         ``dimensions`` is what the store holds (``None``: take the first vector's).
         """
+        at: Sequence[int] = range(len(records)) if rows is None else rows
         if dimensions is None:
-            dimensions = self._dimensions(records, rows)
-        out = np.zeros((len(rows), dimensions or 0), dtype=np.float32)
-        sound = np.zeros(len(rows), dtype=bool)
+            dimensions = self._dimensions(records, at)
+        out = np.zeros((len(at), dimensions or 0), dtype=np.float32)
+        sound = np.zeros(len(at), dtype=bool)
+        lengths: npt.NDArray[np.float32] | None = None
         if not dimensions:
-            return out, sound
-        offsets = np.array([records.offsets[row] for row in rows], dtype=np.int64)
-        sizes = np.array([records.dimensions[row] for row in rows], dtype=np.int64)
-        expected = np.array([records.checksums[row] for row in rows], dtype=np.int64)
+            return out, sound, np.zeros(len(at), np.float32) if norms else None
+        offsets, sizes, expected = (
+            _ints(column, rows)
+            for column in (records.offsets, records.dimensions, records.checksums)
+        )
         logged = offsets != NO_OFFSET
         fits = logged & (sizes == dimensions)
         if self.reader is not None and fits.any():
             if fits.all():
-                out, sound = self.reader.gather(offsets, dimensions, expected)
+                out, sound, lengths = self.reader.gather(offsets, dimensions, expected, norms=norms)
             else:
-                out[fits], sound[fits] = self.reader.gather(
+                out[fits], sound[fits], _ = self.reader.gather(
                     offsets[fits], dimensions, expected[fits]
                 )
         other_size = int((logged & ~fits).sum())
-        for n in np.flatnonzero(~logged):
-            key = records.keys[rows[n]]
+        for n in np.flatnonzero(~logged).tolist():
+            key = records.keys[at[n]]
             vector = files.load_vector(self.store.path, files.filename_for(key))
             if vector is None:
                 continue
@@ -896,7 +935,7 @@ class _Source:
                 other_size += 1
                 continue
             out[n], sound[n] = vector, True
-        unread = [records.keys[rows[n]] for n in np.flatnonzero(~sound)]
+        unread = [records.keys[at[n]] for n in np.flatnonzero(~sound).tolist()]
         if other_size:
             logger.warning(
                 "%s: ignoring %d rows of another size than %d dimensions",
@@ -913,9 +952,12 @@ class _Source:
                 ", ".join(repr(key) for key in unread[:5]) + (", ..." if len(unread) > 5 else ""),
                 self.store.label,
             )
-        return out, sound
+        if norms and lengths is None:
+            with np.errstate(over="ignore", invalid="ignore"):  # unsound rows: left out
+                lengths = np.linalg.norm(out, axis=-1).astype(np.float32)
+        return out, sound, lengths
 
-    def _dimensions(self, records: Records, rows: list[int]) -> int | None:
+    def _dimensions(self, records: Records, rows: Sequence[int]) -> int | None:
         """What the store holds: ``_dimensions``, else what most entries say."""
         stored = self.store._stored_dimensions()
         if stored is not None:

@@ -143,15 +143,19 @@ class Reader:
         offsets: npt.NDArray[np.int64],
         dimensions: int,
         expected: npt.NDArray[np.int64],
-    ) -> tuple[Matrix, npt.NDArray[np.bool_]]:
-        """The vectors of ``dimensions`` values at byte ``offsets``, and which are sound.
+        *,
+        norms: bool = False,
+    ) -> tuple[Matrix, npt.NDArray[np.bool_], npt.NDArray[np.float32] | None]:
+        """The vectors of ``dimensions`` values at byte ``offsets``, which are sound,
+        and (with ``norms``) their lengths, computed in the same pass as the checksums.
 
         A vector is sound when the log holds all of it, its checksum is the
         ``expected`` one (where that is not -1) and every value is finite.
         """
         found = (offsets >= 0) & (offsets % 4 == 0) & (offsets + 4 * dimensions <= self.size)
         if dimensions <= 0 or not found.any():
-            return np.zeros((len(offsets), max(dimensions, 0)), np.float32), found & False
+            empty = np.zeros((len(offsets), max(dimensions, 0)), np.float32)
+            return empty, found & False, np.zeros(len(offsets), np.float32) if norms else None
         starts = offsets // 4
         if found.all() and (np.diff(starts) == dimensions).all():
             # Back to back, as puts write them: a view of the mapping, no copy.
@@ -161,9 +165,28 @@ class Reader:
             windows = np.lib.stride_tricks.sliding_window_view(self._flat, dimensions)
             out = np.zeros((len(offsets), dimensions), dtype=_DTYPE)
             out[found] = windows[starts[found]]
+        if norms:
+            sums, lengths = _checked(out)
+        else:
+            sums, lengths = checksums(out), None
         checked = expected >= 0
-        found &= ~checked | (checksums(out) == expected)
+        found &= ~checked | (sums == expected)
         if not checked.all():
             # No checksum to trust: at least every value must be finite.
             found[~checked] &= np.isfinite(out[~checked].sum(axis=1))
-        return out.astype(np.float32, copy=False), found
+        return out.astype(np.float32, copy=False), found, lengths
+
+
+_BLOCK = 1024  # rows at a time: each block is summed and measured while in the CPU cache
+
+
+def _checked(matrix: Matrix) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.float32]]:
+    """The checksums and lengths of the rows of ``matrix``, in one pass over it."""
+    sums = np.empty(len(matrix), dtype=np.uint32)
+    lengths = np.empty(len(matrix), dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # a damaged row fails its checksum
+        for start in range(0, len(matrix), _BLOCK):
+            block = matrix[start : start + _BLOCK]
+            sums[start : start + len(block)] = checksums(block)
+            lengths[start : start + len(block)] = np.sqrt(np.einsum("ij,ij->i", block, block))
+    return sums, lengths
