@@ -61,7 +61,8 @@ MISSING = object()
 # the best against the filter costs less (measured at 100k rows of 384 dimensions on
 # SQLite: reading a selected key costs about as much as scoring 7 rows).
 NARROW_SHARE = 0.15
-# A filter selecting at most this many rows is narrow whatever the store's size.
+# A filter selecting at most this many rows is narrow whatever the store's size; up
+# to this many keys are read (with a LIMIT) before any COUNT of the filter's rows.
 _READ_FIRST = 1_000
 # ... or this many rows per hit asked for: checking a candidate against the filter in
 # the database costs more than reading a selected row's key.
