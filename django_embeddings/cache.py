@@ -11,6 +11,7 @@ This module knows nothing of Redis.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -415,10 +416,15 @@ def _clear(
 
 def _stat(store: Store) -> tuple[int, int, int] | None:
     try:
-        result = os.stat(store.path / "_journal")
+        result = os.stat(_journal_path(store.path))
     except FileNotFoundError:
         return None
     return result.st_ino, result.st_size, result.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=256)
+def _journal_path(path: Path) -> str:
+    return os.path.join(path, "_journal")  # a stat before each search: no Path built each time
 
 
 # -- the process-wide registry -----------------------------------------------------

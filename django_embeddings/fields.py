@@ -20,9 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
+from django.conf import settings
 from django.core import checks
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
-from django.db import DEFAULT_DB_ALIAS, models, router
+from django.db import DEFAULT_DB_ALIAS, connections, models, router
 
 from django_embeddings.conf import conf
 from django_embeddings.store import Permissions, Store
@@ -162,6 +163,25 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
 
     def store_for(self, using: str) -> Store:
         """The store of this field in database ``using``: each database has its own."""
+        # A search asks for its store each time: building it costs more than the rest of
+        # a small search's setup. Kept by database name (a test database is another
+        # store) and directory; a change of our other settings clears it (setting_changed).
+        key = (
+            self.model._meta.label,
+            self.name,
+            using,
+            connections[using].settings_dict.get("NAME"),
+            getattr(settings, "DJANGO_EMBEDDINGS_DIR", None),
+        )
+        try:
+            return _stores[key]
+        except TypeError:  # a setting of the wrong type: the store's checks report it
+            return self._new_store(using)
+        except KeyError:
+            store = _stores[key] = self._new_store(using)
+            return store
+
+    def _new_store(self, using: str) -> Store:
         directory = conf.DIR
         if directory is None:
             raise ImproperlyConfigured(
@@ -307,6 +327,9 @@ SAVED = "_django_embeddings_saved"
 
 def _is_composite(pk: Any) -> bool:
     return type(pk).__name__ == "CompositePrimaryKey"
+
+
+_stores: dict[tuple[Any, ...], Store] = {}
 
 
 @functools.cache

@@ -34,11 +34,13 @@ import numpy as np
 from asgiref.sync import sync_to_async
 from django.core.exceptions import EmptyResultSet
 from django.db import models, router
-from django.db.models import F, Q
+from django.db.models import F
+from django.db.models.expressions import Col
 from django.db.models.functions import Cast
 from django.db.models.lookups import Lookup
 from django.db.models.query import ModelIterable
 from django.db.models.sql.constants import MULTI
+from django.db.models.sql.where import AND
 
 from django_embeddings import cache, invalidation
 from django_embeddings.conf import conf
@@ -59,7 +61,8 @@ MISSING = object()
 # the best against the filter costs less (measured at 100k rows of 384 dimensions on
 # SQLite: reading a selected key costs about as much as scoring 7 rows).
 NARROW_SHARE = 0.15
-# A filter selecting at most this many rows is narrow whatever the store's size.
+# A filter selecting at most this many rows is narrow whatever the store's size; up
+# to this many keys are read (with a LIMIT) before any COUNT of the filter's rows.
 _READ_FIRST = 1_000
 # ... or this many rows per hit asked for: checking a candidate against the filter in
 # the database costs more than reading a selected row's key.
@@ -169,13 +172,21 @@ def _case(
     return "".join(parts), params
 
 
-class _SearchExpression(models.Expression):
-    """An expression over the hits of ``search``, keyed by the row's primary key."""
+# Output fields shared by every search's expressions: a field instance costs more to
+# make than the rest of an expression.
+_FLOAT: models.FloatField[Any, Any] = models.FloatField()
+_INTEGER: models.IntegerField[Any, Any] = models.IntegerField()
+_BOOLEAN: models.BooleanField[Any, Any] = models.BooleanField()
 
-    def __init__(self, search: Search, output_field: models.Field[Any, Any]) -> None:
+
+class _SearchExpression(models.Expression):
+    """An expression over the hits of ``search``, keyed by the row's primary key
+    (``pk``: ``F("pk")``, or its column when the caller has resolved it already)."""
+
+    def __init__(self, search: Search, output_field: models.Field[Any, Any], pk: Any) -> None:
         super().__init__(output_field=output_field)
         self.search = search
-        self.pk: Any = F("pk")
+        self.pk: Any = F("pk") if pk is None else pk
 
     def get_source_expressions(self) -> list[Any]:
         return [self.pk]
@@ -186,6 +197,18 @@ class _SearchExpression(models.Expression):
     def get_group_by_cols(self) -> list[Any]:
         return [self]
 
+    def resolve_expression(
+        self,
+        query: Any = None,
+        allow_joins: bool = True,
+        reuse: Any = None,
+        summarize: bool = False,
+        for_save: bool = False,
+    ) -> Any:
+        if _over_column(self) and not summarize:
+            return self  # built by _searching() over the resolved column: nothing to resolve
+        return super().resolve_expression(query, allow_joins, reuse, summarize, for_save)
+
     def values(self) -> list[str]:
         raise NotImplementedError
 
@@ -194,11 +217,33 @@ class _SearchExpression(models.Expression):
         return _case(self.search, pk_sql, pk_params, self.values(), connection)
 
 
+def _over_column(expression: _SearchExpression) -> bool:
+    return isinstance(expression.pk, Col)
+
+
+class _Score(Cast):
+    """``similarity``: :class:`Similarity` cast to a float; like it, resolved already
+    when built over the primary key's column."""
+
+    def resolve_expression(
+        self,
+        query: Any = None,
+        allow_joins: bool = True,
+        reuse: Any = None,
+        summarize: bool = False,
+        for_save: bool = False,
+    ) -> Any:
+        (source,) = self.get_source_expressions()
+        if isinstance(source, _SearchExpression) and _over_column(source) and not summarize:
+            return self
+        return super().resolve_expression(query, allow_joins, reuse, summarize, for_save)
+
+
 class Similarity(_SearchExpression):
     """The cosine similarity of each hit (wrapped in a ``Cast`` to a float)."""
 
-    def __init__(self, search: Search) -> None:
-        super().__init__(search, models.FloatField())
+    def __init__(self, search: Search, pk: Any = None) -> None:
+        super().__init__(search, _FLOAT, pk)
 
     def values(self) -> list[str]:
         return [repr(float(score)) for score in _ranked(self.search).scores]
@@ -207,8 +252,8 @@ class Similarity(_SearchExpression):
 class Rank(_SearchExpression):
     """Each hit's position, best first: what a search orders by."""
 
-    def __init__(self, search: Search) -> None:
-        super().__init__(search, models.IntegerField())
+    def __init__(self, search: Search, pk: Any = None) -> None:
+        super().__init__(search, _INTEGER, pk)
 
     def values(self) -> list[str]:
         return [str(position) for position in range(len(_ranked(self.search).pks))]
@@ -220,9 +265,10 @@ class Matches(Lookup):
 
     lookup_name = "semantic_search_hit"
     prepare_rhs = False
+    output_field = _BOOLEAN
 
-    def __init__(self, search: Search) -> None:
-        super().__init__(F("pk"), search)
+    def __init__(self, search: Search, pk: Any = None) -> None:
+        super().__init__(F("pk") if pk is None else pk, search)
 
     @property
     def search(self) -> Search:
@@ -466,15 +512,15 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
                 f"{self.model._meta.label} has a field named 'similarity', the name of the "
                 "score a semantic search annotates its rows with."
             )
-        # What annotate(), filter() and order_by() would do, on one clone instead of three.
+        # What annotate(), filter() and order_by() would do, on one clone instead of
+        # three, with the primary key's column resolved once for the three expressions.
         clone = self._chain()  # type: ignore[attr-defined]
         query = clone.query
-        query.add_annotation(
-            Cast(Similarity(search), output_field=models.FloatField()), "similarity"
-        )
-        query.add_q(Q(Matches(search)))
+        pk = query.resolve_ref("pk")
+        query.add_annotation(_Score(Similarity(search, pk), output_field=_FLOAT), "similarity")
+        query.where.add(Matches(search, pk), AND)
         query.clear_ordering(force=True, clear_default=False)
-        query.add_ordering(Rank(search))
+        query.add_ordering(Rank(search, pk))
         clone._search = search
         return clone  # type: ignore[no-any-return]
 
@@ -525,10 +571,10 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         low, high = self.query.low_mark, self.query.high_mark
         stop = search.k if high is None else min(high, search.k)
         wanted = max(0, stop - low)
-        plain = self._plain_rows_query(search)
+        plain = self._plain_rows_possible(search)
         for ranked, complete in self._candidates(search):
-            if plain is not None:
-                rows = self._ranked_in_python(plain, search, ranked)[low:stop]
+            if plain:
+                rows = self._ranked_in_python(self._plain_rows_query(), search, ranked)[low:stop]
             else:
                 clone = self._chain()  # type: ignore[attr-defined]
                 clone.query.clear_limits()
@@ -538,16 +584,16 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
                 rows = clone._result_cache or []
             if len(rows) >= wanted or complete:
                 self._result_cache = rows
-                if plain is not None and self._prefetch_related_lookups:  # type: ignore[attr-defined]
+                if plain and self._prefetch_related_lookups:  # type: ignore[attr-defined]
                     self._prefetch_related_objects()  # type: ignore[attr-defined]
                 self._prefetch_done = True
                 return
 
-    def _plain_rows_query(self, search: Search) -> models.QuerySet[Any] | None:
-        """For model instances, the rows without the search's ``CASE`` expressions: their
+    def _plain_rows_possible(self, search: Search) -> bool:
+        """Can model instances be read without the search's ``CASE`` expressions? Their
         cost grows with ``k`` for every row, while ranking ``k`` rows in Python does
-        not. ``None`` where the SQL itself needs the scores (``values()``, a filter
-        on ``similarity``, other annotations, ``distinct()``) or lacks the column."""
+        not. Not where the SQL itself needs the scores (``values()``, a filter on
+        ``similarity``, other annotations, ``distinct()``) or lacks the column."""
         query = self.query
         if (
             self._iterable_class is not ModelIterable
@@ -557,10 +603,14 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
             and (search.field.attname in query.deferred_loading[0])
             != (not query.deferred_loading[1])
         ):
-            return None
-        for child in query.where.children:
-            if not isinstance(child, Matches) and _references(child, search):
-                return None
+            return False
+        return not any(
+            not isinstance(child, Matches) and _references(child, search)
+            for child in query.where.children
+        )
+
+    def _plain_rows_query(self) -> models.QuerySet[Any]:
+        """A fresh copy of this queryset without the search's scores nor ordering."""
         plain: models.QuerySet[Any] = self._chain()  # type: ignore[attr-defined]
         plain.__class__ = models.QuerySet
         del plain.query.annotations["similarity"]
@@ -576,7 +626,7 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         """The candidates' rows, checked against their hashes and sorted by rank."""
         unchecked = Ranked(ranked.pks, ranked.scores)  # the hashes are checked here
         with _binding(search, unchecked):
-            rows = list(plain.all())  # a fresh evaluation for each list of candidates
+            rows = list(plain)
         position = {pk: n for n, pk in enumerate(ranked.pks)}
         attname = search.field.attname
         kept = []
@@ -658,11 +708,11 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         row and checking the best against the filters in the database."""
         base = self._candidates_base(search)
         limit = max(_READ_FIRST, math.ceil(stored * NARROW_SHARE), _KEYS_PER_HIT * search.k)
-        if limit == _READ_FIRST:
-            # Reading this many keys at most costs less than counting them first.
-            keys = _selected_keys(base[: limit + 1], search.field)
-            if len(keys) <= limit:
-                return keys, len(keys)
+        # Reading up to _READ_FIRST keys costs less than counting them first: most
+        # filters of a small search are settled by this one query.
+        keys = _selected_keys(base, search.field, _READ_FIRST + 1)
+        if len(keys) <= _READ_FIRST:
+            return keys, len(keys)
         selected = base.count()
         if selected <= limit:
             return _selected_keys(base, search.field), selected
@@ -709,11 +759,17 @@ def _checkable(field: EmbeddingField, top: Top) -> Ranked:
 
 
 def _selected_keys(
-    base: models.QuerySet[Any], field: EmbeddingField
+    base: models.QuerySet[Any], field: EmbeddingField, limit: int | None = None
 ) -> list[str] | np.ndarray[Any, Any]:
-    """The keys of the rows ``base`` selects, read as the database driver returns them:
-    an int64 array for integer primary keys (no Python object per row)."""
-    compiler = base.values_list("pk").query.get_compiler(using=base.db)
+    """The keys of the rows ``base`` selects (the first ``limit``), read as the database
+    driver returns them: an int64 array for integer primary keys (no Python object per
+    row)."""
+    # values_list("pk")[:limit] on one copy of the query instead of two.
+    query = base.query.chain()
+    query.set_values(["pk"])
+    if limit is not None:
+        query.set_limits(high=limit)
+    compiler = query.get_compiler(using=base.db)
     chunks = compiler.execute_sql(MULTI, chunk_size=_KEY_CHUNK) or ()
     converters = compiler.get_converters([compiler.select[0][0]])
     if _integer_pk(field) and not converters:

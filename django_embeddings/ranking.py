@@ -125,6 +125,8 @@ class Ranking:
         """The ``n`` best rows, ties at the ``n``-th broken by key (integers numerically)."""
         index = self.index
         base_rows, base_scores = self.base.best(n)
+        if not self.tail.count and index.base_keys.dtype.kind == "i":
+            return self._top_of_base(n, base_rows, base_scores)
         tail_rows, tail_scores = self.tail.best(n)
         base_keys: list[Any] = np.asarray(index.base_keys[base_rows]).tolist()
         tail_picked = tail_rows.tolist()
@@ -141,6 +143,19 @@ class Ranking:
             scores[order].tolist(),
             [hashes[i] for i in picked],
         )
+
+    def _top_of_base(
+        self, n: int, rows: npt.NDArray[np.intp], scores32: npt.NDArray[np.float32]
+    ) -> Top:
+        """:meth:`top` when every candidate is a snapshot row with an integer key (the
+        usual case): the same order, in a few array operations."""
+        index = self.index
+        keys = np.asarray(index.base_keys[rows])
+        scores = scores32.astype(np.float64)
+        order = np.lexsort((keys, -np.round(scores, TIE_DIGITS)))[:n]
+        with index.lock:
+            hashes = _hex(np.asarray(index.base_hashes[rows[order]]))
+        return Top(keys[order].tolist(), scores[order].tolist(), hashes)
 
 
 def _order(keys: list[Any], scores: npt.NDArray[np.float64], *, integers: bool) -> Any:

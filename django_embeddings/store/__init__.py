@@ -214,6 +214,10 @@ def normalize(matrix: Matrix, *, out: Matrix | None = None) -> Matrix:
     (the same arithmetic per row), so no temporary is the size of the matrix.
     """
     matrix = np.asarray(matrix, dtype=np.float32)
+    if matrix.ndim == 1 and out is None:
+        # One vector (a query): np.linalg.norm's arithmetic, without its overhead.
+        norm = np.sqrt(np.add.reduce(matrix * matrix))
+        return matrix / norm if norm else matrix.copy()
     if matrix.ndim != 2 or (out is None and len(matrix) <= _BLOCK):
         norms = np.linalg.norm(matrix, axis=-1, keepdims=True)
         unit = (matrix / np.where(norms == 0, 1, norms)).astype(np.float32, copy=False)
