@@ -14,6 +14,7 @@ returns; only its acknowledgement is read afterwards.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -63,8 +64,8 @@ class Outbox:
                 self._collect(None)
 
     def collect(self, timeout: float | None = 0) -> None:
-        """Read the replies that have come (``timeout`` 0), or wait for each (``None``:
-        up to the socket timeout; a number: that long for each)."""
+        """Read the replies that have come (``timeout`` 0), or wait for them: up to
+        ``timeout`` seconds in all, or (``None``) up to the socket timeout for each."""
         with self._lock:
             self._collect(timeout)
 
@@ -94,9 +95,11 @@ class Outbox:
 
     def _collect(self, timeout: float | None) -> None:
         connection = self._connection
+        deadline = None if timeout is None else time.monotonic() + timeout
         while self._pending:
             try:
-                if timeout is not None and not connection.can_read(timeout):
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if left is not None and not connection.can_read(left):
                     return
                 connection.read_response()
                 error: Exception | None = None

@@ -30,7 +30,7 @@ logger = logging.getLogger(LOGGER_NAME)
 # Signatures of sent messages remembered for is_own(); past this many (the listener is
 # down, or lagging far behind) the oldest are forgotten and their echo is decoded instead.
 SENT_REMEMBERED = 1024
-EXIT_SECONDS = 1.0  # at exit, how long to wait for each unread PUBLISH reply
+EXIT_SECONDS = 1.0  # at exit, how long to wait for the unread PUBLISH replies
 
 
 def message(
