@@ -56,8 +56,8 @@ class Outbox:
                 connection.send_packed_command(
                     connection.pack_command("PUBLISH", channel, payload), check_health=False
                 )
-            except Exception:
-                connection.disconnect()
+            except Exception as exc:
+                self._lost(exc)  # the replies still owed went with the connection
                 raise
             self._pending.append(store)
             if len(self._pending) > MAX_PENDING:
@@ -106,9 +106,12 @@ class Outbox:
             except redis.ResponseError as exc:  # this message refused; the connection is fine
                 error = exc
             except Exception as exc:  # the connection is lost with every reply still owed
-                connection.disconnect()
-                lost, self._pending = list(self._pending), deque()
-                for store in lost:
-                    self._report(store, exc)
+                self._lost(exc)
                 return
             self._report(self._pending.popleft(), error)
+
+    def _lost(self, exc: Exception) -> None:
+        self._connection.disconnect()
+        lost, self._pending = list(self._pending), deque()
+        for store in lost:
+            self._report(store, exc)

@@ -1,9 +1,10 @@
 """Sending: a committed write told to peers, and told again after a failure.
 
-One PUBLISH per call. A failure never fails the write: it is logged (once per
-outage) and the store is remembered; the listener resends a hint for it, so
-peers read its journal, and peers whose listeners lost Redis too are checking
-versions meanwhile.
+One PUBLISH per call, written before the call returns; its reply is read later
+(:mod:`~django_embeddings.coherence.outbox`), so a save does not wait for Redis'
+round trip. A failure never fails the write: it is logged (once per outage) and
+the store is remembered; the listener resends a hint for it, so peers read its
+journal, and peers whose listeners lost Redis too are checking versions meanwhile.
 """
 
 from __future__ import annotations
