@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
+from django.utils.functional import empty
 
 from django_embeddings.store.permissions import DIRECTORY_PERMISSIONS, FILE_PERMISSIONS
+
+_T = TypeVar("_T")
 
 INVALIDATION_MODES = ("pubsub", "mtime", "none")
 ON_ERROR_CHOICES = ("raise", "log")
@@ -30,11 +33,11 @@ class Settings:
 
     @property
     def PROVIDERS(self) -> dict[str, dict[str, Any]]:
-        return getattr(settings, "DJANGO_EMBEDDINGS_PROVIDERS", DEFAULT_PROVIDERS)
+        return _setting("DJANGO_EMBEDDINGS_PROVIDERS", DEFAULT_PROVIDERS)
 
     @property
     def DIR(self) -> Path | None:
-        value = getattr(settings, "DJANGO_EMBEDDINGS_DIR", None)
+        value = _setting("DJANGO_EMBEDDINGS_DIR", None)
         # Anything but a str or path is returned as given, for the check (E017) to name.
         return Path(value) if isinstance(value, (str, os.PathLike)) else value
 
@@ -56,12 +59,12 @@ class Settings:
         from_env = os.environ.get("DJANGO_EMBEDDINGS_INVALIDATION")
         if from_env:
             return from_env.strip().lower()
-        return getattr(settings, "DJANGO_EMBEDDINGS_INVALIDATION", None)
+        return _setting("DJANGO_EMBEDDINGS_INVALIDATION", None)
 
     @property
     def REDIS(self) -> str:
         """A ``CACHES`` alias served by django-redis, or a ``redis://`` URL."""
-        return getattr(settings, "DJANGO_EMBEDDINGS_REDIS", "default")
+        return _setting("DJANGO_EMBEDDINGS_REDIS", "default")
 
     @property
     def REDIS_CONFIGURED(self) -> bool:
@@ -71,7 +74,7 @@ class Settings:
             return False
         if target.startswith(REDIS_URL_SCHEMES):
             return True
-        caches = getattr(settings, "CACHES", {})
+        caches: Any = _setting("CACHES", {})
         config = caches.get(target) if isinstance(caches, dict) else None
         return isinstance(config, dict) and str(config.get("BACKEND", "")).startswith(
             "django_redis."
@@ -79,7 +82,7 @@ class Settings:
 
     @property
     def CHANNEL(self) -> str:
-        return getattr(settings, "DJANGO_EMBEDDINGS_CHANNEL", "django_embeddings")
+        return _setting("DJANGO_EMBEDDINGS_CHANNEL", "django_embeddings")
 
     @property
     def SIGNING_KEYS(self) -> list[str]:
@@ -89,17 +92,17 @@ class Settings:
     @property
     def ON_ERROR(self) -> str:
         """What a failed provider call does after commit: ``raise`` or ``log``."""
-        return getattr(settings, "DJANGO_EMBEDDINGS_ON_ERROR", "raise")
+        return _setting("DJANGO_EMBEDDINGS_ON_ERROR", "raise")
 
     @property
     def MAX_TEXT_LENGTH(self) -> int:
         """Source texts are cut to this many characters before they are embedded."""
-        return getattr(settings, "DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH", 20_000)
+        return _setting("DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH", 20_000)
 
     @property
     def COMPACT_THRESHOLD(self) -> int:
         """Journal entries past the snapshot that make a writer compact the store."""
-        return getattr(settings, "DJANGO_EMBEDDINGS_COMPACT_THRESHOLD", 10_000)
+        return _setting("DJANGO_EMBEDDINGS_COMPACT_THRESHOLD", 10_000)
 
     @property
     def DEFER(self) -> bool:
@@ -107,17 +110,28 @@ class Settings:
 
         ``EmbeddingField(defer=...)`` wins over this default.
         """
-        return getattr(settings, "DJANGO_EMBEDDINGS_DEFER", False)
+        return _setting("DJANGO_EMBEDDINGS_DEFER", False)
 
     @property
     def FILE_PERMISSIONS(self) -> int:
         """The mode of each file a store creates (an int such as ``0o640``)."""
-        return getattr(settings, "DJANGO_EMBEDDINGS_FILE_PERMISSIONS", FILE_PERMISSIONS)
+        return _setting("DJANGO_EMBEDDINGS_FILE_PERMISSIONS", FILE_PERMISSIONS)
 
     @property
     def DIRECTORY_PERMISSIONS(self) -> int:
         """The mode of each directory a store creates (an int such as ``0o750``)."""
-        return getattr(settings, "DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS", DIRECTORY_PERMISSIONS)
+        return _setting("DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS", DIRECTORY_PERMISSIONS)
+
+
+def _setting(name: str, default: _T) -> Any | _T:
+    """``getattr(settings, name, default)`` without the AttributeError Django raises and
+    catches for each setting a project leaves out: most of ours are, and a save reads
+    several."""
+    wrapped = settings._wrapped
+    if wrapped is empty:
+        settings._setup()
+        wrapped = settings._wrapped
+    return getattr(wrapped, name, default)
 
 
 conf = Settings()

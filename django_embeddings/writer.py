@@ -220,8 +220,9 @@ def _write(
     before it committed (see ``EmbeddingField._mark``)."""
     texts = {key: text for key, (text, _) in puts.items()}
     previous = {key: old for key, (_, old) in puts.items()}
-    stored = _store_texts(field, using, texts, previous=previous)
-    if stored and not field.store_for(using).only_append_since(mark):
+    store = field.store_for(using)
+    stored = _store_texts(field, using, texts, previous=previous, store=store)
+    if stored and not store.only_append_since(mark):
         _recheck(field, using, stored, rounds=_MAX_ROUNDS)
 
 
@@ -266,14 +267,17 @@ def _store_texts(
     *,
     previous: dict[str, str | None] | None,
     force: bool = False,
+    store: Store | None = None,
 ) -> dict[str, str | None]:
     """Bring the store in line with ``texts``; returns ``{key: hash}`` of what it now
     holds for the rows it wrote (``None``: removed, the text was empty).
 
     ``previous`` (saves) holds what each column said before the save: a field that
     keeps no index here (``cache=False``) treats an unchanged hash as stored.
+    ``store`` is ``field.store_for(using)`` when the caller has it already.
     """
-    store = field.store_for(using)
+    if store is None:
+        store = field.store_for(using)
     provider = field.get_provider()
     identity = provider.identity
     index = cache.get(store, check=invalidation.needs_check()) if field.cache else None

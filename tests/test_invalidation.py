@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 
 from django_embeddings import cache, invalidation
 from django_embeddings.checks import check_settings
-from django_embeddings.coherence import handling, messages, process
+from django_embeddings.coherence import handling, messages, process, publisher
 from django_embeddings.conf import conf
 from django_embeddings.store import Entry, Store
 from tests.conftest import RedisServer, free_port
@@ -348,6 +348,28 @@ class TestHandler:
         invalidation.handle_message(data)
         assert cache.loaded(loaded.label).version == 5  # ours are applied when made
 
+    def test_our_echo_is_known_by_its_signature_and_skipped_unread(self, loaded):
+        entries, vectors = write_as_peer(loaded, "9", 3.0)
+        ours = encode(loaded.label, 6, entries, vectors, sender=process.state.sender)
+        publisher._remember(process.state, ours)
+        assert publisher.is_own(ours)
+        assert not publisher.is_own(ours)  # once: a copy is decoded, then skipped by sender
+        invalidation.handle_message(ours)
+        assert cache.loaded(loaded.label).version == 5
+
+    def test_a_forgery_carrying_our_signature_is_dropped_and_peers_still_apply(self, loaded):
+        entries, vectors = write_as_peer(loaded, "9", 3.0)
+        ours = encode(loaded.label, 6, entries, vectors, sender=process.state.sender)
+        peer = encode(loaded.label, 6, entries, vectors)
+        publisher._remember(process.state, ours)
+        invalidation.handle_message(ours[: messages.MAC_BYTES] + peer[messages.MAC_BYTES :])
+        assert cache.loaded(loaded.label).version == 5  # never applied
+        invalidation.handle_message(ours)  # the real echo, recognised by its sender
+        assert cache.loaded(loaded.label).version == 5
+        invalidation.handle_message(peer)
+        assert cache.loaded(loaded.label).version == 6
+        assert_cache_matches_store(loaded)
+
     def test_a_gap_catches_up_from_the_journal(self, loaded):
         write_as_peer(loaded, "7", 2.0)  # this message was lost
         entries, vectors = write_as_peer(loaded, "8", 3.0)
@@ -418,6 +440,83 @@ def test_a_reconnect_catches_up_every_loaded_index(pubsub):
     assert invalidation.needs_check() is True  # restarted, not yet caught up
     assert wait_until(invalidation.listener_healthy)
     assert cache.loaded(store.label) is index and "2" in set(index.keys())  # no search
+
+
+def subscribed(redis_url: str) -> tuple[Any, Any]:
+    client = redis.Redis.from_url(redis_url)
+    listener = client.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(conf.CHANNEL)
+    assert wait_until(lambda: listener.get_message(timeout=0.1) is None)  # subscribed
+    return client, listener
+
+
+def received(listener: Any) -> list[bytes]:
+    got: list[bytes] = []
+    deadline = time.monotonic() + BOUND
+    while time.monotonic() < deadline:
+        message = listener.get_message(timeout=0.2)
+        if message is None and got:
+            return got
+        if message is not None:
+            got.append(message["data"])
+    return got
+
+
+@pytest.mark.django_db(transaction=True)
+def test_publishes_are_delivered_and_their_replies_read_later(pubsub, redis_url):
+    pubsub.SECRET_KEY = SECRET
+    store = field().store
+    client, listener = subscribed(redis_url)
+    try:
+        payloads = [publisher.message(store, n, [], None) for n in range(1, 4)]
+        for payload in payloads:
+            publisher.send(store, payload)
+        assert received(listener) == payloads  # in order, before any reply was read
+        publisher.collect(None)
+        assert process.state.outbox is not None and process.state.outbox.pending == 0
+        assert not process.state.unsent
+    finally:
+        listener.close()
+        client.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_publish_connection_redis_closed_is_replaced_quietly(pubsub, redis_url, caplog):
+    pubsub.SECRET_KEY = SECRET
+    store = field().store
+    publisher.send(store, publisher.message(store, 1, [], None))
+    publisher.collect(None)
+    outbox = process.state.outbox
+    assert outbox is not None
+    host, port = outbox._connection._sock.getsockname()[:2]
+    client, listener = subscribed(redis_url)
+    try:
+        assert client.client_kill_filter(_type=None, addr=f"{host}:{port}") == 1
+        payload = publisher.message(store, 2, [], None)
+        with caplog.at_level(logging.WARNING, logger="django_embeddings.invalidation"):
+            publisher.send(store, payload)
+            publisher.collect(None)
+        assert received(listener) == [payload]
+        assert not process.state.unsent and "Could not publish" not in caplog.text
+    finally:
+        listener.close()
+        client.close()
+
+
+def test_a_lost_publish_is_reported_and_remembered(settings, private_redis, caplog, db):
+    settings.DJANGO_EMBEDDINGS_REDIS = private_redis.url
+    settings.DJANGO_EMBEDDINGS_INVALIDATION = "pubsub"
+    settings.SECRET_KEY = SECRET
+    store = field().store
+    publisher.send(store, publisher.message(store, 1, [], None))
+    publisher.collect(None)
+    private_redis.stop()
+    with caplog.at_level(logging.WARNING, logger="django_embeddings.invalidation"):
+        publisher.send(store, publisher.message(store, 2, [], None))
+        publisher.collect(None)
+    assert str(store.path) in process.state.unsent and "Could not publish" in caplog.text
+    process.state.unsent.clear()
+    process.state.publish_warned = False
 
 
 @pytest.mark.django_db(transaction=True)

@@ -6,7 +6,9 @@ Modes (``DJANGO_EMBEDDINGS_INVALIDATION``; the environment variable wins):
   process PUBLISHes the journal entries and vectors
   (:mod:`~django_embeddings.coherence.messages`); one daemon thread per process,
   on one Redis connection, applies its peers' writes to the cached indexes in
-  place. While that listener is healthy a search costs nothing extra: no stat. A
+  place (its own messages come back to it too, and are known by their signature
+  and dropped unread). While that listener is healthy a search costs nothing
+  extra: no stat. A
   peer's write becomes visible after Redis' round trip plus the time to apply it,
   a few milliseconds. While the listener is not connected (Redis down, refusing,
   restarting), searches fall back to the ``mtime`` check, so a process can be slow
@@ -26,6 +28,7 @@ Modules, one job each (the public entry point is :mod:`django_embeddings.invalid
 
 - ``modes``: the three modes as classes with one interface, chosen by the setting;
 - ``publisher``: sending a committed write to peers, and resending after a failure;
+- ``outbox``: the PUBLISH connection, whose replies are read after the save returns;
 - ``listener``: the thread that subscribes, pings and reconnects with backoff;
 - ``handling``: a received message applied to this process's indexes, gaps caught up;
 - ``messages``: the wire format;

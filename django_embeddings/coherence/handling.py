@@ -17,7 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.connection import ConnectionDoesNotExist
 
 from django_embeddings import cache
-from django_embeddings.coherence import LOGGER_NAME, messages, process
+from django_embeddings.coherence import LOGGER_NAME, messages, process, publisher
 from django_embeddings.conf import conf
 from django_embeddings.store import Store
 from django_embeddings.typing import Vector
@@ -42,6 +42,8 @@ def handle_message(data: object) -> None:
     A message that cannot be trusted but names a real store makes that store's
     index re-read the journal, which is always safe and reads only new entries.
     """
+    if publisher.is_own(data):
+        return  # our own write, applied when it was made: not worth verifying
     try:
         message = messages.decode(data, secrets=conf.SIGNING_KEYS, channel=conf.CHANNEL)
     except messages.InvalidMessage as exc:

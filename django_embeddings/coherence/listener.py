@@ -69,6 +69,7 @@ class Listener(threading.Thread):
             except Exception as exc:
                 self.healthy = False
                 self._warn(exc)
+                _collect_quietly()
                 publisher.resend_quietly(self._announce)
                 self._stop_event.wait(delay)
                 delay = min(delay * 2, BACKOFF_SECONDS[1])
@@ -98,6 +99,7 @@ class Listener(threading.Thread):
                     raise ConnectionError("unsubscribed by the server")
                 # Measured after handling, so a slow catch-up is not taken for silence.
                 last_heard = time.monotonic()
+            publisher.collect()  # our PUBLISHes' replies: an echo means they are in
             now = time.monotonic()
             if ready_at is not None and now >= ready_at:
                 ready_at = None
@@ -148,6 +150,13 @@ def stop_invalidation_listeners(timeout: float = _JOIN_SECONDS) -> None:
         running.stop()
         if running is not threading.current_thread():
             running.join(timeout)
+
+
+def _collect_quietly() -> None:
+    try:
+        publisher.collect()
+    except Exception:
+        logger.debug("Could not read PUBLISH replies", exc_info=True)
 
 
 def _close(pubsub: Any) -> None:

@@ -35,12 +35,20 @@ from django.utils.crypto import salted_hmac
 from django_embeddings.store import Entry
 from django_embeddings.typing import Vector
 
-__all__ = ["MAX_MESSAGE_BYTES", "InvalidMessage", "Message", "decode", "encode", "vector_of"]
+__all__ = [
+    "MAC_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "InvalidMessage",
+    "Message",
+    "decode",
+    "encode",
+    "vector_of",
+]
 
 FORMAT = 1
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_DIMENSIONS = 1 << 16
-_MAC_BYTES = 32
+MAC_BYTES = 32
 _MAX_KEY = 10_000
 _MAX_TEXT = 1_000
 _MAX_VERSION = (1 << 63) - 1
@@ -99,7 +107,7 @@ def encode(
         body: bytes = msgpack.packb(
             {"f": FORMAT, "l": label, "s": sender, "v": version, "e": rows}, use_bin_type=True
         )
-        if len(body) + _MAC_BYTES <= MAX_MESSAGE_BYTES:
+        if len(body) + MAC_BYTES <= MAX_MESSAGE_BYTES:
             break
     return _mac(body, secret, channel) + body
 
@@ -110,9 +118,9 @@ def decode(data: object, *, secrets: Sequence[str], channel: str) -> Message:
         raise InvalidMessage(f"payload of type {type(data).__name__}")
     if len(data) > MAX_MESSAGE_BYTES:
         raise InvalidMessage(f"payload of {len(data)} bytes is over the limit")
-    if len(data) <= _MAC_BYTES:
+    if len(data) <= MAC_BYTES:
         raise InvalidMessage("payload too short")
-    mac, body = data[:_MAC_BYTES], data[_MAC_BYTES:]
+    mac, body = data[:MAC_BYTES], data[MAC_BYTES:]
     signed = any(hmac.compare_digest(mac, _mac(body, secret, channel)) for secret in secrets)
     record = _unpack(body)
     label = record.get("l") if isinstance(record, dict) else None

@@ -149,9 +149,9 @@ def publish(
 ) -> None:
     """Tell peer processes about a committed write (``pubsub`` mode only).
 
-    One PUBLISH per call. A failure never fails the write: it is logged (once per
-    outage) and retried as a hint by the listener, and peers whose listeners lost
-    Redis too are checking versions meanwhile.
+    One PUBLISH per call, written at once; its reply is read later. A failure never
+    fails the write: it is logged (once per outage) and retried as a hint by the
+    listener, and peers whose listeners lost Redis too are checking versions meanwhile.
     """
     current().publish(store, entries, vectors)
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from django_embeddings.coherence.listener import Listener
+    from django_embeddings.coherence.outbox import Outbox
     from django_embeddings.store import Store
 
 __all__ = ["State", "check_pid", "state"]
@@ -35,6 +36,11 @@ class State:
         self.latest: dict[str, tuple[Store, int, float]] = {}
         self.unsent: dict[str, Store] = {}
         self.publish_warned = False
+        # The signatures of our latest messages, oldest first: the listener knows its own
+        # echo by them without verifying or decoding it (see publisher.is_own).
+        self.sent: dict[bytes, bool] = {}
+        self.sent_lock = threading.Lock()
+        self.outbox: Outbox | None = None  # PUBLISHes whose replies are unread
 
 
 state = State()
