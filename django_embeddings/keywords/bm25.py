@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -66,10 +67,10 @@ class BM25Index:
         return self._live
 
     def __contains__(self, position: object) -> bool:
-        return (
+        return bool(
             isinstance(position, int | np.integer)
             and 0 <= position < len(self._state)
-            and bool(self._state[position])
+            and self._state[position]
         )
 
     @property
@@ -303,7 +304,10 @@ def _intersect(
     return docs[keep], tfs[keep]
 
 
-def _grown(array: npt.NDArray[np.generic], size: int) -> npt.NDArray[np.generic]:
+_Array = TypeVar("_Array", bound=npt.NDArray[Any])
+
+
+def _grown(array: _Array, size: int) -> _Array:
     out = np.zeros(size, dtype=array.dtype)
     out[: len(array)] = array
-    return out
+    return cast(_Array, out)
