@@ -28,6 +28,7 @@ _MIN_DELTA = 65_536  # postings the delta may hold before a compaction, at least
 _DELTA_SHARE = 8  # ... or one eighth of the base's postings
 _DEAD_SHARE = 4  # dead postings past a quarter of the base's also compact
 _ABSENT, _BASE, _DELTA = 0, 1, 2  # a position's state
+_SELECTIVE = 16  # a filter this many times shorter than a posting list is binary-searched in it
 
 Positions = npt.NDArray[np.int64]
 Scores = npt.NDArray[np.float32]
@@ -248,26 +249,19 @@ class BM25Index:
         base_terms = len(self._indptr) - 1
         d_used = self._d_used
         d_term = self._d_term[:d_used]
-        in_subset = None
-        d_rows = None
-        if subset is not None:
-            in_subset = np.zeros(len(self._state), dtype=bool)
-            in_subset[subset] = True
-            d_rows = np.flatnonzero(in_subset[self._d_doc[:d_used]])
         for term_id, repeats in terms:
             df = int(self._df[term_id])
             weight = repeats * float(np.log1p((n - df + 0.5) / (df + 0.5))) * (k1 + 1)
             if term_id < base_terms:
                 start, end = self._indptr[term_id], self._indptr[term_id + 1]
                 docs, tfs = self._doc[start:end], self._tf[start:end]
-                if subset is not None and in_subset is not None:
-                    docs, tfs = _intersect(docs, tfs, subset, in_subset)
+                if subset is not None and len(subset) * _SELECTIVE < len(docs):
+                    docs, tfs = _intersect(docs, tfs, subset)
+                # Otherwise every posting is scored: cheaper than filtering each list, and
+                # scores() keeps only the subset's rows.
                 acc[docs] += weight * tfs / (tfs + (norm_a + norm_b * length[docs]))
             if d_used:
-                if d_rows is None:
-                    rows = np.flatnonzero(d_term == term_id)
-                else:
-                    rows = d_rows[d_term[d_rows] == term_id]
+                rows = np.flatnonzero(d_term == term_id)
                 if len(rows):
                     docs, tfs = self._d_doc[rows], self._d_tf[rows]
                     acc[docs] += weight * tfs / (tfs + (norm_a + norm_b * length[docs]))
@@ -287,21 +281,14 @@ def top_k(positions: Positions, scores: Scores, k: int) -> tuple[Positions, Scor
 
 
 def _intersect(
-    docs: npt.NDArray[np.int32],
-    tfs: Scores,
-    subset: Positions,
-    in_subset: npt.NDArray[np.bool_],
+    docs: npt.NDArray[np.int32], tfs: Scores, subset: Positions
 ) -> tuple[npt.NDArray[np.int32], Scores]:
-    """The postings of ``docs`` (sorted) whose position is in ``subset`` (sorted, unique)."""
-    if len(subset) * 16 < len(docs):
-        # A selective filter: binary search its few positions in the long posting list.
-        at = np.searchsorted(docs, subset)
-        found = at < len(docs)
-        at, wanted = at[found], subset[found]
-        hit = at[docs[at] == wanted]
-        return docs[hit], tfs[hit]
-    keep = in_subset[docs]
-    return docs[keep], tfs[keep]
+    """The postings of ``docs`` (sorted) at a position in ``subset`` (sorted, unique, short)."""
+    at = np.searchsorted(docs, subset)
+    found = at < len(docs)
+    at, wanted = at[found], subset[found]
+    hit = at[docs[at] == wanted]
+    return docs[hit], tfs[hit]
 
 
 _Array = TypeVar("_Array", bound=npt.NDArray[Any])
