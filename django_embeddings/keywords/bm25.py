@@ -211,7 +211,7 @@ class BM25Index:
 
         With ``positions``, only those documents (a filtered queryset's rows) are scored.
         """
-        subset = None if positions is None else np.unique(np.asarray(positions, dtype=np.int64))
+        subset = None if positions is None else _sorted_unique(positions)
         if subset is not None:
             subset = subset[(subset >= 0) & (subset < len(self._state))]
         terms = self._query_terms(query)
@@ -271,13 +271,22 @@ def top_k(positions: Positions, scores: Scores, k: int) -> tuple[Positions, Scor
     """The ``k`` highest ``scores`` with their positions, best first, ties to the lower position."""
     if k <= 0 or not len(scores):
         return positions[:0], scores[:0]
-    rounded = np.round(scores.astype(np.float64), TIE_DIGITS)
     if len(scores) > k:
-        kth = np.partition(rounded, len(rounded) - k)[len(rounded) - k]
-        keep = np.flatnonzero(rounded >= kth)
-        positions, scores, rounded = positions[keep], scores[keep], rounded[keep]
+        # The k-th best raw score, less the rounding margin: every score that can round to a
+        # tie with it stays, and only those few are rounded and sorted.
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        keep = np.flatnonzero(scores >= kth - 10.0**-TIE_DIGITS)
+        positions, scores = positions[keep], scores[keep]
+    rounded = np.round(scores.astype(np.float64), TIE_DIGITS)
     order = np.lexsort((positions, -rounded))[:k]
     return positions[order], scores[order]
+
+
+def _sorted_unique(positions: npt.ArrayLike) -> Positions:
+    out = np.asarray(positions, dtype=np.int64).ravel()
+    if len(out) > 1 and not bool(np.all(out[1:] > out[:-1])):
+        out = np.unique(out)  # a sort: skipped for the sorted positions callers usually have
+    return out
 
 
 def _intersect(
