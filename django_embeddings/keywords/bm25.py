@@ -1,0 +1,309 @@
+"""An incremental BM25 index over documents at integer positions, in numpy arrays.
+
+Layout: a compacted *base* in CSR form (term id -> a slice of ``doc`` and ``tf``
+arrays sorted by position, plus a forward map position -> its postings), and a
+small append-only *delta* for documents added since the last compaction. A
+removal zeroes the document's term frequencies in place (a zero tf scores
+nothing) and takes it out of the statistics at once, so document frequencies,
+the live count and the average length always describe the live documents; the
+dead postings are dropped at the next compaction, which runs when the delta or
+the dead postings grow past a share of the base.
+
+Scores use Lucene's idf, ``log(1 + (N - df + 0.5) / (df + 0.5))``, so they are
+always positive and a document scores above zero exactly when it holds a query
+term. Ties (scores equal to ``TIE_DIGITS`` digits) go to the lower position.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar, cast
+
+import numpy as np
+import numpy.typing as npt
+
+TIE_DIGITS = 6  # as django_embeddings.ranking: float rounding must not decide an order
+_MIN_DELTA = 65_536  # postings the delta may hold before a compaction, at least
+_DELTA_SHARE = 8  # ... or one eighth of the base's postings
+_DEAD_SHARE = 4  # dead postings past a quarter of the base's also compact
+_ABSENT, _BASE, _DELTA = 0, 1, 2  # a position's state
+_SELECTIVE = 16  # a filter this many times shorter than a posting list is binary-searched in it
+
+Positions = npt.NDArray[np.int64]
+Scores = npt.NDArray[np.float32]
+
+
+class BM25Index:
+    """BM25 over documents given as token lists, each at a caller-chosen position >= 0."""
+
+    def __init__(self, k1: float = 1.2, b: float = 0.75) -> None:
+        if k1 < 0 or not 0 <= b <= 1:
+            raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, not k1={k1!r}, b={b!r}.")
+        self.k1 = float(k1)
+        self.b = float(b)
+        self._vocab: dict[str, int] = {}
+        self._df = np.zeros(1024, dtype=np.int64)  # by term id, live documents only
+        self._length = np.zeros(1024, dtype=np.float32)  # by position, tokens
+        self._state = np.zeros(1024, dtype=np.uint8)  # by position: _ABSENT, _BASE, _DELTA
+        self._live = 0
+        self._total_length = 0
+        # Base, CSR by term id (ids >= len(indptr) - 1 have no base postings).
+        self._indptr = np.zeros(1, dtype=np.int64)
+        self._doc = np.zeros(0, dtype=np.int32)
+        self._tf = np.zeros(0, dtype=np.float32)
+        self._forward_ptr = np.zeros(1, dtype=np.int64)  # position -> slice of _forward
+        self._forward = np.zeros(0, dtype=np.int64)  # posting indices, grouped by position
+        self._dead = 0  # base postings zeroed by removals
+        # Delta, append-only; a document's entries are one contiguous span.
+        self._d_doc = np.zeros(1024, dtype=np.int32)
+        self._d_term = np.zeros(1024, dtype=np.int32)
+        self._d_tf = np.zeros(1024, dtype=np.float32)
+        self._d_used = 0
+        self._d_span: dict[int, tuple[int, int]] = {}
+
+    # -- statistics -------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._live
+
+    def __contains__(self, position: object) -> bool:
+        return bool(
+            isinstance(position, int | np.integer)
+            and 0 <= position < len(self._state)
+            and self._state[position]
+        )
+
+    @property
+    def average_length(self) -> float:
+        return self._total_length / self._live if self._live else 0.0
+
+    def document_frequency(self, term: str) -> int:
+        term_id = self._vocab.get(term)
+        return 0 if term_id is None else int(self._df[term_id])
+
+    def postings(self) -> int:
+        """Postings held, dead ones included (what compaction would shrink)."""
+        return len(self._doc) + self._d_used
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def add(self, position: int, tokens: Sequence[str]) -> None:
+        """Index a new document; ``ValueError`` if ``position`` already holds one."""
+        if position in self:
+            raise ValueError(f"Position {position} already holds a document; use replace().")
+        if position < 0:
+            raise ValueError(f"Positions are >= 0, not {position}.")
+        self._append(int(position), tokens)
+        self._maybe_compact()
+
+    def replace(self, position: int, tokens: Sequence[str]) -> None:
+        """Index ``tokens`` at ``position``, replacing what it held, if anything."""
+        if position in self:
+            self._remove(int(position))
+        self.add(position, tokens)
+
+    def remove(self, position: int) -> None:
+        """Drop the document at ``position``; ``KeyError`` if there is none."""
+        if position not in self:
+            raise KeyError(position)
+        self._remove(int(position))
+        self._maybe_compact()
+
+    def extend(self, documents: Iterable[tuple[int, Sequence[str]]]) -> None:
+        """Add many documents, compacting once at the end (a bulk build)."""
+        for position, tokens in documents:
+            if position in self:
+                self._remove(int(position))
+            elif position < 0:
+                raise ValueError(f"Positions are >= 0, not {position}.")
+            self._append(int(position), tokens)
+        self.compact()
+
+    def _append(self, position: int, tokens: Sequence[str]) -> None:
+        counts = Counter(tokens)
+        ids = np.fromiter((self._term_id(t) for t in counts), dtype=np.int32, count=len(counts))
+        tfs = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+        self._reserve_position(position)
+        start, end = self._d_used, self._d_used + len(ids)
+        if end > len(self._d_doc):
+            size = max(end, 2 * len(self._d_doc))
+            self._d_doc = _grown(self._d_doc, size)
+            self._d_term = _grown(self._d_term, size)
+            self._d_tf = _grown(self._d_tf, size)
+        self._d_doc[start:end] = position
+        self._d_term[start:end] = ids
+        self._d_tf[start:end] = tfs
+        self._d_used = end
+        self._d_span[position] = (start, end)
+        self._df[ids] += 1
+        self._state[position] = _DELTA
+        self._length[position] = len(tokens)
+        self._live += 1
+        self._total_length += len(tokens)
+
+    def _remove(self, position: int) -> None:
+        if self._state[position] == _BASE:
+            indices = self._forward[self._forward_ptr[position] : self._forward_ptr[position + 1]]
+            indices = indices[self._tf[indices] > 0]
+            terms = np.searchsorted(self._indptr, indices, side="right") - 1
+            self._df[terms] -= 1
+            self._tf[indices] = 0
+            self._dead += len(indices)
+        else:
+            start, end = self._d_span.pop(position)
+            self._df[self._d_term[start:end]] -= 1
+            self._d_tf[start:end] = 0
+        self._live -= 1
+        self._total_length -= int(self._length[position])
+        self._length[position] = 0
+        self._state[position] = _ABSENT
+
+    def _term_id(self, term: str) -> int:
+        term_id = self._vocab.get(term)
+        if term_id is None:
+            term_id = self._vocab[term] = len(self._vocab)
+            if term_id >= len(self._df):
+                self._df = _grown(self._df, 2 * len(self._df))
+        return term_id
+
+    def _reserve_position(self, position: int) -> None:
+        if position >= len(self._state):
+            size = max(position + 1, 2 * len(self._state))
+            self._state = _grown(self._state, size)
+            self._length = _grown(self._length, size)
+
+    def _maybe_compact(self) -> None:
+        base = len(self._doc)
+        if self._d_used > max(_MIN_DELTA, base // _DELTA_SHARE) or (
+            self._dead > max(_MIN_DELTA, base // _DEAD_SHARE)
+        ):
+            self.compact()
+
+    def compact(self) -> None:
+        """Fold the delta into the base and drop dead postings (scores do not change)."""
+        counts = np.diff(self._indptr)
+        base_terms = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+        keep = self._tf > 0
+        d_keep = self._d_tf[: self._d_used] > 0
+        terms = np.concatenate([base_terms[keep], self._d_term[: self._d_used][d_keep]])
+        docs = np.concatenate([self._doc[keep], self._d_doc[: self._d_used][d_keep]])
+        tfs = np.concatenate([self._tf[keep], self._d_tf[: self._d_used][d_keep]])
+        order = np.lexsort((docs, terms))
+        self._doc, self._tf = docs[order], tfs[order]
+        sorted_terms = terms[order]
+        self._indptr = np.zeros(len(self._vocab) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(sorted_terms, minlength=len(self._vocab)), out=self._indptr[1:])
+        self._forward = np.argsort(self._doc, kind="stable").astype(np.int64)
+        self._forward_ptr = np.zeros(len(self._state) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self._doc, minlength=len(self._state)), out=self._forward_ptr[1:])
+        self._state[self._state == _DELTA] = _BASE
+        self._dead = 0
+        self._d_used = 0
+        self._d_span.clear()
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def scores(
+        self, query: Sequence[str], positions: npt.ArrayLike | None = None
+    ) -> tuple[Positions, Scores]:
+        """The documents holding a query token, by position ascending, and their scores.
+
+        With ``positions``, only those documents (a filtered queryset's rows) are scored.
+        """
+        subset = None if positions is None else _sorted_unique(positions)
+        if subset is not None:
+            subset = subset[(subset >= 0) & (subset < len(self._state))]
+        terms = self._query_terms(query)
+        acc = np.zeros(len(self._state), dtype=np.float32)
+        if terms and self._live:
+            self._accumulate(acc, terms, subset)
+        found = np.flatnonzero(acc) if subset is None else subset[acc[subset] > 0]
+        return found.astype(np.int64), acc[found]
+
+    def top(
+        self, query: Sequence[str], k: int, positions: npt.ArrayLike | None = None
+    ) -> tuple[Positions, Scores]:
+        """The ``k`` best documents, best first, ties to the lower position."""
+        found, scores = self.scores(query, positions)
+        return top_k(found, scores, k)
+
+    def _query_terms(self, query: Sequence[str]) -> list[tuple[int, int]]:
+        # Sorted by the token itself, so a document's score is summed in the same order
+        # whatever the history of ids: equal documents score equally.
+        counts = Counter(query)
+        out = []
+        for token in sorted(counts):
+            term_id = self._vocab.get(token)
+            if term_id is not None and self._df[term_id] > 0:
+                out.append((term_id, counts[token]))
+        return out
+
+    def _accumulate(
+        self, acc: npt.NDArray[np.float32], terms: list[tuple[int, int]], subset: Positions | None
+    ) -> None:
+        k1, n = self.k1, self._live
+        norm_a = k1 * (1 - self.b)
+        norm_b = k1 * self.b / self.average_length if self.average_length else 0.0
+        length = self._length
+        base_terms = len(self._indptr) - 1
+        d_used = self._d_used
+        d_term = self._d_term[:d_used]
+        for term_id, repeats in terms:
+            df = int(self._df[term_id])
+            weight = repeats * float(np.log1p((n - df + 0.5) / (df + 0.5))) * (k1 + 1)
+            if term_id < base_terms:
+                start, end = self._indptr[term_id], self._indptr[term_id + 1]
+                docs, tfs = self._doc[start:end], self._tf[start:end]
+                if subset is not None and len(subset) * _SELECTIVE < len(docs):
+                    docs, tfs = _intersect(docs, tfs, subset)
+                # Otherwise every posting is scored: cheaper than filtering each list, and
+                # scores() keeps only the subset's rows.
+                acc[docs] += weight * tfs / (tfs + (norm_a + norm_b * length[docs]))
+            if d_used:
+                rows = np.flatnonzero(d_term == term_id)
+                if len(rows):
+                    docs, tfs = self._d_doc[rows], self._d_tf[rows]
+                    acc[docs] += weight * tfs / (tfs + (norm_a + norm_b * length[docs]))
+
+
+def top_k(positions: Positions, scores: Scores, k: int) -> tuple[Positions, Scores]:
+    """The ``k`` highest ``scores`` with their positions, best first, ties to the lower position."""
+    if k <= 0 or not len(scores):
+        return positions[:0], scores[:0]
+    if len(scores) > k:
+        # The k-th best raw score, less the rounding margin: every score that can round to a
+        # tie with it stays, and only those few are rounded and sorted.
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        keep = np.flatnonzero(scores >= kth - 10.0**-TIE_DIGITS)
+        positions, scores = positions[keep], scores[keep]
+    rounded = np.round(scores.astype(np.float64), TIE_DIGITS)
+    order = np.lexsort((positions, -rounded))[:k]
+    return positions[order], scores[order]
+
+
+def _sorted_unique(positions: npt.ArrayLike) -> Positions:
+    out = np.asarray(positions, dtype=np.int64).ravel()
+    if len(out) > 1 and not bool(np.all(out[1:] > out[:-1])):
+        out = np.unique(out)  # a sort: skipped for the sorted positions callers usually have
+    return out
+
+
+def _intersect(
+    docs: npt.NDArray[np.int32], tfs: Scores, subset: Positions
+) -> tuple[npt.NDArray[np.int32], Scores]:
+    """The postings of ``docs`` (sorted) at a position in ``subset`` (sorted, unique, short)."""
+    at = np.searchsorted(docs, subset)
+    found = at < len(docs)
+    at, wanted = at[found], subset[found]
+    hit = at[docs[at] == wanted]
+    return docs[hit], tfs[hit]
+
+
+_Array = TypeVar("_Array", bound=npt.NDArray[Any])
+
+
+def _grown(array: _Array, size: int) -> _Array:
+    out = np.zeros(size, dtype=array.dtype)
+    out[: len(array)] = array
+    return cast(_Array, out)
