@@ -126,6 +126,31 @@ def test_journal_lines_parse_alike_at_once_and_one_by_one(store, caplog):
     assert caplog.text.count("Skipping a damaged line") == 2
 
 
+def test_lines_the_whole_journal_decode_refuses_go_one_by_one(store, caplog):
+    store.put_many([(str(n), vec(n), f"{n:032x}", "id") for n in range(2)])
+    raw = (store.path / journal.JOURNAL).read_bytes()
+    body = raw[raw.index(b"\n") + 1 :]
+    good = journal.parse(body).entries()
+    put = '"put","k","h","id",0,8,7,1'
+    damaged = [
+        f"[3,{put}][4,{put}]",  # two entries on one line
+        f"[3,{put}][4,{put}]\n",  # and a blank line: as many values as lines
+        f"[true,{put}]",  # JSON's true is no version
+        f"[3.0,{put}]",
+        f"[3,{put},0]",  # a tenth value
+        '[3,"get","k","","",-1,0,-1,0]',
+    ]
+    for line in damaged:
+        caplog.clear()
+        assert journal.parse(body + line.encode() + b"\n").entries() == good, line
+        assert "Skipping a damaged line" in caplog.text
+    # A version past 64 bits, and versions out of order, are read one by one, to the same entries.
+    big = f"[{1 << 64},{put}]".encode()
+    assert journal.parse(body + big + b"\n").entries() == [*good, journal.parse_entry(big)]
+    swapped = b"\n".join(reversed(body.rstrip(b"\n").split(b"\n"))) + b"\n"
+    assert journal.parse(swapped).entries() == good[::-1]
+
+
 def test_a_position_in_a_replaced_journal_is_never_read_on(store):
     """A new journal may get the inode of the one it replaced: its header tells them apart."""
     store.put("a", vec(1), content_hash="00" * 16, identity="id")
