@@ -464,7 +464,8 @@ NOTES = """\
   each call follows one of the other side, as in a server doing other work between searches (a
   tight loop of one side alone runs faster on warm CPU caches, by-hand most of all).
   "Same rows": queries where both returned the same rows with the same scores position by
-  position (scores equal to 6 digits may swap). A row stops early, after at least 3 queries, once
+  position (scores equal to 6 digits may swap, and rows tied with the last one may be swapped for
+  each other at the cut). A row stops early, after at least 3 queries, once
   it has taken its time budget (k=1000 rows can take a second a call).
 - **2. Create.** `Article.objects.create(bucket=..., text=...)` (autocommit: the field's work
   runs at commit, inside the timing) minus the time spent inside the provider, vs
