@@ -126,11 +126,15 @@ class State:
 
     def _net(self, norms: bool) -> TailRows:
         records = self.records
-        newest = self.newest()
-        rows = TailRows(changed=list(newest))
-        if len(newest) == len(records) and "del" not in records.ops:
-            live: list[int] | None = None  # every entry is its key's newest put (a bulk load)
+        live: list[int] | None
+        if "del" not in records.ops and len(set(records.keys)) == len(records):
+            # Every entry is its key's newest put (a bulk load): a set shows it, cheaper
+            # than the key -> row map, and the keys come in the map's order anyway.
+            rows = TailRows(changed=list(records.keys))
+            live = None
         else:
+            newest = self.newest()
+            rows = TailRows(changed=list(newest))
             live = [row for row in newest.values() if records.ops[row] == "put"]
         if live == [] or self._source is None:
             return rows
@@ -152,7 +156,7 @@ class State:
 
 def _ints(values: list[int], rows: list[int] | None) -> npt.NDArray[np.int64]:
     """An int64 array of ``values`` at ``rows`` (``None``: all)."""
-    column = np.array(values, dtype=np.int64)
+    column = np.fromiter(values, dtype=np.int64, count=len(values))
     return column if rows is None else column[np.array(rows, dtype=np.intp)]
 
 

@@ -35,7 +35,6 @@ import fcntl
 import functools
 import json
 import logging
-import operator
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from django_embeddings.store.permissions import DEFAULT, Permissions
 from django_embeddings.typing import Vector
@@ -253,7 +253,6 @@ class _Line(msgspec.Struct, array_like=True, forbid_unknown_fields=True, gc=Fals
 
 
 _DECODER = msgspec.json.Decoder(_Line)
-_GETTERS = tuple(operator.attrgetter(name) for name in _Line.__struct_fields__)
 
 
 def parse(data: bytes, path: Path | str = JOURNAL) -> Records:
@@ -263,10 +262,10 @@ def parse(data: bytes, path: Path | str = JOURNAL) -> Records:
     anything else (0.1.0 lines, a damaged line, a torn fragment closed by a later
     write) falls back to one line at a time, skipping what is not an entry.
     """
-    count = data.count(b"\n")
-    if not count:
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+    if not len(ends):
         return Records()
-    records = _typed(data, count)
+    records = _typed(data, ends)
     if records is not None:
         return records
     records = Records()
@@ -285,8 +284,9 @@ def parse(data: bytes, path: Path | str = JOURNAL) -> Records:
     return records
 
 
-def _typed(data: bytes, count: int) -> Records | None:
-    """Columns of the ``count`` lines of ``data`` when all are well-formed entries, else ``None``.
+def _typed(data: bytes, ends: npt.NDArray[np.intp]) -> Records | None:
+    """Columns of the lines of ``data`` (ending at ``ends``) when all are well-formed entries,
+    else ``None``.
 
     ``decode_lines`` reads values separated by any whitespace, so each line must hold
     exactly one: every newline but the last is ``"]\\n["`` (JSON escapes a newline in
@@ -295,7 +295,11 @@ def _typed(data: bytes, count: int) -> Records | None:
     Versions must increase, as :func:`append` writes them. A journal that breaks any
     of this is read one line at a time.
     """
-    if data.count(b"]\n[") != count - 1:
+    count = len(ends)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    inner = ends[(ends > 0) & (ends < len(raw) - 1)]  # newlines with a byte either side
+    joins = np.count_nonzero((raw[inner - 1] == ord("]")) & (raw[inner + 1] == ord("[")))
+    if joins != count - 1:
         return None
     try:
         lines = _DECODER.decode_lines(data)
@@ -303,10 +307,22 @@ def _typed(data: bytes, count: int) -> Records | None:
         return None
     if len(lines) != count:
         return None
-    columns = [list(map(get, lines)) for get in _GETTERS]
-    if not bool(np.all(np.diff(np.array(columns[0], dtype=np.int64)) > 0)):
+    # Comprehensions read the fields through the interpreter's fast slot access:
+    # a third cheaper than one attrgetter call per value.
+    versions = [line.version for line in lines]
+    if not bool(np.all(np.diff(np.fromiter(versions, dtype=np.int64, count=count)) > 0)):
         return None
-    return Records(*columns)
+    return Records(
+        versions,
+        [line.op for line in lines],
+        [line.key for line in lines],
+        [line.hash for line in lines],
+        [line.identity for line in lines],
+        [line.offset for line in lines],
+        [line.dimensions for line in lines],
+        [line.checksum for line in lines],
+        [line.time for line in lines],
+    )
 
 
 @contextlib.contextmanager
