@@ -6,8 +6,10 @@ Mix it into a ``ModelAdmin`` of a model with an EmbeddingField::
     class ArticleAdmin(SemanticSearchAdminMixin, admin.ModelAdmin):
         search_fields = ["title", "body"]
 
-- The changelist's search box ranks rows by meaning (the
-  ``semantic_search_k`` most similar, best first, with a similarity column).
+- The changelist's search box ranks rows by meaning and words (the
+  ``semantic_search_k`` best by ``hybrid_search()``, best first, with columns for
+  the fused score, the similarity and the keyword score), or by meaning alone
+  (``semantic_search()``, a similarity column) when the field keeps no keyword index.
   A link under the box switches to Django's usual word search (``?semantic=0``)
   and back; provider failures fall back to word search with a warning.
 - The change page gets a "Similar items" link (``?similar_to=<pk>`` on the
@@ -216,9 +218,13 @@ class SemanticSearchAdminMixin(_Base):
         if not search_term.strip() or not self._semantic_enabled(request):
             return super().get_search_results(request, queryset, search_term)
         try:
-            ranked = _searchable(queryset).semantic_search(
-                search_term, k=self.semantic_search_k, field=self.semantic_search_field
+            searchable = _searchable(queryset)
+            search = (
+                searchable.hybrid_search
+                if self._embedding_field().keywords
+                else searchable.semantic_search
             )
+            ranked = search(search_term, k=self.semantic_search_k, field=self.semantic_search_field)
         except Exception as exc:  # any provider failure: the admin must stay usable
             logger.warning(
                 "Search by meaning failed in the admin of %s: %s",
@@ -236,9 +242,12 @@ class SemanticSearchAdminMixin(_Base):
 
     def get_list_display(self, request: HttpRequest) -> Any:
         display = self._columns(super().get_list_display(request))
-        if self._is_ranked(request) and "semantic_similarity" not in display:
-            return [*display, "semantic_similarity"]
-        return display
+        if not self._is_ranked(request):
+            return display
+        scores = ["semantic_similarity"]
+        if not request.GET.get(SIMILAR_VAR) and self._embedding_field().keywords:
+            scores = ["semantic_score", "semantic_similarity", "semantic_keyword_score"]
+        return [*display, *(name for name in scores if name not in display)]
 
     def get_list_display_links(self, request: HttpRequest, list_display: Any) -> Any:
         links = super().get_list_display_links(request, list_display)
@@ -248,6 +257,16 @@ class SemanticSearchAdminMixin(_Base):
     def semantic_similarity(self, obj: models.Model) -> str:
         score = getattr(obj, "similarity", None)
         return "" if score is None else f"{score:.3f}"
+
+    @admin.display(description=gettext_lazy("score"))
+    def semantic_score(self, obj: models.Model) -> str:
+        score = getattr(obj, "score", None)
+        return "" if score is None else f"{score:.3f}"
+
+    @admin.display(description=gettext_lazy("keyword score"))
+    def semantic_keyword_score(self, obj: models.Model) -> str:
+        score = getattr(obj, "keyword_score", None)
+        return "" if score is None else f"{score:.2f}"
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None

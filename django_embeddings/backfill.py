@@ -51,6 +51,7 @@ class BackfillResult:
     scanned: int = 0  # rows looked at so far
     selected: int = 0  # rows that needed work (what a dry run would embed)
     embedded: int = 0  # texts sent to the provider and stored
+    terms: int = 0  # rows whose current vector got its keyword terms (no provider call)
     seconds: float = 0.0
     dry_run: bool = False
 
@@ -189,13 +190,17 @@ def _embed_field(
     for batch in _batches(base, field, batch_size, mode, result, index):
         current = index()
         todo = [obj for obj in batch if _needs_work(field, obj, current, provider, mode)]
-        result.selected += len(todo)
+        chosen = {id(obj) for obj in todo}
+        termless = _without_terms(field, [obj for obj in batch if id(obj) not in chosen], current)
+        result.selected += len(todo) + len(termless)
         if todo and not dry_run:
             result.embedded += writer.sync(field, todo, using=using, force=mode == "all")
+        if termless and not dry_run:
+            result.terms += writer.add_terms(field, termless, using=using)
         result.seconds = time.monotonic() - started
         if progress is not None:
             progress(result)
-    if result.embedded:
+    if result.embedded or result.terms:
         # A bulk load leaves a long journal: fold it now, so that cold starts map
         # one matrix instead of reading a file per row.
         store.compact()
@@ -241,6 +246,10 @@ def _batches(
             wanted = [
                 pk for pk, column in rows if _may_be_pending(column, current.meta(field.key(pk)))
             ]
+            if field.keywords:
+                chosen = set(wanted)
+                rest = {field.key(pk): pk for pk, _ in rows if pk not in chosen}
+                wanted += [rest[key] for key in current.without_terms(list(rest))]
             yield list(loaded.filter(pk__in=wanted).order_by("pk")) if wanted else []
         else:
             objects = list(loaded.filter(**after).order_by("pk")[:batch_size])
@@ -263,6 +272,16 @@ def _may_be_pending(column: str | None, meta: tuple[str, str] | None) -> bool:
     empty text, or a row that never went through ``pre_save`` (raw SQL, rows from
     before the field existed)."""
     return column is None or is_pending(column, meta)
+
+
+def _without_terms(
+    field: EmbeddingField, objects: list[models.Model], index: cache.FieldIndex
+) -> list[models.Model]:
+    """Rows with a current vector but no keyword terms (stored before the field kept any)."""
+    if not field.keywords or not objects:
+        return []
+    missing = set(index.without_terms([field.key(obj.pk) for obj in objects]))
+    return [obj for obj in objects if field.key(obj.pk) in missing]
 
 
 def _needs_work(

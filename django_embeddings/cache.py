@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from django_embeddings.keywords.bm25 import BM25Index
+from django_embeddings.keywords.terms import Terms
+from django_embeddings.keywords.terms import decode as decode_terms
 from django_embeddings.ranking import Ranking
 from django_embeddings.store import Entry, State, Store, normalize
 from django_embeddings.store import keys as row_keys
@@ -65,6 +68,12 @@ class FieldIndex:
         self.tail_hashes: list[str] = []
         self.tail_identities = np.zeros(0, dtype=np.int32)
         self._tail_rows: dict[str, int] | None = {}
+        # Each row's bag of terms (None: not known), for the keyword index: the
+        # snapshot's as arrays, the tail's encoded, aligned with ``tail_keys``.
+        self.base_terms: Terms | None = snap.terms
+        self.tail_terms: list[str | None] = []
+        # Built on the first keyword search, then kept in step by apply().
+        self._keywords: BM25Index | None = None
         self.version = snap.version
         self.position = state.position
         # Unknown until the first catch-up: a stat taken now, after the state was
@@ -102,6 +111,7 @@ class FieldIndex:
             self.tail_alive[:count] = True
             self.tail_keys = list(rows.keys)
             self.tail_hashes = list(rows.hashes)
+            self.tail_terms = list(rows.terms)
             self.tail_identities = np.zeros(capacity, dtype=np.int32)
             self.tail_identities[:count] = self._identity_numbers(rows.identities)
             self._tail_rows = None
@@ -175,9 +185,11 @@ class FieldIndex:
         row = _find(self.base_keys, entry.key)
         if row is not None:
             self.base_alive[row] = False
+            self._forget_terms(row)
         tail_row = self.tail_rows.get(entry.key)
         if tail_row is not None:
             self.tail_alive[tail_row] = False
+            self._forget_terms(len(self.base_keys) + tail_row)
         self._changes += 1
         if entry.op == "del":
             return True
@@ -195,9 +207,75 @@ class FieldIndex:
             self.tail_hashes[tail_row] = entry.hash
             self.tail_identities[tail_row] = number
             self.tail_alive[tail_row] = True
+            self.tail_terms[tail_row] = entry.terms
+            self._index_terms(len(self.base_keys) + tail_row, entry.terms)
             return True
         self._append(entry.key, normalize(vector), entry.hash, number)
+        self.tail_terms.append(entry.terms)
+        self._index_terms(len(self.base_keys) + len(self.tail_keys) - 1, entry.terms)
         return True
+
+    # -- the keyword index ---------------------------------------------------------
+
+    def keyword_index(self) -> BM25Index:
+        """BM25 over the live rows whose terms are known, at their positions (snapshot
+        row ``r``: ``r``; tail row ``t``: ``len(snapshot) + t``); built on first use."""
+        keywords = self._keywords
+        if keywords is not None:
+            return keywords
+        with self.lock:
+            if self._keywords is None:
+                self._keywords = self._build_keywords()
+            return self._keywords
+
+    def _build_keywords(self) -> BM25Index:
+        nbase = len(self.base_keys)
+        base = self.base_terms
+        if base is None or len(base) != nbase:
+            base = Terms.empty(nbase)
+        alive = np.flatnonzero(self.base_alive)
+        used = len(self.tail_keys)
+        tail_rows = np.flatnonzero(self.tail_alive[:used])
+        tail = Terms.from_bags([self.tail_terms[row] for row in tail_rows.tolist()])
+        positions = np.concatenate([alive, nbase + tail_rows]).astype(np.int64)
+        return BM25Index.from_terms(positions, base.take(alive).concat(tail))
+
+    def without_terms(self, keys: Iterable[str]) -> list[str]:
+        """Those of ``keys`` that are live rows with no known bag of terms (stored before
+        their field had a keyword index; ``embeddings_backfill`` adds them)."""
+        out = []
+        with self.lock:
+            for key in keys:
+                tail_row = self.tail_rows.get(key)
+                if tail_row is not None:
+                    if self.tail_alive[tail_row] and self.tail_terms[tail_row] is None:
+                        out.append(key)
+                    continue
+                row = _find(self.base_keys, key)
+                if row is None or not self.base_alive[row]:
+                    continue
+                if self.base_terms is None or not self.base_terms.known[row]:
+                    out.append(key)
+        return out
+
+    def count_without_terms(self) -> int:
+        """Live rows with no known bag of terms."""
+        with self.lock:
+            return len(self) - len(self.keyword_index())
+
+    def _forget_terms(self, position: int) -> None:
+        if self._keywords is not None and position in self._keywords:
+            self._keywords.remove(position)
+
+    def _index_terms(self, position: int, bag: str | None) -> None:
+        if self._keywords is None or bag is None:
+            return
+        try:
+            counts = decode_terms(bag)
+        except ValueError:
+            logger.warning("%s: ignoring a damaged bag of terms %r", self.store.label, bag[:80])
+            return
+        self._keywords.replace(position, counts)
 
     def _append(self, key: str, unit: Vector, content_hash: str, identity: int) -> None:
         used = len(self.tail_keys)

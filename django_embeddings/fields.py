@@ -68,6 +68,8 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
     instead of keeping its matrix in this process. With ``defer=True`` (default:
     the ``DJANGO_EMBEDDINGS_DEFER`` setting) saves enqueue a task after commit
     instead of calling the provider; the row stays missing until the task ran.
+    With ``keywords=False`` the store keeps no terms of the texts, and the field has
+    no ``keyword_search()`` nor ``hybrid_search()``.
     """
 
     description = "Content hash of the embedded source text (NULL: nothing to embed)"
@@ -82,9 +84,11 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
         auto_embed: bool = True,
         cache: bool = True,
         defer: bool | None = None,
+        keywords: bool = True,
         **kwargs: Unpack[FieldOptions],
     ) -> None:
         self.source = source
+        self.keywords = keywords
         self.provider_alias = provider
         self.auto_embed = auto_embed
         self.cache = cache
@@ -113,6 +117,8 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
             kwargs["cache"] = False
         if self.defer is not None:
             kwargs["defer"] = self.defer
+        if not self.keywords:
+            kwargs["keywords"] = False
         return name, "django_embeddings.fields.EmbeddingField", args, kwargs
 
     def pre_save(self, model_instance: models.Model, add: bool) -> str | None:

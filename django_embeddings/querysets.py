@@ -28,6 +28,7 @@ import math
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any, Self
 
 import numpy as np
@@ -42,10 +43,11 @@ from django.db.models.query import ModelIterable
 from django.db.models.sql.constants import MULTI
 from django.db.models.sql.where import AND
 
-from django_embeddings import cache, invalidation
+from django_embeddings import cache, hybrid, invalidation
 from django_embeddings.conf import conf
 from django_embeddings.exceptions import EmbeddingsError
 from django_embeddings.fields import EmbeddingField, embedding_field_named
+from django_embeddings.keywords.terms import analyze
 from django_embeddings.providers import aembed_checked, embed_checked
 from django_embeddings.ranking import Top
 from django_embeddings.typing import Vector
@@ -70,24 +72,58 @@ _KEYS_PER_HIT = 20
 _KEY_CHUNK = 2_000
 
 
+SEMANTIC, KEYWORD, HYBRID = "semantic", "keyword", "hybrid"
+# The scores each kind of search annotates its rows with; the first is what it ranks by.
+_COLUMNS = {
+    SEMANTIC: ("similarity",),
+    KEYWORD: ("keyword_score",),
+    HYBRID: ("score", "similarity", "keyword_score"),
+}
+# Hybrid and keyword searches check their best rows against the database and rank
+# again without the pending ones; rows are rarely pending, so this is a bound only.
+_MAX_ROUNDS = 8
+
+
 @dataclass(eq=False)
 class Search:
-    """One ``semantic_search()`` or ``similar_to()`` call; resolved at evaluation."""
+    """One ``semantic_search()``, ``similar_to()``, ``keyword_search()`` or
+    ``hybrid_search()`` call; resolved at evaluation."""
 
     field: EmbeddingField
-    vector: Vector
+    vector: Vector | None
     k: int
     exclude: str | None = None
+    kind: str = SEMANTIC
+    tokens: list[str] | None = None  # the query's terms (keyword and hybrid searches)
+    weight: float = hybrid.DEFAULT_WEIGHT  # the vector's share of a hybrid score
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return _COLUMNS[self.kind]
 
 
 @dataclass
 class Ranked:
     """What the search expressions compile to: rows in rank order, with their scores,
-    and (when the rows are candidates still to be checked) the hashes to check."""
+    (when the rows are candidates still to be checked) the hashes to check, and any
+    other scores by name."""
 
     pks: list[Any]
     scores: list[float]
     hashes: list[str] | None = None
+    columns: dict[str, list[float]] = dataclass_field(default_factory=dict)
+
+    def column(self, name: str) -> list[float]:
+        """The scores called ``name``: ``scores``, unless another column has the name."""
+        return self.columns.get(name, self.scores)
+
+    def picked(self, positions: Sequence[int], pks: list[Any]) -> Ranked:
+        """The rows at ``positions`` of this list, checked (no hashes)."""
+        return Ranked(
+            pks,
+            [self.scores[n] for n in positions],
+            columns={name: [v[n] for n in positions] for name, v in self.columns.items()},
+        )
 
 
 _bound: ContextVar[dict[int, Ranked] | None] = ContextVar("django_embeddings_bound", default=None)
@@ -240,13 +276,15 @@ class _Score(Cast):
 
 
 class Similarity(_SearchExpression):
-    """The cosine similarity of each hit (wrapped in a ``Cast`` to a float)."""
+    """A score of each hit, the cosine similarity unless ``name`` says which (wrapped
+    in a ``Cast`` to a float)."""
 
-    def __init__(self, search: Search, pk: Any = None) -> None:
+    def __init__(self, search: Search, pk: Any = None, name: str = "similarity") -> None:
         super().__init__(search, _FLOAT, pk)
+        self.name = name
 
     def values(self) -> list[str]:
-        return [repr(float(score)) for score in _ranked(self.search).scores]
+        return [repr(float(score)) for score in _ranked(self.search).column(self.name)]
 
 
 class Rank(_SearchExpression):
@@ -383,6 +421,58 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         index (loaded from the store on first use) in Django's thread for the ORM."""
         return await sync_to_async(self.similar_to)(obj, k, field)
 
+    def keyword_search(self, query: str, k: int = 10, field: str | None = None) -> Self:
+        """The ``k`` rows of this queryset that rank best for ``query`` by BM25.
+
+        Only rows holding at least one of the query's terms are returned (fewer than
+        ``k`` when fewer do); rows carry ``keyword_score``. Needs no provider call.
+        """
+        embedding_field = self._keyword_field(field, "keyword_search")
+        _check_k(k)
+        tokens = analyze(_query_text(embedding_field, query, "keyword_search"))
+        return self._searching(Search(embedding_field, None, k, kind=KEYWORD, tokens=tokens))
+
+    def hybrid_search(
+        self,
+        query: str,
+        k: int = 10,
+        field: str | None = None,
+        *,
+        weight: float = hybrid.DEFAULT_WEIGHT,
+    ) -> Self:
+        """The ``k`` rows of this queryset that rank best for ``query`` by meaning and
+        by the words it uses: vector and keyword (BM25) scores fused.
+
+        Each ranker's best rows are fused (``weight`` is the vector's share, the
+        keyword ranker has the rest, both scaled to [0, 1] over those rows). Rows are
+        ordered best first and carry ``score`` (fused), ``similarity`` (cosine) and
+        ``keyword_score`` (BM25; 0 for a row holding none of the query's terms).
+        """
+        embedding_field = self._keyword_field(field, "hybrid_search")
+        _check_k(k)
+        _check_weight(weight)
+        if not isinstance(query, str):
+            raise TypeError(f"hybrid_search() on {embedding_field.label} needs a query text.")
+        vector = self._query_vector(embedding_field, query, "hybrid_search")
+        tokens = analyze(_query_text(embedding_field, query, "hybrid_search"))
+        search = Search(embedding_field, vector, k, kind=HYBRID, tokens=tokens, weight=weight)
+        return self._searching(search)
+
+    async def ahybrid_search(
+        self,
+        query: str,
+        k: int = 10,
+        field: str | None = None,
+        *,
+        weight: float = hybrid.DEFAULT_WEIGHT,
+    ) -> Self:
+        """:meth:`hybrid_search` for async code: the query text is embedded through the
+        provider's ``aembed()``; the queryset returned is as lazy as the sync one's."""
+        _check_k(k)
+        _check_weight(weight)
+        async with self._query_embedded(query, field, "hybrid_search"):
+            return self.hybrid_search(query, k, field, weight=weight)
+
     # -- evaluation: every path that runs SQL resolves the search first ----------------
 
     def _clone(self) -> Self:
@@ -507,17 +597,19 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         if self.query.is_sliced:
             raise TypeError("Cannot run a semantic search on a sliced queryset.")
         model: Any = self.model
-        if self._fields is None and "similarity" in _field_names(model):  # type: ignore[attr-defined]
-            raise ValueError(
-                f"{self.model._meta.label} has a field named 'similarity', the name of the "
-                "score a semantic search annotates its rows with."
-            )
+        for name in search.columns:
+            if self._fields is None and name in _field_names(model):  # type: ignore[attr-defined]
+                raise ValueError(
+                    f"{self.model._meta.label} has a field named {name!r}, the name of a "
+                    f"score a {search.kind} search annotates its rows with."
+                )
         # What annotate(), filter() and order_by() would do, on one clone instead of
         # three, with the primary key's column resolved once for the three expressions.
         clone = self._chain()  # type: ignore[attr-defined]
         query = clone.query
         pk = query.resolve_ref("pk")
-        query.add_annotation(_Score(Similarity(search, pk), output_field=_FLOAT), "similarity")
+        for name in search.columns:
+            query.add_annotation(_Score(Similarity(search, pk, name), output_field=_FLOAT), name)
         query.where.add(Matches(search, pk), AND)
         query.clear_ordering(force=True, clear_default=False)
         query.add_ordering(Rank(search, pk))
@@ -574,7 +666,9 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         plain = self._plain_rows_possible(search)
         for ranked, complete in self._candidates(search):
             if plain:
-                rows = self._ranked_in_python(self._plain_rows_query(), search, ranked)[low:stop]
+                rows = self._ranked_in_python(self._plain_rows_query(search), search, ranked)[
+                    low:stop
+                ]
             else:
                 clone = self._chain()  # type: ignore[attr-defined]
                 clone.query.clear_limits()
@@ -598,7 +692,7 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         if (
             self._iterable_class is not ModelIterable
             or query.distinct
-            or set(query.annotations) != {"similarity"}
+            or set(query.annotations) != set(search.columns)
             or query.deferred_loading[0]
             and (search.field.attname in query.deferred_loading[0])
             != (not query.deferred_loading[1])
@@ -609,11 +703,12 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
             for child in query.where.children
         )
 
-    def _plain_rows_query(self) -> models.QuerySet[Any]:
+    def _plain_rows_query(self, search: Search) -> models.QuerySet[Any]:
         """A fresh copy of this queryset without the search's scores nor ordering."""
         plain: models.QuerySet[Any] = self._chain()  # type: ignore[attr-defined]
         plain.__class__ = models.QuerySet
-        del plain.query.annotations["similarity"]
+        for name in search.columns:
+            del plain.query.annotations[name]
         plain.query.set_annotation_mask(())
         plain.query.clear_ordering(force=True)
         plain.query.clear_limits()
@@ -629,6 +724,7 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
             rows = list(plain)
         position = {pk: n for n, pk in enumerate(ranked.pks)}
         attname = search.field.attname
+        columns = [(name, ranked.column(name)) for name in search.columns]
         kept = []
         for row in rows:
             n = position.get(row.pk)
@@ -636,7 +732,8 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
                 ranked.hashes is not None and row.__dict__[attname] != ranked.hashes[n]
             ):
                 continue
-            row.similarity = ranked.scores[n]
+            for name, values in columns:
+                setattr(row, name, values[n])
             kept.append((n, row))
         kept.sort(key=lambda item: item[0])
         return [row for _, row in kept]
@@ -651,7 +748,7 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
                 pks = list(top.values_list("pk", flat=True)[: search.k])
             if len(pks) >= search.k or complete:
                 position = {pk: n for n, pk in enumerate(ranked.pks)}
-                return Ranked(pks, [ranked.scores[position[pk]] for pk in pks])
+                return ranked.picked([position[pk] for pk in pks], pks)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _plain_hits(self) -> models.QuerySet[Any]:
@@ -669,6 +766,10 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
         """Growing lists of hits for the database to check; ``complete`` when no row
         outside the list could qualify. The scores are computed once: asking for more
         hits (rows a broad filter rejects, rows still pending) re-reads them only."""
+        if search.kind != SEMANTIC:
+            yield self._text_candidates(search), True
+            return
+        assert search.vector is not None
         field = search.field
         index = self._index(field)
         stored = len(index)
@@ -695,6 +796,65 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
             fetch = min(fetch, ranking.size)
             yield _checkable(field, ranking.top(fetch)), fetch >= ranking.size
             fetch *= 4
+
+    def _text_candidates(self, search: Search) -> Ranked:
+        """The exact hits of a keyword or hybrid search, checked against the database.
+
+        A filter's rows are read as keys, so both rankers rank exactly the rows it
+        selects. The best rows are then checked (their column must name the text
+        their terms and vector were made from); pending ones are left out and the
+        rest ranked again, which changes nothing when none is pending.
+        """
+        field = search.field
+        index = self._index(field)
+        candidates = None
+        if self._filtered(search):
+            candidates = _selected_keys(self._candidates_base(search), field)
+        identity = field.get_provider().identity if search.kind == HYBRID else None
+        tokens = search.tokens or []
+        pending: list[str] = []
+        ranked = Ranked([], [])
+        for _ in range(_MAX_ROUNDS):
+            allowed = hybrid.allowed_rows(
+                index, identity=identity, candidates=candidates, exclude=pending
+            )
+            if search.kind == KEYWORD:
+                top, _ = hybrid.keyword_top(index, tokens, search.k, allowed)
+            else:
+                assert search.vector is not None
+                top = hybrid.hybrid_top(
+                    index, search.vector, tokens, search.k, allowed, weight=search.weight
+                )
+            ranked = _checkable(field, top)
+            stale = self._unmatched(search, ranked)
+            if not stale:
+                break
+            pending += stale
+        if not ranked.pks:
+            self._warn_if_never_embedded(field, len(index))
+        return ranked
+
+    def _unmatched(self, search: Search, ranked: Ranked) -> list[str]:
+        """Keys of hits whose row is gone or whose column names another text."""
+        if not ranked.pks or ranked.hashes is None:
+            return []
+        field = search.field
+        rows = self._candidates_base(search).filter(pk__in=ranked.pks)
+        columns = dict(rows.values_list("pk", field.attname))
+        return [
+            field.key(pk)
+            for pk, value in zip(ranked.pks, ranked.hashes, strict=True)
+            if columns.get(pk) != value
+        ]
+
+    def _keyword_field(self, name: str | None, method: str) -> EmbeddingField:
+        field = self._embedding_field(name)
+        if not field.keywords:
+            raise ValueError(
+                f"{method}() needs a keyword index, and {field.label} was declared with "
+                "keywords=False."
+            )
+        return field
 
     def _filtered(self, search: Search) -> bool:
         """Does this queryset filter its rows, besides the search itself?"""
@@ -748,14 +908,16 @@ def _checkable(field: EmbeddingField, top: Top) -> Ranked:
     """Hits as primary keys, with the hash each vector was stored under (for the
     database to check against the rows' columns)."""
     integer = _integer_pk(field)
-    pks, scores, hashes = [], [], []
-    for key, score, value in zip(top.keys, top.scores, top.hashes, strict=True):
+    pks, scores, hashes, kept = [], [], [], []
+    for n, (key, score, value) in enumerate(zip(top.keys, top.scores, top.hashes, strict=True)):
         if value is None:
             continue  # deleted while we ranked
         pks.append(int(key) if integer else field.pk_from_key(str(key)))
         scores.append(score)
         hashes.append(value)
-    return Ranked(pks, scores, hashes)
+        kept.append(n)
+    columns = {name: [values[n] for n in kept] for name, values in top.columns.items()}
+    return Ranked(pks, scores, hashes, columns)
 
 
 def _selected_keys(
@@ -799,6 +961,14 @@ def _query_text(field: EmbeddingField, query: str, method: str) -> str:
 
 def _target(field: EmbeddingField) -> str:
     return f"a search of {field.label}"
+
+
+def _check_weight(weight: Any) -> None:
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
+        raise ValueError(
+            f"weight (the vector's share of a hybrid score) should be between 0 and 1, "
+            f"not {weight!r}."
+        )
 
 
 def _check_k(k: Any) -> None:

@@ -8,7 +8,7 @@ partition of an array already computed, never a second pass over the matrix.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,11 +30,13 @@ _TIE = 10.0**-TIE_DIGITS
 @dataclass
 class Top:
     """The best rows, best first: keys (``int`` where stored as integers, else ``str``),
-    cosine scores, and the content hash each vector was stored under."""
+    scores (cosine, for a vector search), and the content hash each was stored under."""
 
     keys: list[Any]
     scores: list[float]
     hashes: list[str | None]
+    # More scores per row, by name (a hybrid ranking's similarity and keyword score).
+    columns: dict[str, list[float]] = field(default_factory=dict)
 
 
 class _Scored:

@@ -32,6 +32,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 
 from django_embeddings import cache, invalidation
 from django_embeddings.fields import content_hash
+from django_embeddings.keywords.terms import bag_of
 from django_embeddings.providers import embed_checked
 from django_embeddings.store import Entry, GarbageReport, Store
 from django_embeddings.typing import Vector
@@ -43,6 +44,7 @@ __all__ = [
     "Batch",
     "announce",
     "clear_vectors",
+    "add_terms",
     "collect_garbage",
     "delete_vectors",
     "put_vectors",
@@ -251,6 +253,29 @@ def sync(
     return sum(1 for value in embedded.values() if value is not None)
 
 
+def add_terms(field: EmbeddingField, instances: Sequence[models.Model], *, using: str) -> int:
+    """Give rows whose vector is current their terms, stored again with the same vector:
+    no provider call. Returns how many rows got terms; rows whose text no longer matches
+    their vector are left to the embedding path."""
+    store = field.store_for(using)
+    index = cache.get(store)
+    items: list[tuple[str, Vector, str, str]] = []
+    bags: list[str | None] = []
+    for obj in instances:
+        key, text = field.key(obj.pk), field.source_text(obj)
+        meta = index.meta(key)
+        vector = store.load_vector(key) if meta is not None else None
+        if vector is None or meta is None or not text.strip() or meta[0] != content_hash(text):
+            continue
+        items.append((key, vector, meta[0], meta[1]))
+        bags.append(bag_of(text, len(text)))
+    if items:
+        put_vectors(store, items, terms=bags)
+        # As after any write: a row saved again meanwhile goes round from what it holds.
+        _recheck(field, using, {key: value for key, _, value, _ in items}, rounds=_MAX_ROUNDS - 1)
+    return len(items)
+
+
 def remove(field: EmbeddingField, keys: Sequence[str], *, using: str) -> None:
     """Delete the vectors of deleted rows; rows that exist again meanwhile (deleted,
     then created again by another process) are embedded again."""
@@ -309,6 +334,7 @@ def _store_texts(
                 (key, vector, str(hashes[key]), identity)
                 for key, vector in zip(keys, vectors, strict=True)
             ],
+            terms=[bag_of(text, len(text)) for text in todo.values()] if field.keywords else None,
         )
     return {key: hashes[key] for key in [*todo, *gone]}
 

@@ -17,11 +17,13 @@ term. Ties (scores equal to ``TIE_DIGITS`` digits) go to the lower position.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
+
+from django_embeddings.keywords.terms import Terms
 
 TIE_DIGITS = 6  # as django_embeddings.ranking: float rounding must not decide an order
 _MIN_DELTA = 65_536  # postings the delta may hold before a compaction, at least
@@ -88,8 +90,9 @@ class BM25Index:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def add(self, position: int, tokens: Sequence[str]) -> None:
-        """Index a new document; ``ValueError`` if ``position`` already holds one."""
+    def add(self, position: int, tokens: Sequence[str] | Mapping[str, int]) -> None:
+        """Index a new document (its tokens, or ``{token: count}``); ``ValueError`` if
+        ``position`` already holds one."""
         if position in self:
             raise ValueError(f"Position {position} already holds a document; use replace().")
         if position < 0:
@@ -97,7 +100,38 @@ class BM25Index:
         self._append(int(position), tokens)
         self._maybe_compact()
 
-    def replace(self, position: int, tokens: Sequence[str]) -> None:
+    @classmethod
+    def from_terms(
+        cls, positions: npt.ArrayLike, terms: Terms, k1: float = 1.2, b: float = 0.75
+    ) -> BM25Index:
+        """An index of the bags of ``terms`` (rows whose bag is known) at ``positions``
+        (one per row, distinct): built with array operations, no Python loop per row."""
+        index = cls(k1, b)
+        at = np.asarray(positions, dtype=np.int64)
+        if len(at) != len(terms):
+            raise ValueError(f"{len(at)} positions for {len(terms)} rows.")
+        known = np.asarray(terms.known, dtype=bool)
+        if not known.all():
+            terms, at = terms.take(np.flatnonzero(known)), at[known]
+        if len(at) and int(at.min()) < 0:
+            raise ValueError("Positions are >= 0.")
+        index._vocab = {token: number for number, token in enumerate(terms.vocab)}
+        index._df = np.zeros(max(1024, len(terms.vocab)), dtype=np.int64)
+        ids = np.asarray(terms.ids, dtype=np.int32)
+        tfs = np.asarray(terms.counts, dtype=np.float32)
+        lengths = np.diff(np.asarray(terms.ptr, dtype=np.int64)).astype(np.int64)
+        docs = np.repeat(at, lengths).astype(np.int32)
+        index._df[: len(terms.vocab)] = np.bincount(ids, minlength=len(terms.vocab))
+        index._reserve_position(int(at.max()) if len(at) else 0)
+        sizes = np.bincount(docs, weights=tfs, minlength=len(index._state))
+        index._length[: len(sizes)] = sizes
+        index._state[at] = _BASE
+        index._live = len(at)
+        index._total_length = int(round(float(sizes.sum())))
+        index._build_base(ids, docs, tfs)
+        return index
+
+    def replace(self, position: int, tokens: Sequence[str] | Mapping[str, int]) -> None:
         """Index ``tokens`` at ``position``, replacing what it held, if anything."""
         if position in self:
             self._remove(int(position))
@@ -120,8 +154,9 @@ class BM25Index:
             self._append(int(position), tokens)
         self.compact()
 
-    def _append(self, position: int, tokens: Sequence[str]) -> None:
-        counts = Counter(tokens)
+    def _append(self, position: int, tokens: Sequence[str] | Mapping[str, int]) -> None:
+        counts = tokens if isinstance(tokens, Mapping) else Counter(tokens)
+        length = sum(counts.values())
         ids = np.fromiter((self._term_id(t) for t in counts), dtype=np.int32, count=len(counts))
         tfs = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
         self._reserve_position(position)
@@ -138,9 +173,9 @@ class BM25Index:
         self._d_span[position] = (start, end)
         self._df[ids] += 1
         self._state[position] = _DELTA
-        self._length[position] = len(tokens)
+        self._length[position] = length
         self._live += 1
-        self._total_length += len(tokens)
+        self._total_length += length
 
     def _remove(self, position: int) -> None:
         if self._state[position] == _BASE:
@@ -189,6 +224,13 @@ class BM25Index:
         terms = np.concatenate([base_terms[keep], self._d_term[: self._d_used][d_keep]])
         docs = np.concatenate([self._doc[keep], self._d_doc[: self._d_used][d_keep]])
         tfs = np.concatenate([self._tf[keep], self._d_tf[: self._d_used][d_keep]])
+        self._state[self._state == _DELTA] = _BASE
+        self._build_base(terms, docs, tfs)
+
+    def _build_base(
+        self, terms: npt.NDArray[np.int32], docs: npt.NDArray[np.int32], tfs: Scores
+    ) -> None:
+        """Make the postings ``(term, doc, tf)`` the base, and empty the delta."""
         order = np.lexsort((docs, terms))
         self._doc, self._tf = docs[order], tfs[order]
         sorted_terms = terms[order]
@@ -197,7 +239,6 @@ class BM25Index:
         self._forward = np.argsort(self._doc, kind="stable").astype(np.int64)
         self._forward_ptr = np.zeros(len(self._state) + 1, dtype=np.int64)
         np.cumsum(np.bincount(self._doc, minlength=len(self._state)), out=self._forward_ptr[1:])
-        self._state[self._state == _DELTA] = _BASE
         self._dead = 0
         self._d_used = 0
         self._d_span.clear()

@@ -91,15 +91,20 @@ class Terms:
 
     @classmethod
     def from_bags(cls, bags: Sequence[str | None]) -> Terms:
+        """The rows of encoded ``bags``; ``None`` or a damaged bag is not known."""
         numbers: dict[str, int] = {}
         ids: list[int] = []
         counts: list[int] = []
         ptr = np.zeros(len(bags) + 1, np.int64)
         known = np.zeros(len(bags), bool)
         for row, bag in enumerate(bags):
-            if bag is not None:
+            try:
+                pairs = decode(bag).items() if bag is not None else None
+            except ValueError:
+                pairs = None  # a damaged bag reads as not known, for a backfill to redo
+            if pairs is not None:
                 known[row] = True
-                for token, count in decode(bag).items():
+                for token, count in pairs:
                     number = numbers.get(token)
                     if number is None:
                         number = numbers[token] = len(numbers)
@@ -160,7 +165,10 @@ class Terms:
             and int(self.ptr[0]) == 0
             and bool(np.all(np.diff(self.ptr) >= 0))
             and int(self.ptr[-1]) == len(self.ids) == len(self.counts)
-            and (not len(self.ids) or 0 <= int(self.ids.min()) <= int(self.ids.max()) < len(self.vocab))
+            and (
+                not len(self.ids)
+                or 0 <= int(self.ids.min()) <= int(self.ids.max()) < len(self.vocab)
+            )
         )
         if not fits:
             raise ValueError("the keyword arrays do not fit together")

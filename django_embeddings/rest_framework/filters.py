@@ -1,7 +1,9 @@
-"""``SemanticSearchFilter``: a DRF filter backend that ranks rows by meaning.
+"""``SemanticSearchFilter``: a DRF filter backend that ranks rows by meaning and words.
 
-``?search=<text>`` keeps the ``k`` rows most similar to the text, best first, each
-annotated with ``similarity``; ``?k=<n>`` sets ``k``. Without a search text the
+``?search=<text>`` keeps the ``k`` rows that rank best for the text, best first: by
+``hybrid_search()`` (rows annotated with ``score``, ``similarity`` and
+``keyword_score``) when the field keeps a keyword index, else by
+``semantic_search()`` (``similarity``); ``?k=<n>`` sets ``k``. Without a search text the
 queryset is returned unchanged. Backends listed before this one (and the view's own
 queryset filters) select the rows the top ``k`` is taken from, because the search
 is lazy and takes its top ``k`` among the rows the final queryset selects.
@@ -35,7 +37,9 @@ class SemanticSearchFilter(BaseFilterBackend):
     - ``embedding_field``: the name of the EmbeddingField to search, needed when the
       model has several;
     - ``search_default_k`` and ``search_max_k``: ``k`` when ``?k=`` is not given, and
-      the largest ``k`` a client may ask for (at most ``querysets.MAX_K``).
+      the largest ``k`` a client may ask for (at most ``querysets.MAX_K``);
+    - ``search_ranking``: ``"hybrid"``, ``"semantic"`` or ``"keyword"``; by default
+      hybrid when the field keeps a keyword index, else semantic.
     """
 
     # The query parameters; None takes DRF's SEARCH_PARAM setting ("search").
@@ -44,6 +48,7 @@ class SemanticSearchFilter(BaseFilterBackend):
     default_k = 10
     max_k = 100
     embedding_field: str | None = None
+    ranking: str | None = None  # None: hybrid when the field has keywords, else semantic
     template = "django_embeddings/rest_framework/search.html"
     search_title = _("Semantic search")
     search_description = _("A text to rank the results by meaning, best first.")
@@ -121,18 +126,41 @@ class SemanticSearchFilter(BaseFilterBackend):
         # not on the first search.
         field = self.get_embedding_field(queryset, view)
         self.get_k_bounds(view)
+        self.get_ranking(field, view)
         text = self.get_search_text(request)
         if not text:
             return queryset
-        return self.search(queryset, text, self.get_k(request, view), field)
+        return self.search(queryset, text, self.get_k(request, view), field, view)
+
+    def get_ranking(self, field: EmbeddingField, view: Any) -> str:
+        """How rows are ranked: the view's ``search_ranking``, else this class's ``ranking``,
+        else hybrid when the field keeps a keyword index."""
+        ranking = getattr(view, "search_ranking", self.ranking)
+        if ranking is None:
+            return "hybrid" if field.keywords else "semantic"
+        if ranking not in _RANKINGS:
+            raise ImproperlyConfigured(
+                f"{_name(view)}: search_ranking should be one of {list(_RANKINGS)!r}, "
+                f"not {ranking!r}."
+            )
+        if ranking != "semantic" and not field.keywords:
+            raise ImproperlyConfigured(
+                f"{_name(view)}: search_ranking is {ranking!r}, but {field.label} keeps no "
+                "keyword index (keywords=False)."
+            )
+        return str(ranking)
 
     def search(
-        self, queryset: models.QuerySet[Any], text: str, k: int, field: EmbeddingField
+        self,
+        queryset: models.QuerySet[Any],
+        text: str,
+        k: int,
+        field: EmbeddingField,
+        view: Any = None,
     ) -> models.QuerySet[Any]:
         """The search call itself: the one place that chooses how rows are ranked."""
-        result: models.QuerySet[Any] = queryset.semantic_search(  # type: ignore[attr-defined]
-            text, k=k, field=field.name
-        )
+        method = _RANKINGS[self.get_ranking(field, view)]
+        result: models.QuerySet[Any] = getattr(queryset, method)(text, k=k, field=field.name)
         return result
 
     # -- the browsable API and OpenAPI -------------------------------------------------
@@ -167,6 +195,13 @@ class SemanticSearchFilter(BaseFilterBackend):
                 "schema": {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
             },
         ]
+
+
+_RANKINGS = {
+    "hybrid": "hybrid_search",
+    "semantic": "semantic_search",
+    "keyword": "keyword_search",
+}
 
 
 def _name(view: Any) -> str:

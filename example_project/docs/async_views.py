@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET
 
 from example_project.docs.forms import SearchForm
 from example_project.docs.models import Document
-from example_project.docs.views import filtered
+from example_project.docs.views import filtered, scores
 
 
 @require_GET
@@ -27,14 +27,14 @@ async def api_search(request: HttpRequest) -> JsonResponse:
             return JsonResponse({"error": f"like: no document has id {data['like']}."}, status=404)
         hits = await filtered(data).asimilar_to(like, k=data["k"])
     elif data["q"]:
-        hits = await filtered(data).asemantic_search(data["q"], k=data["k"])
+        hits = await filtered(data).ahybrid_search(data["q"], k=data["k"])
     else:
         return JsonResponse({"error": "q: pass the text to search for."}, status=400)
     results = [
         {
             "id": doc.pk,
             "title": doc.title,
-            "similarity": round(doc.similarity, 4),
+            **scores(doc),
             "url": request.build_absolute_uri(doc.get_absolute_url()),
         }
         async for doc in hits

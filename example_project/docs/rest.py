@@ -1,8 +1,9 @@
 """The REST API, with Django REST framework: ``/api/documents/?search=...&k=...``.
 
-``SemanticSearchFilter`` ranks by meaning after ``KindModuleFilter`` has selected the
-rows, so ``?kind=function&search=...`` returns the best functions. Without
-``search`` the list is every document, page by page, in the model's order.
+``SemanticSearchFilter`` ranks by meaning and words (hybrid search) after
+``KindModuleFilter`` has selected the rows, so ``?kind=function&search=...``
+returns the best functions. Without ``search`` the list is every document, page by
+page, in the model's order.
 """
 
 from __future__ import annotations
@@ -15,18 +16,31 @@ from rest_framework import filters, generics, serializers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 
-from django_embeddings.rest_framework import SemanticSearchFilter, SimilarityField
+from django_embeddings.rest_framework import ScoreField, SemanticSearchFilter, SimilarityField
 from example_project.docs.forms import DEFAULT_K, MAX_K
 from example_project.docs.models import Document
 
 
 class DocumentSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
     url = serializers.HyperlinkedIdentityField(view_name="docs:document")
-    similarity = SimilarityField()  # null when the list is not a search
+    # Each null when the list is not a search.
+    score = ScoreField()
+    similarity = SimilarityField()
+    keyword_score = ScoreField("keyword_score")
 
     class Meta:
         model = Document
-        fields = ["id", "title", "kind", "module", "snippet", "similarity", "url"]
+        fields = [
+            "id",
+            "title",
+            "kind",
+            "module",
+            "snippet",
+            "score",
+            "similarity",
+            "keyword_score",
+            "url",
+        ]
 
 
 class KindModuleFilter(filters.BaseFilterBackend):

@@ -1,8 +1,11 @@
 """The search page, a document's page and the JSON API.
 
-Filters narrow the queryset *before* the vector search, so
-``Document.objects.filter(kind="function").semantic_search(q, k=10)`` returns
-the ten best functions, not the functions among the ten best documents.
+A text is searched by ``hybrid_search()``: its meaning (the built-in model's
+vectors) and its words (the field's keyword index) ranked together, so "yield"
+finds the generators' pages and ``os.path.join`` finds ``os.path.join``. Filters
+narrow the queryset *before* the search, so
+``Document.objects.filter(kind="function").hybrid_search(q, k=10)`` returns the
+ten best functions, not the functions among the ten best documents.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 @dataclass
 class Search:
-    """One search: its hits (each with ``similarity``) and how long it took."""
+    """One search: its hits (each with ``similarity``; a text search's also with
+    ``score`` and ``keyword_score``) and how long it took."""
 
     results: list[Document] = field(default_factory=list)
     took_ms: float = 0.0
@@ -69,12 +73,19 @@ def run_search(data: dict[str, Any], like: Document | None = None) -> Search:
         if like is not None:
             hits = documents.similar_to(like, k=data["k"])
         else:
-            hits = documents.semantic_search(data["q"], k=data["k"])
+            hits = documents.hybrid_search(data["q"], k=data["k"])
         results = list(hits)
     except EmbeddingsError as exc:
         return Search(like=like, error=str(exc))
     took_ms = (time.perf_counter() - started) * 1000
     return Search(results=results, took_ms=took_ms, like=like)
+
+
+def scores(doc: Document) -> dict[str, float]:
+    """A hit's scores, rounded: ``similarity``, and a text search's ``score`` and
+    ``keyword_score``."""
+    names = ("score", "similarity", "keyword_score")
+    return {name: round(getattr(doc, name), 4) for name in names if hasattr(doc, name)}
 
 
 @require_GET
@@ -165,7 +176,7 @@ def api_search(request: HttpRequest) -> JsonResponse:
                     "kind": doc.kind,
                     "module": doc.module,
                     "snippet": doc.snippet,
-                    "similarity": round(doc.similarity, 4),  # type: ignore[attr-defined]
+                    **scores(doc),
                     "url": request.build_absolute_uri(doc.get_absolute_url()),
                 }
                 for doc in result.results

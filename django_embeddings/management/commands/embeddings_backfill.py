@@ -146,6 +146,8 @@ class Command(BaseCommand):
             line = f"Would embed {result.selected} of {result.scanned} rows of {result.label}"
         else:
             line = f"Embedded {result.embedded} of {result.scanned} rows of {result.label}"
+        if result.terms:
+            line += f"; indexed the keywords of {result.terms} more (no provider call)"
         self._say(verbosity, f"{line} (--{result.mode}).")
         if verbosity >= 2:
             self.stdout.write(

@@ -67,6 +67,12 @@ class Command(BaseCommand):
                 ("missing", status["missing"]),
                 ("empty", status["empty"]),
                 ("stale", status["stale"]),
+                (
+                    "keywords",
+                    "off"
+                    if status["keywords_missing"] is None
+                    else f"{status['keywords_missing']} rows without terms",
+                ),
                 ("orphans", status["orphans"]),
                 ("temp files", status["temp_files"]),
                 ("version", status["version"]),
@@ -92,7 +98,7 @@ def field_status(field: EmbeddingField, using: str = "default") -> dict[str, Any
     store = field.store_for(using)
     stats = store.stats()
     index = cache.get(store, keep=False)
-    rows = embedded = missing = stale = empty = indexed_rows = 0
+    rows = embedded = missing = stale = empty = indexed_rows = without_terms = 0
     manager = field.model._base_manager.using(using)
     last: Any = None
     while True:
@@ -102,6 +108,7 @@ def field_status(field: EmbeddingField, using: str = "default") -> dict[str, Any
             break
         last = batch[-1][0]
         unrecorded: list[Any] = []
+        current: list[str] = []  # rows whose vector is of their text
         for pk, column in batch:
             rows += 1
             meta = index.meta(field.key(pk))
@@ -115,6 +122,9 @@ def field_status(field: EmbeddingField, using: str = "default") -> dict[str, Any
                 stale += 1
             else:
                 embedded += 1
+                current.append(field.key(pk))
+        if field.keywords:
+            without_terms += len(index.without_terms(current))
         if unrecorded:
             # Rows from raw SQL or from before the field existed have a text but a NULL
             # column: pending, as embeddings_backfill --missing finds them.
@@ -127,6 +137,9 @@ def field_status(field: EmbeddingField, using: str = "default") -> dict[str, Any
         "missing": missing,
         "empty": empty,
         "stale": stale,
+        # Embedded rows whose keyword terms the store lacks (stored before the field
+        # kept any): embeddings_backfill adds them without calling the provider.
+        "keywords_missing": without_terms if field.keywords else None,
         # Counted from the same read as the rows, so a concurrent write cannot skew it.
         "orphans": max(0, len(index) - indexed_rows) + stats.unindexed_files,
         "temp_files": stats.temp_files,
