@@ -239,6 +239,17 @@ def test_truncated_npy_is_skipped(tmp_path):
     assert store.load_vector("k") is None
 
 
+@pytest.mark.parametrize("array", ["vectors", "times"])
+def test_an_empty_snapshot_array_is_skipped_with_a_warning(store, caplog, array):
+    store.put_many([(str(n), vec(n), "00" * 16, "id") for n in range(3)])
+    store.compact()
+    (directory,) = store.path.glob("snapshot-*")
+    (directory / f"{array}.npy").write_bytes(b"")
+    state = store.read_state()  # no exception
+    assert "damaged" in caplog.text or "Ignoring" in caplog.text
+    assert len(state.snapshot) == (0 if array == "vectors" else 3)
+
+
 def test_other_dimensions_are_refused(store):
     store.put("a", vec(1, 8), content_hash="00" * 16, identity="id")
     with pytest.raises(StoreError, match=r"app\.Model\.field holds 8-dimensional vectors"):

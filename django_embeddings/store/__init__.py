@@ -400,7 +400,7 @@ class Store:
                 snap = snapshot.load(self.path)
             except FileNotFoundError:
                 continue  # the snapshot named by _index.json was just replaced
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+            except (OSError, ValueError, EOFError, KeyError, TypeError) as exc:  # EOF: empty
                 snap = self._damaged_snapshot(exc)
             tail = journal.read(self.path)
             if tail is None:

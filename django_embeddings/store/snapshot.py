@@ -187,7 +187,7 @@ def _optional(path: Path, array: str, shape: tuple[int, ...], kind: str) -> Any:
         loaded = np.load(path / f"{array}.npy", mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:  # np.load of an empty file: EOFError
         logger.warning("Ignoring %s/%s.npy: %s", path, array, exc)
         return None
     if loaded.shape != shape or loaded.dtype.kind != kind:
