@@ -11,7 +11,12 @@ again. Files hold only numeric and string arrays and are read with
 - ``vectors`` (float32, n x d): the vectors, normalized to unit length as searches use them;
 - ``hashes`` (str, n): content hashes of the texts they were made from;
 - ``identities`` (uint16, n), indexing ``identity_names`` (str): provider identities;
-- ``meta`` (a JSON string): ``format``, ``label``, ``dimensions``, ``count``.
+- ``meta`` (a JSON string): ``format``, ``label``, ``dimensions``, ``count``;
+- when some rows' bags of terms are known (:mod:`django_embeddings.keywords.terms`),
+  those as a snapshot keeps them: ``terms_ptr`` (int64, n + 1), ``terms_ids`` (int32),
+  ``terms_counts`` (uint32), ``terms_known`` (bool, n) and ``terms_vocab`` (uint8: the
+  UTF-8 of the tokens, one a line). Files without them (written before keywords)
+  import with the terms not known, and releases before keywords ignore them.
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ from django_embeddings import __version__, cache
 from django_embeddings.backfill import existing_keys
 from django_embeddings.exceptions import EmbeddingsError
 from django_embeddings.fields import EmbeddingField
+from django_embeddings.keywords.terms import Terms
 from django_embeddings.labels import LabelError, resolve_one
-from django_embeddings.store import files
+from django_embeddings.store import Snapshot, Store, files
+from django_embeddings.store.journal import is_bag
+from django_embeddings.store.snapshot import TERMS_ARRAYS
 from django_embeddings.writer import put_vectors
 
 __all__ = ["FORMAT", "ImportResult", "TransferError", "export_field", "import_file"]
@@ -67,10 +75,12 @@ def export_field(field: EmbeddingField, path: Path) -> int:
     ``DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS``.
     """
     index = cache.get(field.store, keep=False)
+    stored_terms = _StoredTerms(field.store)
     keys = sorted(index.keys())
     kept: list[str] = []
     vectors: list[Any] = []
     hashes: list[str] = []
+    bags: list[str | None] = []
     identity_ids: list[int] = []
     identity_names: list[str] = []
     for key in keys:
@@ -86,6 +96,7 @@ def export_field(field: EmbeddingField, path: Path) -> int:
         vectors.append(vector)
         hashes.append(content_hash)
         identity_ids.append(identity_names.index(identity))
+        bags.append(stored_terms.of(key, content_hash))
     dimensions = len(vectors[0]) if vectors else 0
     meta_json = json.dumps(
         {
@@ -104,6 +115,10 @@ def export_field(field: EmbeddingField, path: Path) -> int:
         "identity_names": np.array(identity_names, dtype=str),
         "meta": np.array(meta_json),
     }
+    if any(bag is not None for bag in bags):
+        terms = Terms.from_bags(bags)
+        arrays.update({f"terms_{name}": getattr(terms, name) for name in TERMS_ARRAYS})
+        arrays["terms_vocab"] = np.frombuffer("\n".join(terms.vocab).encode("utf-8"), np.uint8)
     path = Path(path)
     # The file holds the store's vectors: it gets the store's modes, as its directories do.
     permissions = field.store.permissions
@@ -154,6 +169,7 @@ def import_file(path: Path, *, using: str = "default") -> ImportResult:
                 (keys[row], vectors[row], data["hashes"][row], identity)
                 for row, identity in zip(rows, identities, strict=True)
             ],
+            terms=None if data["terms"] is None else [data["terms"][row] for row in rows],
         )
         result.imported += len(rows)
         if provider_identity is not None:
@@ -167,6 +183,61 @@ def _provider_identity(field: EmbeddingField) -> str | None:
     except Exception:  # an unconfigured provider must not stop an import of finished vectors
         logger.warning("%s: cannot build its provider to compare identities", field.label)
         return None
+
+
+class _StoredTerms:
+    """The rows' bags of terms as the store holds them, for an export of its index.
+
+    Read after the index was: a bag is given for a row only where the store has
+    the content hash the index has, so it is the bag of the text of the vector.
+    """
+
+    def __init__(self, store: Store) -> None:
+        state = store.read_state()
+        self.snapshot: Snapshot = state.snapshot
+        records = state.records
+        self.tail = {
+            key: (records.hashes[row], records.terms[row] if records.ops[row] == "put" else None)
+            for key, row in state.newest().items()
+        }
+
+    def of(self, key: str, content_hash: str) -> str | None:
+        if key in self.tail:
+            stored_hash, bag = self.tail[key]
+            return bag if stored_hash == content_hash else None
+        snap = self.snapshot
+        row = snap.find(key) if snap.terms is not None else None
+        if snap.terms is None or row is None or bytes(snap.hashes[row]).hex() != content_hash:
+            return None
+        return snap.terms.bag(row)
+
+
+# The arrays of the rows' terms in a file, as a snapshot keeps them, and the vocabulary.
+_TERMS_FILE_ARRAYS = {f"terms_{name}": dtype for name, dtype in TERMS_ARRAYS.items()}
+_TERMS_FILE_ARRAYS["terms_vocab"] = np.dtype(np.uint8)
+
+
+def _read_terms(path: Path, arrays: dict[str, Any], count: int) -> list[str | None] | None:
+    """Each row's bag of terms (``None``: not known), or ``None`` if the file has none."""
+    if not any(name in arrays for name in _TERMS_FILE_ARRAYS):
+        return None
+    problem = f"{str(path)!r} has keyword terms that do not fit its rows"
+    for name, dtype in _TERMS_FILE_ARRAYS.items():
+        if name not in arrays or arrays[name].ndim != 1 or arrays[name].dtype != dtype:
+            raise TransferError(f"{problem}: {name} is absent or not a 1-D array of {dtype}.")
+    try:
+        text = arrays["terms_vocab"].tobytes().decode("utf-8")
+        terms = Terms(
+            text.split("\n") if text else [],
+            **{name: arrays[f"terms_{name}"] for name in TERMS_ARRAYS},
+        )
+        terms.check(count)
+        bags = [terms.bag(row) for row in range(count)]
+    except ValueError as exc:  # bad UTF-8 too
+        raise TransferError(f"{problem}: {exc}") from exc
+    if not all(bag is None or is_bag(bag) for bag in bags):
+        raise TransferError(f"{problem}: some are not bags of terms.")
+    return bags
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -209,6 +280,7 @@ def _read(path: Path) -> dict[str, Any]:
         raise TransferError(f"{str(path)!r} names no field (label {label!r}).")
     return {
         "label": label,
+        "terms": _read_terms(path, arrays, count),
         "keys": [str(key) for key in keys],
         "vectors": vectors.astype(np.float32, copy=False),
         "hashes": [str(value) for value in hashes],

@@ -74,9 +74,15 @@ def announce(
     invalidation.publish(store, entries, vectors)
 
 
-def put_vectors(store: Store, items: Sequence[tuple[str, Vector, str, str]]) -> list[Entry]:
-    """Store ``(key, vector, content hash, provider identity)`` items and announce them."""
-    entries = store.put_many(items)
+def put_vectors(
+    store: Store,
+    items: Sequence[tuple[str, Vector, str, str]],
+    *,
+    terms: Sequence[str | None] | None = None,
+) -> list[Entry]:
+    """Store ``(key, vector, content hash, provider identity)`` items, with the rows'
+    bags of terms when known (aligned with ``items``), and announce them."""
+    entries = store.put_many(items, terms=terms)
     announce(store, entries, [vector for _, vector, _, _ in items])
     return entries
 

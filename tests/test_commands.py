@@ -15,6 +15,7 @@ from django.db import connection
 from django_embeddings import cache
 from django_embeddings.backfill import embed_queryset
 from django_embeddings.fields import content_hash
+from django_embeddings.keywords.terms import bag_of
 from django_embeddings.management.commands import embeddings_gc
 from django_embeddings.management.commands.embeddings_backfill import ProgressBar
 from django_embeddings.providers import get_provider
@@ -549,6 +550,83 @@ class TestExportImport:
         assert len(get_provider().calls) == before  # type: ignore[attr-defined]
         hits = Article.objects.semantic_search("text 1", k=1)
         assert [a.pk for a in hits] == [articles[1].pk]
+
+    def test_terms_travel_with_the_vectors(self, tmp_path, settings):
+        articles = [Article.objects.create(title=f"t{n}", body=f"text {n}") for n in range(3)]
+        store = field_of(Article).store
+        bags = {str(articles[0].pk): bag_of("quick fox fox"), str(articles[1].pk): ""}
+        for article in articles:  # the first two as a field with keywords stores them
+            key = str(article.pk)
+            vector = store.load_vector(key)
+            digest, identity = cache.get(store).meta(key)
+            store.put(key, vector, content_hash=digest, identity=identity, terms=bags.get(key))
+        store.compact()  # the snapshot's terms, and the journal's, are both exported
+        put_again = articles[1]
+        digest, identity = cache.get(store).meta(str(put_again.pk))
+        store.put(
+            str(put_again.pk),
+            store.load_vector(str(put_again.pk)),
+            content_hash=digest,
+            identity=identity,
+            terms="text",
+        )
+        bags[str(put_again.pk)] = "text"
+        run("embeddings_export", "testapp.Article", output=str(tmp_path), verbosity=0)
+        path = tmp_path / "testapp.Article.embedding.npz"
+        with np.load(path, allow_pickle=False) as data:
+            assert {"terms_ptr", "terms_ids", "terms_counts", "terms_known", "terms_vocab"} <= set(
+                data.files
+            )
+
+        settings.DJANGO_EMBEDDINGS_DIR = tmp_path / "restored"
+        assert run("embeddings_import", str(path)) == (
+            "Imported 3 of 3 embeddings into testapp.Article.embedding.\n"
+        )
+        restored = field_of(Article).store
+        tail = restored.read_state().tail
+        assert {entry.key: entry.terms for entry in tail} == {
+            str(a.pk): bags.get(str(a.pk)) for a in articles
+        }
+
+    def test_a_file_without_terms_imports_with_none(self, tmp_path, settings):
+        articles = [Article.objects.create(title=f"t{n}", body=f"text {n}") for n in range(2)]
+        run("embeddings_export", "testapp.Article", output=str(tmp_path), verbosity=0)
+        path = tmp_path / "testapp.Article.embedding.npz"
+        with np.load(path, allow_pickle=False) as data:
+            assert not [name for name in data.files if name.startswith("terms")]
+        settings.DJANGO_EMBEDDINGS_DIR = tmp_path / "restored"
+        run("embeddings_import", str(path), verbosity=0)
+        tail = field_of(Article).store.read_state().tail
+        assert sorted(entry.key for entry in tail) == sorted(str(a.pk) for a in articles)
+        assert {entry.terms for entry in tail} == {None}
+
+    @pytest.mark.parametrize(
+        "damage",
+        [
+            lambda arrays: arrays.pop("terms_vocab"),
+            lambda arrays: arrays.update(terms_ids=arrays["terms_ids"].astype(np.int64)),
+            lambda arrays: arrays.update(terms_vocab=np.frombuffer(b"\xff", np.uint8)),
+            lambda arrays: arrays.update(terms_known=np.ones(5, bool)),
+            lambda arrays: arrays.update(terms_counts=np.zeros_like(arrays["terms_counts"])),
+        ],
+    )
+    def test_terms_that_do_not_fit_are_refused(self, tmp_path, damage):
+        article = Article.objects.create(title="a", body="text")
+        store = field_of(Article).store
+        key = str(article.pk)
+        digest, identity = cache.get(store).meta(key)
+        vector = store.load_vector(key)
+        store.put(key, vector, content_hash=digest, identity=identity, terms="text")
+        run("embeddings_export", "testapp.Article", output=str(tmp_path), verbosity=0)
+        path = tmp_path / "testapp.Article.embedding.npz"
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        damage(arrays)
+        np.savez(path, **arrays)
+        version = store.version()
+        with pytest.raises(CommandError, match="has keyword terms that do not fit its rows"):
+            run("embeddings_import", str(path))
+        assert store.version() == version
 
     def test_import_a_directory(self, tmp_path):
         Article.objects.create(title="a", body="text")

@@ -253,6 +253,34 @@ class TestMessages:
         message = decode(encode("a.B.c", 300, huge, None))
         assert message.entries == [] and message.version == 300  # a hint: read the journal
 
+    def test_terms_travel_with_the_entries(self):
+        bags = ["fox quick:2", None, ""]
+        entries = [
+            Entry(n + 1, "put", str(n), "ab" * 16, "hashing-v1-64", terms=bag)
+            for n, bag in enumerate(bags)
+        ]
+        data = encode("a.B.c", 4, [*entries, Entry(4, "del", "0")], [*vectors_for(3), None])
+        rows = msgpack.unpackb(data[messages.MAC_BYTES :])["e"]
+        assert [len(row) for row in rows] == [7, 7, 7, 7]
+        message = decode(data)
+        assert [entry.terms for entry in message.entries] == [*bags, None]
+        assert message.vectors[0] == vectors_for(1)[0].tobytes()
+        # Without terms, the rows peers of earlier releases read: six values.
+        data = encode("a.B.c", 2, entries_for(2), vectors_for(2))
+        assert [len(row) for row in msgpack.unpackb(data[messages.MAC_BYTES :])["e"]] == [6, 6]
+        assert [entry.terms for entry in decode(data).entries] == [None, None]
+
+    def test_oversized_writes_drop_terms_with_the_vectors(self):
+        many = 3000
+        entries = [
+            Entry(n + 1, "put", str(n), "ab" * 16, "hashing-v1-64", terms="fox")
+            for n in range(many)
+        ]
+        data = encode("a.B.c", many, entries, vectors_for(many, 256))
+        message = decode(data)
+        assert len(message.entries) == many and set(message.vectors) == {None}
+        assert {entry.terms for entry in message.entries} == {None}  # read with the journal
+
     def test_signature_is_checked(self):
         data = encode("testapp.Article.embedding", 2, entries_for(2), vectors_for(2))
         with pytest.raises(messages.InvalidMessage, match="bad signature") as info:
@@ -284,6 +312,12 @@ class TestMessages:
                  "e": [[1, "del", "k", "", "", None], [3, "del", "j", "", "", None]]},
                 "order",
             ),
+            ({"f": 1, "l": "a.B.c", "s": "x", "v": 1, "e": [[1, "put", "k", "", "", None, 5]]}, "bad entry terms"),  # noqa: E501
+            ({"f": 1, "l": "a.B.c", "s": "x", "v": 1, "e": [[1, "put", "k", "", "", None, b"fox"]]}, "bad entry terms"),  # noqa: E501
+            ({"f": 1, "l": "a.B.c", "s": "x", "v": 1, "e": [[1, "put", "k", "", "", None, "fox:0"]]}, "bad entry terms"),  # noqa: E501
+            ({"f": 1, "l": "a.B.c", "s": "x", "v": 1, "e": [[1, "put", "k", "", "", None, "a\nb"]]}, "bad entry terms"),  # noqa: E501
+            ({"f": 1, "l": "a.B.c", "s": "x", "v": 1, "e": [[1, "del", "k", "", "", None, "fox"]]}, "bad entry terms"),  # noqa: E501
+            ({"f": 1, "l": "a.B.c", "s": "x", "v": 1, "e": [[1, "put", "k", "", "", None, "", 0]]}, "bad entry"),  # noqa: E501
         ],
     )  # fmt: skip
     def test_malformed_bodies_are_refused(self, body, reason):
@@ -339,6 +373,20 @@ class TestHandler:
         index = cache.loaded(loaded.label)
         entries, vectors = write_as_peer(loaded, "9", 3.0)
         invalidation.handle_message(encode(loaded.label, entries[-1].version, entries, vectors))
+        assert cache.loaded(loaded.label) is index and index.version == 6
+        assert_cache_matches_store(loaded)
+
+    def test_a_peer_delta_with_terms_is_applied_in_place(self, loaded, caplog):
+        caplog.set_level(logging.DEBUG, "django_embeddings.invalidation")
+        index = cache.loaded(loaded.label)
+        vector = np.full(64, 3.0, np.float32)
+        entries = Store(loaded.path, label=loaded.label).put_many(
+            [("9", vector, "cd" * 16, "hashing-v1-64")], terms=["fox quick:2"]
+        )
+        data = encode(loaded.label, 6, entries, [vector])
+        assert len(msgpack.unpackb(data[messages.MAC_BYTES :])["e"][0]) == 7
+        invalidation.handle_message(data)
+        assert "Dropping" not in caplog.text
         assert cache.loaded(loaded.label) is index and index.version == 6
         assert_cache_matches_store(loaded)
 

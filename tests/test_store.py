@@ -15,6 +15,7 @@ import pytest
 import django_embeddings.store as store_module
 from django_embeddings import cache
 from django_embeddings.exceptions import StoreError
+from django_embeddings.keywords.terms import Terms, bag_of
 from django_embeddings.store import Entry, Permissions, Store, files, journal, snapshot, vectorlog
 
 
@@ -137,7 +138,8 @@ def test_lines_the_whole_journal_decode_refuses_go_one_by_one(store, caplog):
         f"[3,{put}][4,{put}]\n",  # and a blank line: as many values as lines
         f"[true,{put}]",  # JSON's true is no version
         f"[3.0,{put}]",
-        f"[3,{put},0]",  # a tenth value
+        f"[3,{put},0]",  # a tenth value that is no bag of terms
+        f'[3,{put},"a",0]',  # an eleventh value
         '[3,"get","k","","",-1,0,-1,0]',
     ]
     for line in damaged:
@@ -235,6 +237,17 @@ def test_truncated_npy_is_skipped(tmp_path):
     path = store.path / files.filename_for("k")
     path.write_bytes(path.read_bytes()[:40])
     assert store.load_vector("k") is None
+
+
+@pytest.mark.parametrize("array", ["vectors", "times"])
+def test_an_empty_snapshot_array_is_skipped_with_a_warning(store, caplog, array):
+    store.put_many([(str(n), vec(n), "00" * 16, "id") for n in range(3)])
+    store.compact()
+    (directory,) = store.path.glob("snapshot-*")
+    (directory / f"{array}.npy").write_bytes(b"")
+    state = store.read_state()  # no exception
+    assert "damaged" in caplog.text or "Ignoring" in caplog.text
+    assert len(state.snapshot) == (0 if array == "vectors" else 3)
 
 
 def test_other_dimensions_are_refused(store):
@@ -650,3 +663,171 @@ def test_a_file_made_meanwhile_by_another_process_is_opened(tmp_path, monkeypatc
 
     monkeypatch.setattr(os, "open", missing_once)
     assert read_opened(tmp_path / "_vectors-0") == b"made meanwhile"
+
+
+# --- each row's keyword terms ------------------------------------------------------------
+
+
+def put_with_terms(store: Store, bags: dict[str, str | None], seed: int = 0) -> list[Entry]:
+    keys = list(bags)
+    items = [(key, vec(seed + n), f"{n:032x}", "id") for n, key in enumerate(keys)]
+    return store.put_many(items, terms=[bags[key] for key in keys])
+
+
+def journal_body(store: Store) -> bytes:
+    raw = (store.path / journal.JOURNAL).read_bytes()
+    return raw[raw.index(b"\n") + 1 :]
+
+
+def snapshot_bags(store: Store) -> dict[str, str | None]:
+    snap = store.read_state().snapshot
+    assert snap.terms is not None
+    return {str(key): snap.terms.bag(row) for row, key in enumerate(snap.keys)}
+
+
+def test_lines_without_terms_are_written_as_before():
+    put = Entry(3, "put", "k", "ab" * 16, "id", 32, 8, 7)
+    assert put.to_line(5) == b'[3,"put","k","%s","id",32,8,7,5]\n' % (b"ab" * 16)
+    assert Entry(4, "del", "k").to_line(5) == b'[4,"del","k","","",-1,0,-1,0]\n'
+    with_terms = Entry(3, "put", "k", "ab" * 16, "id", 32, 8, 7, terms="fox:2 quick")
+    assert with_terms.to_line(5) == put.to_line(5)[:-2] + b',"fox:2 quick"]\n'
+
+
+def test_terms_travel_in_the_journal(store, caplog):
+    bags = {"a": bag_of("The quick fox, the quick fox"), "b": None, "c": "", "d": "caf\u00e9"}
+    entries = put_with_terms(store, bags)
+    assert [e.terms for e in entries] == list(bags.values())
+    store.delete("b")
+    lines = journal_body(store).splitlines()
+    assert [len(json.loads(line)) for line in lines] == [10, 9, 10, 10, 9]
+    state = store.read_state()
+    assert state.records.terms == [*bags.values(), None]
+    assert [e.terms for e in state.tail] == [*bags.values(), None]
+    rows = state.rows()
+    assert dict(zip(rows.keys, rows.terms, strict=True)) == {
+        "a": bags["a"],
+        "c": "",
+        "d": "caf\u00e9",
+    }
+    # Read at once, and one line at a time (an old line, then a damaged one, before them).
+    body = journal_body(store)
+    assert journal._typed(body, np.flatnonzero(np.frombuffer(body, np.uint8) == 10)) is not None
+    old = b'{"v": 0, "op": "del", "k": "z"}\n'
+    damaged = b'[0,"put","k","h","id",0,8,7,1,["not", "a", "bag"]]\n'
+    mixed = journal.parse(old + damaged + body)
+    assert mixed.terms == [None, *bags.values(), None]
+    assert caplog.text.count("Skipping a damaged line") == 1
+    assert [journal.parse_entry(line).terms for line in lines] == [*bags.values(), None]
+    # A null tenth value reads as terms not known, both ways.
+    null = b'[9,"put","k","h","id",0,8,7,1,null]\n'
+    assert journal.parse(null).terms == journal.parse(old + null).terms[1:] == [None]
+
+
+def test_terms_survive_compaction(store):
+    fox, dog, cat = bag_of("quick brown fox"), bag_of("lazy dog dog"), bag_of("a cat")
+    put_with_terms(store, {"1": fox, "2": dog, "3": cat, "4": None})
+    store.delete("2")
+    put_with_terms(store, {"3": None}, seed=30)  # re-embedded by a release without keywords
+    store.compact()
+    assert snapshot_bags(store) == {"1": fox, "3": None, "4": None}
+    terms = store.read_state().snapshot.terms
+    assert isinstance(terms.ids, np.memmap)  # mapped, as the vectors are
+    assert sorted(terms.vocab) == sorted(Terms.from_bags([fox]).vocab)  # dog's and cat's went
+    # Folded again with the snapshot's own terms, and new rows in between.
+    put_with_terms(store, {"0": dog, "2": cat}, seed=50)
+    store.delete("4")
+    store.compact()
+    assert snapshot_bags(store) == {"0": dog, "1": fox, "2": cat, "3": None}
+    np.testing.assert_array_equal(store.load_vector("1"), vec(0))
+
+
+def test_a_store_without_terms_writes_no_terms_files(store):
+    store.put_many([(str(n), vec(n), "00" * 16, "id") for n in range(3)])
+    store.compact()
+    (directory,) = store.path.glob("snapshot-*")
+    assert not list(directory.glob("terms_*"))
+    assert store.read_state().snapshot.terms is None
+    # Terms known for no row (an old snapshot, a tail of rows without them): still none.
+    put_with_terms(store, {"3": None})
+    store.compact()
+    (directory,) = store.path.glob("snapshot-*")
+    assert not list(directory.glob("terms_*"))
+
+
+def test_terms_start_with_the_first_row_that_has_them(store):
+    store.put_many([(str(n), vec(n), "00" * 16, "id") for n in range(3)])
+    store.compact()
+    put_with_terms(store, {"1": ""})  # a text without a token: no vocabulary at all
+    store.compact()
+    assert snapshot_bags(store) == {"0": None, "1": "", "2": None}
+    put_with_terms(store, {"2": "fox"})
+    store.compact()
+    assert snapshot_bags(store) == {"0": None, "1": "", "2": "fox"}
+
+
+def _cut(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:60])
+
+
+def _other_dtype(path: Path) -> None:
+    np.save(path, np.load(path).astype(np.int64))
+
+
+def _bad_utf8(path: Path) -> None:
+    path.write_bytes(b"\xff\xfe")
+
+
+def _too_few_tokens(path: Path) -> None:
+    path.write_text("fox")
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("terms_ids.npy", _cut),
+        ("terms_ptr.npy", lambda path: path.write_bytes(b"")),
+        ("terms_counts.npy", lambda path: path.unlink()),
+        ("terms_ids.npy", _other_dtype),
+        ("terms_ids.npy", lambda path: np.save(path, np.array([object()]), allow_pickle=True)),
+        ("terms_known.npy", lambda path: np.save(path, np.ones(1, bool))),
+        ("terms_ptr.npy", lambda path: np.save(path, np.array([0, 9, 1, 2, 3], np.int64))),
+        ("terms_vocab.txt", _bad_utf8),
+        ("terms_vocab.txt", _too_few_tokens),
+        ("terms_vocab.txt", lambda path: path.unlink()),
+    ],
+)
+def test_terms_files_that_do_not_fit_are_ignored(store, caplog, name, damage):
+    put_with_terms(store, {str(n): bag_of(f"word{n} other") for n in range(4)})
+    store.compact()
+    (directory,) = store.path.glob("snapshot-*")
+    damage(directory / name)
+    state = store.read_state()
+    assert state.snapshot.terms is None
+    assert "Ignoring the keyword terms of" in caplog.text
+    index = cache.FieldIndex(store, state)
+    assert index.search(vec(2), 1, identity="id")[0].key == "2"
+    # The next compaction writes the store's rows again, their terms not known.
+    put_with_terms(store, {"9": "word9"})
+    store.compact()
+    assert snapshot_bags(store) == {"0": None, "1": None, "2": None, "3": None, "9": "word9"}
+
+
+def test_puts_refuse_what_is_no_bag_of_terms(store):
+    store.put("a", vec(1), content_hash="00" * 16, identity="id", terms="fox")
+    bad_bags = ["fox\nquick", "fox\rquick", "fox:0", "fox:-2", f"fox:{1 << 32}", " fox", "a:b:2"]
+    for bad in bad_bags:
+        with pytest.raises(StoreError, match="are no bag"):
+            store.put("b", vec(2), content_hash="00" * 16, identity="id", terms=bad)
+    with pytest.raises(StoreError, match="2 bags of terms given for 1 vectors"):
+        store.put_many([("b", vec(2), "00" * 16, "id")], terms=["fox", "fox"])
+    assert store.version() == 1
+
+
+def test_a_damaged_bag_in_the_journal_reads_as_not_known(store, caplog):
+    put_with_terms(store, {"a": "fox", "b": "dog"})
+    body = journal_body(store).replace(b'"dog"]', b'"dog:0"]')
+    header = (store.path / journal.JOURNAL).read_bytes().split(b"\n")[0]
+    (store.path / journal.JOURNAL).write_bytes(header + b"\n" + body)
+    store.compact()
+    assert snapshot_bags(store) == {"a": "fox", "b": None}
+    assert "1 rows have damaged keyword terms" in caplog.text

@@ -10,9 +10,13 @@ A message tells peers about one committed write to one store::
         "e": [[version, op, key, content hash, provider identity, float32 bytes | None], ...],
     }
 
+When a put in the message has its row's terms (:mod:`django_embeddings.keywords.terms`),
+every entry has a seventh value, the encoded bag of terms or ``None``; peers of
+releases before keywords read only six, and re-read the journal instead.
+
 An empty ``"e"`` is a hint: "the store is at version ``v`` or later; read the
 journal". Writers send one when the entries (or their vectors) would not fit in
-:data:`MAX_MESSAGE_BYTES`.
+:data:`MAX_MESSAGE_BYTES`; entries without their vectors carry no terms either.
 
 The signature is keyed by ``SECRET_KEY`` (``SECRET_KEY_FALLBACKS`` verify too), so
 anyone else who can PUBLISH on the channel cannot put vectors into a cache. A
@@ -33,6 +37,7 @@ import numpy as np
 from django.utils.crypto import salted_hmac
 
 from django_embeddings.store import Entry
+from django_embeddings.store.journal import is_bag
 from django_embeddings.typing import Vector
 
 __all__ = [
@@ -95,12 +100,16 @@ def encode(
     raw: list[bytes | None] = [None] * len(entries)
     if vectors is not None:
         raw = [None if vector is None else _vector_bytes(vector) for vector in vectors]
-    rows = [
+    rows: list[list[Any]] = [
         [entry.version, entry.op, entry.key, entry.hash, entry.identity, raw[n]]
         for n, entry in enumerate(entries)
     ]
+    if any(entry.terms is not None for entry in entries):
+        for row, entry in zip(rows, entries, strict=True):
+            row.append(entry.terms)
     for attempt in range(3):
         if attempt == 1:
+            # Peers read the vectors from the journal's log, and the terms with them.
             rows = [[*row[:5], None] for row in rows]
         elif attempt == 2:
             rows = []
@@ -186,9 +195,10 @@ def _is_version(value: object) -> bool:
 
 
 def _entry(row: object, label: str) -> tuple[Entry, bytes | None]:
-    if not isinstance(row, list) or len(row) != 6:
+    if not isinstance(row, list) or len(row) not in (6, 7):
         raise InvalidMessage("bad entry", label)
-    version, op, key, content_hash, identity, vector = row
+    version, op, key, content_hash, identity, vector = row[:6]
+    terms = row[6] if len(row) == 7 else None
     if not _is_version(version) or version == 0 or op not in _OPS:
         raise InvalidMessage("bad entry version or op", label)
     if not isinstance(key, str) or not 0 < len(key) <= _MAX_KEY or "\0" in key:
@@ -203,7 +213,9 @@ def _entry(row: object, label: str) -> tuple[Entry, bytes | None]:
             raise InvalidMessage("bad entry vector size", label)
     if op == "del" and (content_hash or identity):
         raise InvalidMessage("a delete with a hash", label)
-    return Entry(version, op, key, content_hash, identity), vector
+    if terms is not None and (op == "del" or not isinstance(terms, str) or not is_bag(terms)):
+        raise InvalidMessage("bad entry terms", label)
+    return Entry(version, op, key, content_hash, identity, terms=terms), vector
 
 
 def _vector_bytes(vector: Vector) -> bytes:

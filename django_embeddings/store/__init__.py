@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from django_embeddings.exceptions import StoreError
+from django_embeddings.keywords.terms import Terms
 from django_embeddings.store import files, journal, snapshot, vectorlog
 from django_embeddings.store import keys as row_keys
 from django_embeddings.store.journal import (
@@ -78,6 +79,7 @@ class TailRows:
     hashes: list[str] = field(default_factory=list)
     identities: list[str] = field(default_factory=list)
     times: list[int] = field(default_factory=list)  # when each was stored (seconds; 0: unknown)
+    terms: list[str | None] = field(default_factory=list)  # each one's bag (None: not known)
     vectors: Matrix = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # as stored
     # Each vector's length, when asked for (``State.rows(norms=True)``): measured
     # in the pass that checks them, so an index needs no normalized copy.
@@ -148,6 +150,7 @@ class State:
         rows.hashes = _column(records.hashes, kept)
         rows.identities = _column(records.identities, kept)
         rows.times = _column(records.times, kept)
+        rows.terms = _column(records.terms, kept)
         rows.vectors = vectors if kept is live else vectors[sound]
         if lengths is not None:
             rows.norms = lengths if kept is live else lengths[sound]
@@ -301,12 +304,28 @@ class Store:
 
     # -- writes ------------------------------------------------------------------
 
-    def put(self, key: str, vector: Vector, *, content_hash: str, identity: str) -> Entry:
-        return self.put_many([(key, vector, content_hash, identity)])[0]
+    def put(
+        self,
+        key: str,
+        vector: Vector,
+        *,
+        content_hash: str,
+        identity: str,
+        terms: str | None = None,
+    ) -> Entry:
+        return self.put_many([(key, vector, content_hash, identity)], terms=[terms])[0]
 
     @_writes
-    def put_many(self, items: Iterable[tuple[str, Vector, str, str]]) -> list[Entry]:
+    def put_many(
+        self,
+        items: Iterable[tuple[str, Vector, str, str]],
+        *,
+        terms: Sequence[str | None] | None = None,
+    ) -> list[Entry]:
         """Store vectors: one write to the vector log, then one journal append, under the lock.
+
+        ``terms``, aligned with ``items``, are the rows' encoded bags of terms
+        (:mod:`django_embeddings.keywords.terms`; ``None``: not known).
 
         A crash between the two leaves vectors no entry names (compaction drops
         them); a torn write of either is ignored by readers. Never an entry whose
@@ -315,6 +334,7 @@ class Store:
         items = list(items)
         if not items:
             return []
+        bags = self._bags(items, terms)
         matrix = self._matrix(items)
         dimensions = int(matrix.shape[1])
         with self._writing() as (fd, known):
@@ -332,6 +352,7 @@ class Store:
                     offset + n * stride,
                     dimensions,
                     sums[n],
+                    bags[n],
                 )
                 for n, (key, _, digest, identity) in enumerate(items)
             ]
@@ -379,7 +400,7 @@ class Store:
                 snap = snapshot.load(self.path)
             except FileNotFoundError:
                 continue  # the snapshot named by _index.json was just replaced
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+            except (OSError, ValueError, EOFError, KeyError, TypeError) as exc:  # EOF: empty
                 snap = self._damaged_snapshot(exc)
             tail = journal.read(self.path)
             if tail is None:
@@ -666,6 +687,22 @@ class Store:
             (stat.st_ino, stat.st_size, stat.st_mtime_ns),
         )
 
+    def _bags(
+        self, items: list[tuple[str, Vector, str, str]], terms: Sequence[str | None] | None
+    ) -> list[str | None]:
+        """``terms`` as a list aligned with ``items``, each an encoded bag or ``None``."""
+        if terms is None:
+            return [None] * len(items)
+        bags = list(terms)
+        if len(bags) != len(items):
+            raise StoreError(
+                f"{self.label}: {len(bags)} bags of terms given for {len(items)} vectors."
+            )
+        for (key, _, _, _), bag in zip(items, bags, strict=True):
+            if bag is not None and not (isinstance(bag, str) and journal.is_bag(bag)):
+                raise StoreError(f"{self.label}: the terms of row {key!r} are no bag: {bag!r}.")
+        return bags
+
     def _matrix(self, items: list[tuple[str, Vector, str, str]]) -> Matrix:
         """The batch's vectors as one little-endian float32 matrix; checks keys and shapes."""
         for key, _, _, _ in items:
@@ -760,6 +797,7 @@ class Store:
             times=np.concatenate(
                 [self._kept_times(snap, kept), np.array(rows.times, dtype=np.uint32)]
             )[order],
+            terms=self._merged_terms(snap, kept, rows, order),
         )
         logger.debug("%s: compacting %d rows at version %d", self.label, len(order), state.version)
         return self._install(merged)
@@ -787,6 +825,36 @@ class Store:
                 lost,
             )
         return raw
+
+    def _merged_terms(
+        self,
+        snap: Snapshot,
+        kept: npt.NDArray[np.intp],
+        rows: TailRows,
+        order: npt.NDArray[np.intp],
+    ) -> Terms | None:
+        """The terms of a compaction's rows: the kept snapshot rows', then the tail's, in
+        ``order``; ``None`` when no row's are known (a field without keywords)."""
+        old = snap.terms.take(kept) if snap.terms is not None else None
+        tail_known = any(bag is not None for bag in rows.terms)
+        if not tail_known and (old is None or not old.known.any()):
+            return None
+        if old is None:
+            old = Terms.empty(len(kept))
+        tail = self._terms_of(rows.terms)
+        return _pruned(old.concat(tail).take(order))
+
+    def _terms_of(self, bags: list[str | None]) -> Terms:
+        """``Terms`` of journal bags; one that is not a bag (a damaged line) reads as not known."""
+        sound = [bag if bag is None or journal.is_bag(bag) else None for bag in bags]
+        damaged = sum(1 for bag, kept in zip(bags, sound, strict=True) if kept is not bag)
+        if damaged:
+            logger.warning(
+                "%s: %d rows have damaged keyword terms; they read as not known",
+                self.label,
+                damaged,
+            )
+        return Terms.from_bags(sound)
 
     def _kept_times(self, snap: Snapshot, kept: npt.NDArray[np.intp]) -> npt.NDArray[np.uint32]:
         if snap.times is not None:
@@ -1068,6 +1136,19 @@ def _unneeded(names: Iterable[str], state: State) -> list[str]:
             if base is not None and base != state.base:
                 unneeded.append(name)
     return unneeded
+
+
+def _pruned(terms: Terms) -> Terms:
+    """``terms`` over only the tokens its rows use: the vocabulary of rows deleted or
+    replaced goes with the compaction that drops them."""
+    used = np.zeros(len(terms.vocab), dtype=bool)
+    used[terms.ids] = True
+    if used.all():
+        return terms
+    numbers = np.cumsum(used, dtype=np.int64) - 1
+    vocab = [token for token, keep in zip(terms.vocab, used.tolist(), strict=True) if keep]
+    ids = numbers[terms.ids].astype(np.int32)
+    return Terms(vocab, terms.ptr, ids, terms.counts, terms.known)
 
 
 def _digest(content_hash: str) -> list[int]:

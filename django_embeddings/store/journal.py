@@ -13,9 +13,11 @@ never take a lock. A reader that goes on from a :class:`Position` checks the fil
 is still the same journal by its inode and header (the id: a new journal may get
 the inode of the one it replaced).
 
-Entries are JSON arrays of nine values, by position::
+Entries are JSON arrays of nine values, by position, and a put whose row's terms
+are known (:mod:`django_embeddings.keywords.terms`) has a tenth, its bag of terms::
 
     [version, "put", key, content hash, provider identity, offset, dimensions, checksum, time]
+    [version, "put", key, ..., time, "handshake tls:2 timeout"]
     [version, "del", key, "", "", -1, 0, -1, 0]
 
 ``offset`` and ``dimensions`` locate a put's vector in the vector log of the
@@ -36,6 +38,7 @@ import functools
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +68,7 @@ class Entry:
     ``offset``, ``dimensions`` and ``checksum`` locate a put's vector in the vector
     log of the journal it was read from (``offset`` ``None``: a per-row file, or not
     known, e.g. an entry received from a peer). They are not part of its identity.
+    ``terms`` is the encoded bag of the row's text (``None``: not known).
     """
 
     version: int
@@ -75,6 +79,7 @@ class Entry:
     offset: int | None = field(default=None, compare=False)
     dimensions: int = field(default=0, compare=False)
     checksum: int | None = field(default=None, compare=False)
+    terms: str | None = field(default=None, compare=False)
 
     def to_line(self, stamp: int = 0) -> bytes:
         """The journal line; ``stamp`` (seconds since the epoch) dates a put for GC's age guard."""
@@ -84,9 +89,26 @@ class Entry:
             checksum = NO_CHECKSUM if self.checksum is None else self.checksum
             record = [self.version, "put", self.key, self.hash, self.identity]
             record += [offset, self.dimensions if offset != NO_OFFSET else 0, checksum, stamp]
+            if self.terms is not None:
+                # Only then: a store without keywords writes the lines it always wrote.
+                record.append(self.terms)
         else:
             record = [self.version, self.op, self.key, "", "", NO_OFFSET, 0, NO_CHECKSUM, 0]
         return json.dumps(record, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+def is_bag(bag: str) -> bool:
+    """Is ``bag`` a bag of terms as :func:`~django_embeddings.keywords.terms.encode` writes
+    them? Checked where bags come in (a put, a peer's message, an imported file), so a
+    compaction never meets one it cannot keep: a snapshot's vocabulary is one token a
+    line, its counts 32-bit."""
+    return _BAG.fullmatch(bag) is not None
+
+
+# Tokens hold no space, no colon and no line break; a count past 1 has at most nine
+# digits (a text is cut long before a token could occur a billion times).
+_ITEM = r"[^\s:]++(?::[1-9][0-9]{0,8})?+"
+_BAG = re.compile(rf"(?:{_ITEM}(?: {_ITEM})*+)?+")
 
 
 @dataclass(frozen=True)
@@ -107,7 +129,8 @@ class Records:
 
     ``offsets`` holds :data:`NO_OFFSET` for deletes and for puts whose vector is a
     per-row file; ``checksums`` :data:`NO_CHECKSUM` where there is none; ``times``
-    the put's date in seconds (0: unknown).
+    the put's date in seconds (0: unknown); ``terms`` the put's bag of terms
+    (``None``: not known, and for deletes).
     """
 
     versions: list[int] = field(default_factory=list)
@@ -119,6 +142,7 @@ class Records:
     dimensions: list[int] = field(default_factory=list)
     checksums: list[int] = field(default_factory=list)
     times: list[int] = field(default_factory=list)
+    terms: list[str | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.versions)
@@ -134,6 +158,7 @@ class Records:
             None if offset == NO_OFFSET else offset,
             self.dimensions[row],
             None if checksum == NO_CHECKSUM else checksum,
+            self.terms[row],
         )
 
     def entries(self) -> list[Entry]:
@@ -161,6 +186,7 @@ class Records:
             self.dimensions,
             self.checksums,
             self.times,
+            self.terms,
         )
 
 
@@ -187,7 +213,7 @@ def parse_entry(line: bytes) -> Entry | None:
     fields = _fields(record)
     if fields is None:
         return None
-    version, op, key, content_hash, identity, offset, dimensions, checksum, _ = fields
+    version, op, key, content_hash, identity, offset, dimensions, checksum, _, terms = fields
     return Entry(
         version,
         op,
@@ -197,20 +223,29 @@ def parse_entry(line: bytes) -> Entry | None:
         None if offset == NO_OFFSET else offset,
         dimensions,
         None if checksum == NO_CHECKSUM else checksum,
+        terms,
     )
 
 
-def _fields(record: object) -> tuple[int, str, str, str, str, int, int, int, int] | None:
+_Fields = tuple[int, str, str, str, str, int, int, int, int, str | None]
+
+
+def _fields(record: object) -> _Fields | None:
     """The columns of one decoded line, or ``None`` if it is not an entry."""
-    if isinstance(record, list) and len(record) == _WIDTH:
-        record = dict(zip(_NAMES, record, strict=True))
+    terms = None
+    if isinstance(record, list) and len(record) in (_WIDTH, _WIDTH + 1):
+        if len(record) > _WIDTH:
+            terms = record[_WIDTH]
+            if terms is not None and not isinstance(terms, str):
+                return None  # as the whole-journal decode refuses it
+        record = dict(zip(_NAMES, record[:_WIDTH], strict=True))
     if not isinstance(record, dict):
         return None
     version, op, key = record.get("v"), record.get("op"), record.get("k")
     if type(version) is not int or op not in ("put", "del") or not isinstance(key, str):
         return None
     if op == "del":
-        return version, op, key, "", "", NO_OFFSET, 0, NO_CHECKSUM, 0
+        return version, op, key, "", "", NO_OFFSET, 0, NO_CHECKSUM, 0, None
     offset, dimensions, stamp = record.get("o"), record.get("d"), record.get("t")
     checksum = record.get("c", NO_CHECKSUM)
     if not (type(offset) is int and offset >= 0 and type(dimensions) is int and dimensions > 0):
@@ -227,6 +262,7 @@ def _fields(record: object) -> tuple[int, str, str, str, str, int, int, int, int
         dimensions,
         checksum,
         stamp if type(stamp) is int and stamp > 0 else 0,
+        terms,
     )
 
 
@@ -237,8 +273,9 @@ _WIDTH = len(_NAMES)
 class _Line(msgspec.Struct, array_like=True, forbid_unknown_fields=True, gc=False):
     """A line as :meth:`Entry.to_line` writes it, with the bounds the columns must keep.
 
-    Decoded in C: no bools or floats for ints, no other op, no tenth value. ``gc=False``
-    (it holds no containers) leaves 100k of them out of the cycle collector's scans.
+    Decoded in C: no bools or floats for ints, no other op, a tenth value only if it
+    is a string (or null), no eleventh. ``gc=False`` (it holds no containers) leaves
+    100k of them out of the cycle collector's scans.
     """
 
     version: Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
@@ -250,6 +287,7 @@ class _Line(msgspec.Struct, array_like=True, forbid_unknown_fields=True, gc=Fals
     dimensions: Annotated[int, msgspec.Meta(ge=0)]
     checksum: Annotated[int, msgspec.Meta(ge=NO_CHECKSUM, lt=1 << 32)]
     time: Annotated[int, msgspec.Meta(ge=0)]
+    terms: str | None = None
 
 
 _DECODER = msgspec.json.Decoder(_Line)
@@ -322,6 +360,7 @@ def _typed(data: bytes, ends: npt.NDArray[np.intp]) -> Records | None:
         [line.dimensions for line in lines],
         [line.checksum for line in lines],
         [line.time for line in lines],
+        [line.terms for line in lines],
     )
 
 

@@ -10,6 +10,12 @@ Beside the normalized matrix that searches use, a snapshot keeps each row's vect
 as it was stored (``raw``) and when (``times``, for garbage collection's age
 guard). Snapshots written by 0.1.0 have neither: their rows' vectors are still in
 per-row files, which the next compaction reads once.
+
+A snapshot of a field whose rows' terms are known also keeps their bags of terms
+(:class:`~django_embeddings.keywords.terms.Terms`): ``terms_ptr``, ``terms_ids``,
+``terms_counts`` and ``terms_known`` arrays, and the vocabulary in
+``terms_vocab.txt``, one token a line. A snapshot without them (written before
+keywords, or whose terms files do not fit) has ``terms`` ``None``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from django_embeddings.keywords.terms import Terms
 from django_embeddings.store import keys
 from django_embeddings.store.files import write_atomic
 from django_embeddings.store.permissions import DEFAULT, TEMP_PREFIX, Permissions
@@ -37,6 +44,15 @@ INDEX = "_index.json"
 FORMAT = 1
 _ARRAYS = ("vectors", "keys", "hashes", "identities")
 _OPTIONAL = ("raw", "times")
+# The arrays of a Terms, with the dtype each must have, beside its vocabulary file
+# (export files keep them alike).
+TERMS_ARRAYS = {
+    "ptr": np.dtype(np.int64),
+    "ids": np.dtype(np.int32),
+    "counts": np.dtype(np.uint32),
+    "known": np.dtype(np.bool_),
+}
+_TERMS_VOCAB = "terms_vocab.txt"
 
 
 @dataclass
@@ -55,6 +71,7 @@ class Snapshot:
     name: str | None = None
     raw: Matrix | None = None  # the vectors as stored, not normalized
     times: npt.NDArray[np.uint32] | None = None  # when each row was stored (seconds)
+    terms: Terms | None = None  # each row's bag of terms (None: none known)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -136,7 +153,32 @@ def load(directory: Path) -> Snapshot:
     _check(snap)
     snap.raw = _optional(path, "raw", snap.vectors.shape, "f")
     snap.times = _optional(path, "times", (len(snap),), "u")
+    snap.terms = _load_terms(path, len(snap))
     return snap
+
+
+def _load_terms(path: Path, rows: int) -> Terms | None:
+    """The rows' terms, or ``None`` when there are none or they do not fit (searches by
+    vector need none: a warning, never an error)."""
+    names = [f"terms_{array}.npy" for array in TERMS_ARRAYS] + [_TERMS_VOCAB]
+    if not any((path / name).exists() for name in names):
+        return None
+    try:
+        arrays = {
+            array: np.load(path / f"terms_{array}.npy", mmap_mode="r", allow_pickle=False)
+            for array in TERMS_ARRAYS
+        }
+        for array, dtype in TERMS_ARRAYS.items():
+            if arrays[array].ndim != 1 or arrays[array].dtype != dtype:
+                raise ValueError(f"terms_{array}.npy is not a 1-D array of {dtype}")
+        text = (path / _TERMS_VOCAB).read_bytes().decode("utf-8")  # no newline translation
+        terms = Terms(text.split("\n") if text else [], **arrays)
+        terms.check(rows)
+    # An empty file is an EOFError; bad UTF-8 a UnicodeDecodeError, which is a ValueError.
+    except (OSError, ValueError, EOFError) as exc:
+        logger.warning("Ignoring the keyword terms of %s: %s", path, exc)
+        return None
+    return terms
 
 
 def _optional(path: Path, array: str, shape: tuple[int, ...], kind: str) -> Any:
@@ -145,7 +187,7 @@ def _optional(path: Path, array: str, shape: tuple[int, ...], kind: str) -> Any:
         loaded = np.load(path / f"{array}.npy", mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:  # np.load of an empty file: EOFError
         logger.warning("Ignoring %s/%s.npy: %s", path, array, exc)
         return None
     if loaded.shape != shape or loaded.dtype.kind != kind:
@@ -181,13 +223,13 @@ def write(directory: Path, snapshot: Snapshot, permissions: Permissions = DEFAUL
     staging = Path(tempfile.mkdtemp(dir=directory, prefix=TEMP_PREFIX))
     try:
         for array in _ARRAYS + _OPTIONAL:
-            if getattr(snapshot, array) is None:
-                continue
-            with open(staging / f"{array}.npy", "xb", opener=_private) as handle:
-                permissions.chmod_file(handle.fileno())
-                np.save(handle, getattr(snapshot, array), allow_pickle=False)
-                handle.flush()
-                os.fsync(handle.fileno())
+            if getattr(snapshot, array) is not None:
+                _save(staging / f"{array}.npy", getattr(snapshot, array), permissions)
+        if snapshot.terms is not None:
+            for array in TERMS_ARRAYS:
+                _save(staging / f"terms_{array}.npy", getattr(snapshot.terms, array), permissions)
+            vocab = "\n".join(snapshot.terms.vocab).encode("utf-8")
+            _save(staging / _TERMS_VOCAB, vocab, permissions)
         meta = {"version": snapshot.version, "identities": snapshot.identity_names}
         with open(staging / "meta.json", "x", opener=_private) as meta_file:
             permissions.chmod_file(meta_file.fileno())
@@ -201,6 +243,18 @@ def write(directory: Path, snapshot: Snapshot, permissions: Permissions = DEFAUL
         shutil.rmtree(staging, ignore_errors=True)
         raise
     write_index(directory, snapshot.version, name, permissions)
+
+
+def _save(path: Path, data: npt.ArrayLike | bytes, permissions: Permissions) -> None:
+    """Write a new staging file (an array, or bytes as they are) and sync it to disk."""
+    with open(path, "xb", opener=_private) as handle:
+        permissions.chmod_file(handle.fileno())
+        if isinstance(data, bytes):
+            handle.write(data)
+        else:
+            np.save(handle, data, allow_pickle=False)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_index(
