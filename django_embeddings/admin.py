@@ -284,6 +284,7 @@ class SemanticSearchAdminMixin(_Base):
         context = {
             "semantic_search": {
                 "enabled": enabled,
+                "hybrid": self._embedding_field().keywords,
                 "toggle_url": "?" + params.urlencode(),
                 "similar_to": request.GET.get(SIMILAR_VAR) or None,
                 "clear_similar_url": "?" + similar.urlencode(),

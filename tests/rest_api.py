@@ -10,14 +10,17 @@ from rest_framework import filters, generics, serializers
 from rest_framework.pagination import LimitOffsetPagination, PageNumberPagination
 from rest_framework.request import Request
 
-from django_embeddings.rest_framework import SemanticSearchFilter, SimilarityField
+from django_embeddings.rest_framework import ScoreField, SemanticSearchFilter, SimilarityField
 from tests.testapp.models import Article, Doc, Product
 
 
 class WithSimilarity(serializers.ModelSerializer):
-    """A model's rows with the score of a semantic search (``None`` outside one)."""
+    """A model's rows with the scores of a search (``None`` outside one or, for those of
+    a hybrid search, a semantic one)."""
 
+    score = ScoreField()
     similarity = SimilarityField()
+    keyword_score = ScoreField("keyword_score")
 
 
 class SearchList(generics.ListAPIView):
@@ -29,7 +32,7 @@ class SearchList(generics.ListAPIView):
 class ArticleSerializer(WithSimilarity):
     class Meta:
         model = Article
-        fields = ["id", "title", "similarity"]
+        fields = ["id", "title", "score", "similarity", "keyword_score"]
 
 
 class ArticleList(SearchList):
@@ -79,7 +82,7 @@ class KeywordThenMeaning(ArticleList):
 
 class OrderedAfter(ArticleList):
     filter_backends = [SemanticSearchFilter, filters.OrderingFilter]
-    ordering_fields = ["title", "similarity"]
+    ordering_fields = ["title", "score", "similarity"]
 
 
 class OrderedBefore(ArticleList):
@@ -145,6 +148,18 @@ class CustomParams(ArticleList):
     filter_backends = [RenamedParams]
 
 
+class SemanticOnly(ArticleList):
+    search_ranking = "semantic"
+
+
+class KeywordOnly(ArticleList):
+    search_ranking = "keyword"
+
+
+class BadRanking(ArticleList):
+    search_ranking = "fuzzy"
+
+
 class BadMaxK(ArticleList):
     search_max_k = 5000
 
@@ -169,6 +184,9 @@ urlpatterns = [
     path("products/misnamed/", ProductsMisnamed.as_view()),
     path("without-manager/", WithoutManager.as_view()),
     path("custom-params/", CustomParams.as_view()),
+    path("semantic-only/", SemanticOnly.as_view()),
+    path("keyword-only/", KeywordOnly.as_view()),
+    path("bad-ranking/", BadRanking.as_view()),
     path("bad-max-k/", BadMaxK.as_view()),
     path("bad-default-k/", BadDefaultK.as_view()),
 ]

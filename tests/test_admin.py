@@ -41,17 +41,29 @@ def titles(response) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 class TestChangelist:
-    def test_search_ranks_by_meaning(self, client, articles):
+    def test_search_ranks_by_meaning_and_words(self, client, articles):
         response = client.get(CHANGELIST, {"q": "csv files"})
         assert response.status_code == 200
-        expected = [a.title for a in Article.objects.semantic_search("csv files", k=100)]
-        assert titles(response) == expected
+        expected = list(Article.objects.hybrid_search("csv files", k=100))
+        assert titles(response) == [a.title for a in expected]
         assert titles(response)[:2] == ["csv", "pandas"]
         content = response.content.decode()
-        assert "Searching by meaning: the most similar items first." in content
+        assert "Searching by meaning and words: the best matches first." in content
         assert 'href="?q=csv+files&amp;semantic=0"' in content
-        assert 'class="column-semantic_similarity"' in content
+        for column in ("score", "similarity", "keyword_score"):
+            assert f'class="column-semantic_{column}"' in content
+        assert f">{expected[0].keyword_score:.2f}<" in content
         assert "sorted ascending" not in content  # ranked: no column header claims the order
+
+    def test_without_keywords_search_ranks_by_meaning(self, client, articles, monkeypatch):
+        monkeypatch.setattr(Article._meta.get_field("embedding"), "keywords", False)
+        response = client.get(CHANGELIST, {"q": "csv files"})
+        expected = [a.title for a in Article.objects.semantic_search("csv files", k=100)]
+        assert titles(response) == expected
+        content = response.content.decode()
+        assert "Searching by meaning: the most similar items first." in content
+        assert 'class="column-semantic_similarity"' in content
+        assert "column-semantic_keyword_score" not in content
 
     def test_toggle_back_to_word_search(self, client, articles):
         response = client.get(CHANGELIST, {"q": "csv", "semantic": "0"})

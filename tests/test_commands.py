@@ -416,6 +416,7 @@ class TestStatus:
             "  missing     1\n"
             "  empty       1\n"
             "  stale       1\n"
+            "  keywords    0 rows without terms\n"
             "  orphans     1\n"
             "  temp files  1\n"
             f"  version     {version}\n"
@@ -460,6 +461,7 @@ class TestStatus:
             "missing": 0,
             "empty": 0,
             "stale": 0,
+            "keywords_missing": 0,
             "orphans": 0,
             "temp_files": 0,
             "version": 1,
@@ -588,7 +590,8 @@ class TestExportImport:
             str(a.pk): bags.get(str(a.pk)) for a in articles
         }
 
-    def test_a_file_without_terms_imports_with_none(self, tmp_path, settings):
+    def test_a_file_without_terms_imports_with_none(self, tmp_path, settings, monkeypatch):
+        monkeypatch.setattr(field_of(Article), "keywords", False)  # rows stored without terms
         articles = [Article.objects.create(title=f"t{n}", body=f"text {n}") for n in range(2)]
         run("embeddings_export", "testapp.Article", output=str(tmp_path), verbosity=0)
         path = tmp_path / "testapp.Article.embedding.npz"

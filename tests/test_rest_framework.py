@@ -52,18 +52,36 @@ def ids(rows: list[dict[str, Any]]) -> list[int]:
 
 
 def orm_top(k: int, **filters: Any) -> list[int]:
-    return [a.pk for a in Article.objects.filter(**filters).semantic_search(QUERY, k=k)]
+    """What the filter returns by default: a hybrid search (the field keeps keywords)."""
+    return [a.pk for a in Article.objects.filter(**filters).hybrid_search(QUERY, k=k)]
 
 
 class TestSearch:
-    def test_ranks_by_meaning(self, api, corpus):
+    def test_ranks_by_meaning_and_words(self, api, corpus):
         rows = get(api, "/articles/", search=QUERY, k=5)
         assert ids(rows) == orm_top(5)
         assert rows[0]["title"] == "exact"
         assert rows[0]["similarity"] == pytest.approx(1.0, abs=1e-5)
-        scores = [row["similarity"] for row in rows]
+        expected = Article.objects.hybrid_search(QUERY, k=5)
+        for row, hit in zip(rows, expected, strict=True):
+            assert (row["score"], row["similarity"], row["keyword_score"]) == pytest.approx(
+                (hit.score, hit.similarity, hit.keyword_score), abs=1e-5
+            )
+        scores = [row["score"] for row in rows]
         assert scores == sorted(scores, reverse=True)
         assert all(isinstance(score, float) for score in scores)
+
+    def test_the_view_chooses_the_ranking(self, api, corpus):
+        rows = get(api, "/semantic-only/", search=QUERY, k=5)
+        assert ids(rows) == [a.pk for a in Article.objects.semantic_search(QUERY, k=5)]
+        assert rows[0]["score"] is None and rows[0]["keyword_score"] is None
+        rows = get(api, "/keyword-only/", search="cherry", k=50)
+        assert ids(rows) == [a.pk for a in Article.objects.keyword_search("cherry", k=50)]
+        assert all("cherry" in Article.objects.get(pk=pk).body for pk in ids(rows))
+
+    def test_a_bad_ranking_is_improperly_configured(self, api, corpus):
+        with pytest.raises(ImproperlyConfigured, match="search_ranking .*'fuzzy'"):
+            api.get("/bad-ranking/")
 
     def test_default_k(self, api, corpus):
         assert len(get(api, "/articles/", search=QUERY)) == 10
@@ -186,8 +204,8 @@ class TestOtherBackends:
         rows = get(api, "/ordered-after/", search=QUERY, k=5, ordering="title")
         assert sorted(ids(rows)) == sorted(hits)
         assert [row["title"] for row in rows] == sorted(row["title"] for row in rows)
-        assert ids(get(api, "/ordered-after/", search=QUERY, k=5, ordering="-similarity")) == hits
-        # Without a search there is no similarity column to order by (as the README says).
+        assert ids(get(api, "/ordered-after/", search=QUERY, k=5, ordering="-score")) == hits
+        # Without a search there is no score column to order by (as the README says).
         with pytest.raises(FieldError, match="similarity"):
             api.get("/ordered-after/", {"ordering": "similarity"})
 
@@ -218,7 +236,7 @@ class TestSeveralFields:
             ("/products/text/", "full_embedding"),
         ]:
             rows = get(api, url, search="lamp", k=2)
-            expected = Product.objects.semantic_search("lamp", k=2, field=field)
+            expected = Product.objects.hybrid_search("lamp", k=2, field=field)
             assert ids(rows) == [p.pk for p in expected]
             assert [row["similarity"] for row in rows] == pytest.approx(
                 [p.similarity for p in expected], abs=1e-6

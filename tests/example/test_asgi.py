@@ -209,11 +209,11 @@ def close_this_threads_connections(**kwargs: Any) -> None:
 
 
 def search_a_few_times(server: Served) -> None:
-    status, first = server.get("/api/async/search", q="read a CSV file", k=5)
+    status, first = server.get("/api/async/search", q="write rows to a CSV file", k=5)
     assert status == 200
     assert first["count"] == 5
     assert "csv" in first["results"][0]["title"].lower()
-    scores = [hit["similarity"] for hit in first["results"]]
+    scores = [hit["score"] for hit in first["results"]]
     assert scores == sorted(scores, reverse=True)
 
     status, filtered = server.get("/api/async/search", q="parse a date", kind="function", k=3)

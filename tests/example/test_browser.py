@@ -61,18 +61,18 @@ def test_search_filter_and_more_like_this(page: Any, live_server: Any) -> None:
     page.goto(f"{live_server.url}/")
     query = page.get_by_label("Search the documentation")
     expect(query).to_be_focused()  # type right away, submit with Enter
-    page.keyboard.type("read a CSV file")
+    page.keyboard.type("write rows to a CSV file")
     page.keyboard.press("Enter")
 
-    page.wait_for_url(re.compile(r"\?q=read\+a\+CSV\+file"))
+    page.wait_for_url(re.compile(r"\?q=write\+rows\+to\+a\+CSV\+file"))
     heading = page.locator("#results-heading")
-    expect(heading).to_contain_text("10 results for “read a CSV file”")
+    expect(heading).to_contain_text("10 results for “write rows to a CSV file”")
     expect(heading).to_contain_text(re.compile(r"in \d+\.\d ms"))
     hits = page.locator("ol.hits > li")
     expect(hits).to_have_count(10)
     expect(hits.first.locator("h3")).to_contain_text("csv.")
     scores = [
-        float(v) for v in page.locator("ol.hits data").evaluate_all("e => e.map(d => d.value)")
+        float(v) for v in page.locator("ol.hits .score-fused data").evaluate_all("e => e.map(d => d.value)")
     ]
     assert scores == sorted(scores, reverse=True)
     ARTIFACTS.mkdir(exist_ok=True)
@@ -81,7 +81,7 @@ def test_search_filter_and_more_like_this(page: Any, live_server: Any) -> None:
     page.get_by_label("Kind").select_option("function")
     page.get_by_label("Number of results").fill("5")
     page.get_by_role("button", name="Search").click()
-    expect(heading).to_contain_text("5 results for “read a CSV file”")
+    expect(heading).to_contain_text("5 results for “write rows to a CSV file”")
     expect(hits).to_have_count(5)
     assert set(page.locator("ol.hits .kind").all_inner_texts()) == {"Function"}
 

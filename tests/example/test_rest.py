@@ -23,14 +23,14 @@ def get(api: APIClient, **params: Any) -> Any:
     return response.json()
 
 
-def test_search_ranks_by_meaning(api: APIClient, corpus: Any) -> None:
-    page = get(api, search="read a CSV file")
+def test_search_ranks_by_meaning_and_words(api: APIClient, corpus: Any) -> None:
+    page = get(api, search="write rows to a CSV file")
     assert page["count"] == 10
     results = page["results"]
     assert results[0]["module"] == "csv"
-    expected = corpus.objects.semantic_search("read a CSV file", k=10)
+    expected = corpus.objects.hybrid_search("write rows to a CSV file", k=10)
     assert [row["id"] for row in results] == [doc.pk for doc in expected]
-    scores = [row["similarity"] for row in results]
+    scores = [row["score"] for row in results]
     assert scores == sorted(scores, reverse=True)
     first = corpus.objects.get(pk=results[0]["id"])
     assert results[0]["url"] == f"http://testserver/doc/{first.pk}/"
@@ -38,8 +38,8 @@ def test_search_ranks_by_meaning(api: APIClient, corpus: Any) -> None:
 
 
 def test_filters_select_the_rows_searched(api: APIClient, corpus: Any) -> None:
-    results = get(api, search="read a CSV file", kind="function", k=5)["results"]
-    expected = corpus.objects.filter(kind="function").semantic_search("read a CSV file", k=5)
+    results = get(api, search="write rows to a CSV file", kind="function", k=5)["results"]
+    expected = corpus.objects.filter(kind="function").hybrid_search("write rows to a CSV file", k=5)
     assert [row["id"] for row in results] == [doc.pk for doc in expected]
     modules = {row["module"] for row in get(api, search="parse", module="json", k=20)["results"]}
     assert modules and all(m == "json" or m.startswith("json.") for m in modules)
@@ -50,6 +50,7 @@ def test_without_a_search_lists_every_document(api: APIClient, corpus: Any) -> N
     assert page["count"] == corpus.objects.count()
     assert len(page["results"]) == 50
     assert {row["similarity"] for row in page["results"]} == {None}
+    assert {row["score"] for row in page["results"]} == {None}
 
 
 def test_bad_parameters_are_400s(api: APIClient, corpus: Any) -> None:

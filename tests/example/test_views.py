@@ -33,16 +33,16 @@ class TestSearchPage:
             assert f'id="{control}"' in html
         assert "<script" not in html
 
-    def test_search_ranks_by_meaning(self, client: Client, corpus: Any) -> None:
-        response = client.get("/", {"q": "read a CSV file"})
+    def test_search_ranks_by_meaning_and_words(self, client: Client, corpus: Any) -> None:
+        response = client.get("/", {"q": "write rows to a CSV file"})
         assert response.status_code == 200
         search = response.context["search"]
         assert len(search.results) == 10
         assert search.results[0].module == "csv"
-        scores = [doc.similarity for doc in search.results]
+        scores = [doc.score for doc in search.results]
         assert scores == sorted(scores, reverse=True)
         html = response.content.decode()
-        assert "10 results for “read a CSV file”" in html
+        assert "10 results for “write rows to a CSV file”" in html
         assert isinstance(search.took_ms, float)
         assert re.search(r"in \d+\.\d ms", html)  # the time taken is reported
         first = search.results[0]
@@ -56,12 +56,12 @@ class TestSearchPage:
         assert len(titles(response)) == 3
 
     def test_kind_filter_narrows_exactly(self, client: Client, corpus: Any) -> None:
-        response = client.get("/", {"q": "read a CSV file", "kind": "function", "k": "5"})
+        response = client.get("/", {"q": "write rows to a CSV file", "kind": "function", "k": "5"})
         results = response.context["search"].results
         assert len(results) == 5
         assert {doc.kind for doc in results} == {"function"}
         expected = list(
-            corpus.objects.filter(kind="function").semantic_search("read a CSV file", 5)
+            corpus.objects.filter(kind="function").hybrid_search("write rows to a CSV file", 5)
         )
         assert [doc.pk for doc in results] == [doc.pk for doc in expected]
 
@@ -171,19 +171,29 @@ class TestDocumentPage:
 
 class TestAPI:
     def test_search(self, client: Client, corpus: Any) -> None:
-        response = client.get("/api/search", {"q": "read a CSV file", "k": "3"})
+        response = client.get("/api/search", {"q": "write rows to a CSV file", "k": "3"})
         assert response.status_code == 200
         assert response["Content-Type"] == "application/json"
         data = response.json()
-        assert data["query"] == "read a CSV file"
+        assert data["query"] == "write rows to a CSV file"
         assert data["k"] == 3
         assert data["count"] == 3
         assert isinstance(data["took_ms"], float)  # reported, in milliseconds
         first = data["results"][0]
-        assert set(first) == {"id", "title", "kind", "module", "snippet", "similarity", "url"}
+        assert set(first) == {
+            "id",
+            "title",
+            "kind",
+            "module",
+            "snippet",
+            "score",
+            "similarity",
+            "keyword_score",
+            "url",
+        }
         assert first["module"] == "csv"
         assert first["url"] == f"http://testserver/doc/{first['id']}/"
-        scores = [r["similarity"] for r in data["results"]]
+        scores = [r["score"] for r in data["results"]]
         assert scores == sorted(scores, reverse=True)
 
     def test_default_k(self, client: Client, corpus: Any) -> None:

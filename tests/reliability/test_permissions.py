@@ -31,6 +31,9 @@ KINDS = {
         name in {"vectors.npy", "keys.npy", "hashes.npy", "identities.npy", "raw.npy", "times.npy"}
     ),
     "snapshot meta": lambda name: name == "meta.json",
+    "snapshot keyword arrays": lambda name: (
+        name.startswith("terms_") and name.endswith((".npy", ".txt"))
+    ),
 }
 
 
