@@ -72,7 +72,8 @@ def test_search_filter_and_more_like_this(page: Any, live_server: Any) -> None:
     expect(hits).to_have_count(10)
     expect(hits.first.locator("h3")).to_contain_text("csv.")
     scores = [
-        float(v) for v in page.locator("ol.hits .score-fused data").evaluate_all("e => e.map(d => d.value)")
+        float(v)
+        for v in page.locator("ol.hits .score-fused data").evaluate_all("e => e.map(d => d.value)")
     ]
     assert scores == sorted(scores, reverse=True)
     ARTIFACTS.mkdir(exist_ok=True)
