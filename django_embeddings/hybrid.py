@@ -94,10 +94,12 @@ def keyword_scores(
 ) -> tuple[Positions, npt.NDArray[np.float32]]:
     """The allowed rows holding a query token, by position, with their BM25 scores."""
     keywords = index.keyword_index()
+    # Under the index's lock: a write applied meanwhile may rebuild the postings.
     if allowed.size * 4 < len(allowed.base_ok) + len(allowed.tail_ok):
-        found, scores = keywords.scores(tokens, allowed.positions())
-        return found, scores
-    found, scores = keywords.scores(tokens)
+        with index.lock:
+            return keywords.scores(tokens, allowed.positions())
+    with index.lock:
+        found, scores = keywords.scores(tokens)
     keep = allowed.mask(found)
     return found[keep], scores[keep]
 

@@ -931,6 +931,27 @@ def test_writes_in_one_process_reach_another(deployment, mode):
 
 
 @pytest.mark.slow
+def test_another_process_keeps_its_keyword_index_in_step(deployment):
+    """Terms travel with the vectors: a peer's keyword index follows creates, updates and
+    deletes in place, through the listener, without a reload."""
+    a, b = deployment.peer(), deployment.peer()
+    assert a("wait_healthy") and b("wait_healthy")
+    first = a("create", body="alpha beta gamma")
+    assert b("keyword", text="alpha") == [first]  # B loads its index and keyword index
+    index = b("index")
+    second = a("create", body="quokka beta")
+    a("update", pk=first, body="wombat delta")
+    assert wait_until(lambda: b("index")["version"] == index["version"] + 2)
+    assert b("index")["id"] == index["id"]  # applied in place
+    assert b("keyword", text="quokka") == [second]
+    assert b("keyword", text="wombat") == [first]
+    assert b("keyword", text="alpha") == []
+    assert b("keyword", text="beta") == [second]
+    a("delete", pk=second)
+    assert wait_until(lambda: b("keyword", text="quokka") == [])
+
+
+@pytest.mark.slow
 def test_a_forked_child_gets_its_own_listener(deployment):
     a, b = deployment.peer(), deployment.peer()
     assert b("wait_healthy")

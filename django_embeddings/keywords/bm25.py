@@ -231,12 +231,22 @@ class BM25Index:
         self, terms: npt.NDArray[np.int32], docs: npt.NDArray[np.int32], tfs: Scores
     ) -> None:
         """Make the postings ``(term, doc, tf)`` the base, and empty the delta."""
-        order = np.lexsort((docs, terms))
+        by_doc = len(docs) < 2 or bool(np.all(docs[1:] >= docs[:-1]))
+        if by_doc:
+            # Grouped by document already (a bulk load): a stable sort by term keeps each
+            # term's documents in order, and the forward map is the inverse permutation.
+            order = np.argsort(terms, kind="stable")
+        else:
+            order = np.lexsort((docs, terms))
         self._doc, self._tf = docs[order], tfs[order]
         sorted_terms = terms[order]
         self._indptr = np.zeros(len(self._vocab) + 1, dtype=np.int64)
         np.cumsum(np.bincount(sorted_terms, minlength=len(self._vocab)), out=self._indptr[1:])
-        self._forward = np.argsort(self._doc, kind="stable").astype(np.int64)
+        if by_doc:
+            self._forward = np.empty(len(order), dtype=np.int64)
+            self._forward[order] = np.arange(len(order), dtype=np.int64)
+        else:
+            self._forward = np.argsort(self._doc, kind="stable").astype(np.int64)
         self._forward_ptr = np.zeros(len(self._state) + 1, dtype=np.int64)
         np.cumsum(np.bincount(self._doc, minlength=len(self._state)), out=self._forward_ptr[1:])
         self._dead = 0

@@ -1,7 +1,7 @@
 """A row's terms as a store keeps them: a bag of tokens with counts.
 
 In the journal (and in messages to peers) a bag is one string, its distinct tokens
-sorted and separated by spaces, each followed by ``:<count>`` when it occurs more
+separated by spaces, each followed by ``:<count>`` when it occurs more
 than once (``"handshake tls:2 timeout"``). Tokens never hold a space or a colon
 (:mod:`.tokenize` keeps word characters, ``.`` and ``-``), so no escaping is needed.
 A snapshot keeps the bags of its rows as :class:`Terms`: compressed sparse rows over
@@ -40,8 +40,9 @@ def bag_of(text: str, max_chars: int = MAX_CHARS) -> str:
 
 
 def encode(counts: Counter[str] | dict[str, int]) -> str:
+    """The bag of ``counts``, its tokens in the order given (a text's: first seen first)."""
     return " ".join(
-        token if count == 1 else f"{token}:{count}" for token, count in sorted(counts.items())
+        [token if count == 1 else f"{token}:{count}" for token, count in counts.items()]
     )
 
 

@@ -29,7 +29,10 @@ _SEPARATORS = re.compile(r"[._\-]+")
 _HUMPS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+|[^\W\d_A-Za-z]+")
 _VERSION = re.compile(r"[vV]\d+(?:\.\d+)+")
 # Of the words found, one a line: those that have parts (separators, "_", camel humps, digits).
-_SPLITTABLE = re.compile(r"(?m)^.*?(?:[_.\-\d]|[a-z][A-Z]|[A-Z][A-Z][a-z]).*")
+# The lookahead turns plain ASCII words (most of a text) away before the scan for a part.
+_SPLITTABLE = re.compile(
+    r"(?m)^(?![a-z]+$|[A-Z][a-z]*$|[A-Z]+$).*?(?:[_.\-\d]|[a-z][A-Z]|[A-Z][A-Z][a-z]).*"
+)
 
 Stemmer = Callable[[list[str]], list[str]]
 

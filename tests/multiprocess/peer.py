@@ -108,6 +108,8 @@ def handle(command: dict[str, Any]) -> Any:
         return True
     if op == "top":
         return top(command["text"])
+    if op == "keyword":
+        return [hit.pk for hit in Article.objects.keyword_search(command["text"], k=10)]
     if op == "keys":
         return keys()
     if op == "index":
