@@ -173,7 +173,9 @@ def hybrid_top(
     everyone = allowed.positions()
     vectors = vector_scores(index, query, everyone)
     found, keyword = keyword_scores(index, tokens, allowed)
-    union = np.union1d(best(everyone, vectors, window), best(found, keyword, window))
+    union = best(found, keyword, window)
+    if np.any(query):  # a query the model cannot read (all zeros) ranks no row by meaning
+        union = np.union1d(best(everyone, vectors, window), union)
     similarity = _at(everyone, vectors, union)
     keyword_score = _at(found, keyword, union)
     fused = fusion.min_max([similarity, keyword_score], [weight, 1 - weight])

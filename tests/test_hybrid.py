@@ -196,6 +196,19 @@ class TestHybridSearch:
         hits = async_to_sync(search)()
         assert_same(hits, fused("golf hotel", corpus, corpus, 5, 0.2), "score")
 
+    def test_a_query_the_model_cannot_read_ranks_by_words_only(self, settings):
+        # The built-in model zeroes a text with no word it knows.
+        settings.DJANGO_EMBEDDINGS_PROVIDERS = {
+            **settings.DJANGO_EMBEDDINGS_PROVIDERS,
+            "default": {"BACKEND": "django_embeddings.providers.StaticModelProvider"},
+        }
+        for body in ("read a csv file", "compress a file", "zzzqqqxxyy"):
+            Article.objects.create(title="x", body=body)
+        hits = list(Article.objects.hybrid_search("zzzqqqxxyy", k=10))
+        assert [h.body for h in hits] == ["zzzqqqxxyy"]
+        assert list(Article.objects.hybrid_search("qqqzzzyyxx", k=10)) == []
+        assert len(Article.objects.hybrid_search("file", k=10)) == 3  # by meaning as well
+
     @pytest.mark.parametrize("weight", [-0.1, 1.5, "half", True])
     def test_bad_weight(self, weight):
         with pytest.raises(ValueError, match="weight"):
