@@ -232,12 +232,9 @@ class BM25Index:
     ) -> None:
         """Make the postings ``(term, doc, tf)`` the base, and empty the delta."""
         by_doc = len(docs) < 2 or bool(np.all(docs[1:] >= docs[:-1]))
-        if by_doc:
-            # Grouped by document already (a bulk load): a stable sort by term keeps each
-            # term's documents in order, and the forward map is the inverse permutation.
-            order = np.argsort(terms, kind="stable")
-        else:
-            order = np.lexsort((docs, terms))
+        # Grouped by document already (a bulk load): a stable sort by term keeps each
+        # term's documents in order, and the forward map is the inverse permutation.
+        order = np.argsort(terms, kind="stable") if by_doc else np.lexsort((docs, terms))
         self._doc, self._tf = docs[order], tfs[order]
         sorted_terms = terms[order]
         self._indptr = np.zeros(len(self._vocab) + 1, dtype=np.int64)
