@@ -130,7 +130,8 @@ class SemanticSearchFilter(BaseFilterBackend):
         text = self.get_search_text(request)
         if not text:
             return queryset
-        return self.search(queryset, text, self.get_k(request, view), field, view)
+        self.view = view  # for search(), whose signature overrides rely on
+        return self.search(queryset, text, self.get_k(request, view), field)
 
     def get_ranking(self, field: EmbeddingField, view: Any) -> str:
         """How rows are ranked: the view's ``search_ranking``, else this class's ``ranking``,
@@ -151,15 +152,10 @@ class SemanticSearchFilter(BaseFilterBackend):
         return str(ranking)
 
     def search(
-        self,
-        queryset: models.QuerySet[Any],
-        text: str,
-        k: int,
-        field: EmbeddingField,
-        view: Any = None,
+        self, queryset: models.QuerySet[Any], text: str, k: int, field: EmbeddingField
     ) -> models.QuerySet[Any]:
         """The search call itself: the one place that chooses how rows are ranked."""
-        method = _RANKINGS[self.get_ranking(field, view)]
+        method = _RANKINGS[self.get_ranking(field, getattr(self, "view", None))]
         result: models.QuerySet[Any] = getattr(queryset, method)(text, k=k, field=field.name)
         return result
 
