@@ -82,8 +82,9 @@ def row_text(row: int) -> str:
 
 
 def row_of(text: str) -> int | None:
-    """The corpus row a :func:`row_text` names, or ``None`` for any other text."""
-    prefix, _, number = text.partition(" ")
+    """The corpus row a text starting with a :func:`row_text` names (``"row 17"``, or
+    ``"row 17 ..."`` as :mod:`bench.articles` writes them), or ``None`` for any other text."""
+    prefix, number, *_ = [*text.split(" ", 2), ""]
     return int(number) if prefix == "row" and number.isdigit() else None
 
 

@@ -11,7 +11,10 @@ and their ratio against a goal, one Markdown table per section:
    five in one ``transaction.atomic()`` (with the provider calls they make);
 3. a save of a ``cache=False`` field as the stored rows grow;
 4. the first search of a new process, with a compacted store and with every
-   vector still in the journal.
+   vector still in the journal;
+5-7. on corpora of realistic texts, ``keyword_search()`` and ``hybrid_search()``
+   next to ``semantic_search()``, their first call in a new process, and what the
+   keyword index adds to a ``create()`` (:mod:`bench.endtoend_text`).
 
 A private redis-server and a PostgreSQL database of the bench's own are made
 for the run and removed after it. Results go to ``bench/results/``.
@@ -33,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import machine
+from bench import endtoend_text, machine
 from bench.report import _ms, _n
 from bench.run import RESULTS, ROOT, _last_result, log, private_database, private_redis
 
@@ -60,6 +63,11 @@ class Plan:
     uncached_creates: int
     cold_sizes: list[int]  # of ``sizes``: first searches, compacted and journal-only
     cold_runs: int  # timed runs, after one that warms the page cache
+    text_sizes: list[int]  # corpora of texts, built on each database
+    text_queries: int  # timed text queries per filter, at most
+    text_create_sizes: list[int]  # of ``text_sizes``: where the creates go
+    text_creates: int
+    text_cold_runs: int  # timed runs of each search kind
 
 
 QUICK = Plan(
@@ -74,6 +82,11 @@ QUICK = Plan(
     uncached_creates=40,
     cold_sizes=[5_000, 100_000],
     cold_runs=3,
+    text_sizes=[5_000, 50_000],  # 100k: 3 more minutes, most of it building the corpora
+    text_queries=15,
+    text_create_sizes=[5_000],
+    text_creates=40,
+    text_cold_runs=2,
 )
 FULL = Plan(
     sizes=[5_000, 100_000, 1_000_000],
@@ -87,8 +100,13 @@ FULL = Plan(
     uncached_creates=50,
     cold_sizes=[5_000, 100_000],
     cold_runs=7,
+    text_sizes=[5_000, 100_000],
+    text_queries=31,
+    text_create_sizes=[5_000, 100_000],
+    text_creates=200,
+    text_cold_runs=5,
 )
-SECTIONS = ("search", "create", "uncached", "cold")
+SECTIONS = ("search", "create", "uncached", "cold", "text")
 
 
 class Runner:
@@ -207,6 +225,8 @@ def run_all(runner: Runner, plan: Plan, dbs: list[str], wanted: set[str]) -> dic
             args = {"n": n, "creates": plan.uncached_creates, "model": "uncached"}
             results["uncached"].append(runner.run("create", args, env))
             runner.discard(tag)
+    if "text" in wanted:
+        results["text"] = endtoend_text.run_text(runner, plan, dbs, results["build"])
     return results
 
 
@@ -444,7 +464,7 @@ def build_table(results: dict[str, Any]) -> list[str]:
 NOTES = """\
 ### What each row measures
 
-- **Data.** Row `i` of every corpus has the text `"row i"`, `bucket = i % 100` (an indexed
+- **Data.** Row `i` of the corpora of 1-4 has the text `"row i"`, `bucket = i % 100` (an indexed
   integer column) and primary key `i + 1`. The bench provider embeds `"row i"` as row `i` of a
   seeded matrix of 384-dimensional float32 vectors (`bench/corpus.py`), from a chunk it generates
   once per process: a few µs per text. Corpora are built with public APIs only: `bulk_create`,
@@ -518,8 +538,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines += uncached_table(results)
     if results["cold"]:
         lines += cold_table(results)
+    lines += endtoend_text.markdown(results)
     lines += build_table(results)
-    lines.append(NOTES)
+    lines.append(NOTES + (endtoend_text.NOTES if results.get("text") else ""))
     return "\n".join(lines)
 
 

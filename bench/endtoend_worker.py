@@ -11,7 +11,8 @@ scenarios measure the same thing whatever the storage does underneath.
 The corpus is ``n`` rows whose text is ``"row i"`` (primary key ``i + 1``,
 ``bucket = i % 100``); the ``corpus`` provider embeds that text as row ``i`` of
 the seeded corpus (:mod:`bench.corpus`), the same matrix the by-hand baseline
-holds in memory.
+holds in memory. The keyword and hybrid search section's scenarios are in
+:mod:`bench.endtoend_text_worker`.
 """
 
 from __future__ import annotations
@@ -88,12 +89,13 @@ def fresh_tables(*models: Any) -> None:
             editor.create_model(model)
 
 
-def load_rows(model: Any, n: int) -> float:
-    """``bulk_create`` rows 0..n-1 into a fresh table (primary keys 1..n); no embedding."""
+def load_rows(model: Any, n: int, text: Callable[[int], str] = corpus.row_text) -> float:
+    """``bulk_create`` rows 0..n-1 into a fresh table (primary keys 1..n), row ``i`` with
+    ``text(i)``; no embedding. Making the texts is timed too (a few µs a row)."""
     started = time.perf_counter()
     for lo in range(0, n, BULK_STEP):
         rows = range(lo, min(n, lo + BULK_STEP))
-        model.objects.bulk_create([model(bucket=i % 100, text=corpus.row_text(i)) for i in rows])
+        model.objects.bulk_create([model(bucket=i % 100, text=text(i)) for i in rows])
     return time.perf_counter() - started
 
 
@@ -451,14 +453,19 @@ SCENARIOS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "create": create,
     "cold": cold,
 }
+# Those that set Django up themselves, to time the rest apart.
+SETS_UP_DJANGO = {"cold", "text_cold"}
 
 
 def main() -> None:
+    from bench import endtoend_text_worker  # its scenarios use this module's helpers
+
+    scenarios = SCENARIOS | endtoend_text_worker.SCENARIOS
     name = sys.argv[1]
     args = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
-    if name != "cold":
-        setup_django()  # cold sets Django up itself, to time the rest apart
-    emit(SCENARIOS[name](args))
+    if name not in SETS_UP_DJANGO:
+        setup_django()
+    emit(scenarios[name](args))
 
 
 if __name__ == "__main__":

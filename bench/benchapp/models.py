@@ -1,6 +1,7 @@
 """``Doc``: corpora built from deterministic vectors; ``Passage``: texts for the backfill;
 ``PlainDoc``: the save baseline. ``Article``, ``PlainArticle`` and ``UncachedArticle``:
-the end-to-end benchmark's (:mod:`bench.endtoend`)."""
+the end-to-end benchmark's (:mod:`bench.endtoend`); ``TextArticle``,
+``UnindexedTextArticle`` and ``PlainTextArticle``: its keyword and hybrid search section's."""
 
 from __future__ import annotations
 
@@ -60,3 +61,32 @@ class UncachedArticle(models.Model):
     embedding = EmbeddingField(source="text", provider="corpus", cache=False)
 
     objects = EmbeddingManager()
+
+
+# The keyword and hybrid search section's: each row's text is "row i" and then 100-200
+# words (bench.articles); the "corpus" provider still embeds it as row i of the corpus.
+
+
+class TextArticle(models.Model):
+    bucket = models.PositiveSmallIntegerField(db_index=True)
+    text = models.TextField()
+    embedding = EmbeddingField(source="text", provider="corpus")  # keywords=True, the default
+
+    objects = EmbeddingManager()
+
+
+class UnindexedTextArticle(models.Model):
+    """``TextArticle`` whose field keeps no keyword index: what a save costs without one."""
+
+    bucket = models.PositiveSmallIntegerField(db_index=True)
+    text = models.TextField()
+    embedding = EmbeddingField(source="text", provider="corpus", keywords=False)
+
+    objects = EmbeddingManager()
+
+
+class PlainTextArticle(models.Model):
+    """``TextArticle`` without the EmbeddingField."""
+
+    bucket = models.PositiveSmallIntegerField(db_index=True)
+    text = models.TextField()
