@@ -229,16 +229,19 @@ class FieldIndex:
             return self._keywords
 
     def _build_keywords(self) -> BM25Index:
+        """The snapshot's rows in one load of its postings (in term order already), less
+        the rows replaced or deleted since; then the tail's live rows, decoded."""
         nbase = len(self.base_keys)
         base = self.base_terms
         if base is None or len(base) != nbase:
             base = Terms.empty(nbase)
-        alive = np.flatnonzero(self.base_alive)
+        keywords = BM25Index.from_terms(np.arange(nbase, dtype=np.int64), base)
+        keywords.discard(np.flatnonzero(~self.base_alive))
         used = len(self.tail_keys)
         tail_rows = np.flatnonzero(self.tail_alive[:used])
         tail = Terms.from_bags([self.tail_terms[row] for row in tail_rows.tolist()])
-        positions = np.concatenate([alive, nbase + tail_rows]).astype(np.int64)
-        return BM25Index.from_terms(positions, base.take(alive).concat(tail))
+        keywords.add_many(nbase + tail_rows, tail)
+        return keywords
 
     def without_terms(self, keys: Iterable[str]) -> list[str]:
         """Those of ``keys`` that are live rows with no known bag of terms (stored before

@@ -269,3 +269,62 @@ def test_fusion_argument_errors() -> None:
         fusion.z_score([[1.0]], [0.5, 0.5])
     with pytest.raises(ValueError, match="at least one"):
         fusion.min_max([])
+
+
+class TestBulkBuilds:
+    """from_terms (with and without a stored order), discard and add_many score exactly as
+    documents added one at a time."""
+
+    DOCS = [
+        "TLS 1.3 handshake timeout",
+        "the quick brown fox",
+        "",
+        "ERR_CONN_RESET twice ERR_CONN_RESET",
+        "handshake handshake fox",
+        "v1.2.3 release notes",
+        None,
+        "quick release",
+    ]
+
+    def bags(self):
+        from django_embeddings.keywords.terms import bag_of
+
+        return [None if doc is None else bag_of(doc) for doc in self.DOCS]
+
+    def one_at_a_time(self, removed, extra):
+        from django_embeddings.keywords.terms import decode
+
+        index = BM25Index()
+        for position, bag in enumerate(self.bags()):
+            if bag is not None and position not in removed:
+                index.add(position, decode(bag))
+        for position, bag in extra:
+            index.add(position, decode(bag))
+        return index
+
+    @pytest.mark.parametrize("stored_order", [False, True])
+    def test_same_scores(self, stored_order):
+        from django_embeddings.keywords.terms import Terms, bag_of
+
+        terms = Terms.from_bags(self.bags())
+        if stored_order:
+            terms.order = np.argsort(terms.ids, kind="stable")
+        index = BM25Index.from_terms(np.arange(len(self.DOCS)), terms)
+        index.discard([1, 6, 99])
+        extra = [(10, bag_of("fox fox release")), (12, bag_of("handshake notes"))]
+        index.add_many([10, 11, 12], Terms.from_bags([extra[0][1], None, extra[1][1]]))
+        expected = self.one_at_a_time({1}, extra)
+        assert len(index) == len(expected) == 8
+        assert index.average_length == pytest.approx(expected.average_length)
+        for query in (["fox"], ["handshak", "releas"], ["err_conn_reset"], ["quick", "note"]):
+            got, want = index.scores(query), expected.scores(query)
+            assert got[0].tolist() == want[0].tolist()
+            assert got[1] == pytest.approx(want[1])
+        assert 11 not in index and 10 in index and 1 not in index
+
+    def test_add_many_refuses_a_taken_position(self):
+        from django_embeddings.keywords.terms import Terms
+
+        index = BM25Index.from_terms([0], Terms.from_bags(["a b"]))
+        with pytest.raises(ValueError, match="must not hold"):
+            index.add_many([0], Terms.from_bags(["c"]))

@@ -105,17 +105,20 @@ class BM25Index:
         cls, positions: npt.ArrayLike, terms: Terms, k1: float = 1.2, b: float = 0.75
     ) -> BM25Index:
         """An index of the bags of ``terms`` (rows whose bag is known) at ``positions``
-        (one per row, distinct): built with array operations, no Python loop per row."""
+        (one per row, distinct): built with array operations, no Python loop per row.
+
+        With ascending positions and the postings' order by term (``terms.order``, which
+        a snapshot keeps), no sort at all: a few gathers of the postings.
+        """
         index = cls(k1, b)
         at = np.asarray(positions, dtype=np.int64)
         if len(at) != len(terms):
             raise ValueError(f"{len(at)} positions for {len(terms)} rows.")
-        known = np.asarray(terms.known, dtype=bool)
-        if not known.all():
-            terms, at = terms.take(np.flatnonzero(known)), at[known]
         if len(at) and int(at.min()) < 0:
             raise ValueError("Positions are >= 0.")
-        index._vocab = {token: number for number, token in enumerate(terms.vocab)}
+        # Rows whose bag is not known hold no postings: they are left absent.
+        known = np.asarray(terms.known, dtype=bool)
+        index._vocab = dict(zip(terms.vocab, range(len(terms.vocab)), strict=True))
         index._df = np.zeros(max(1024, len(terms.vocab)), dtype=np.int64)
         ids = np.asarray(terms.ids, dtype=np.int32)
         tfs = np.asarray(terms.counts, dtype=np.float32)
@@ -125,11 +128,62 @@ class BM25Index:
         index._reserve_position(int(at.max()) if len(at) else 0)
         sizes = np.bincount(docs, weights=tfs, minlength=len(index._state))
         index._length[: len(sizes)] = sizes
-        index._state[at] = _BASE
-        index._live = len(at)
+        index._state[at[known]] = _BASE
+        index._live = int(np.count_nonzero(known))
         index._total_length = int(round(float(sizes.sum())))
-        index._build_base(ids, docs, tfs)
+        index._build_base(ids, docs, tfs, order=terms.order)
         return index
+
+    def add_many(self, positions: npt.ArrayLike, terms: Terms) -> None:
+        """Add the bags of ``terms`` (rows whose bag is known) at ``positions``, none of
+        which holds a document yet: one append to the delta, with array operations."""
+        at = np.asarray(positions, dtype=np.int64)
+        if len(at) != len(terms):
+            raise ValueError(f"{len(at)} positions for {len(terms)} rows.")
+        if not len(at):
+            return
+        if int(at.min()) < 0 or any(position in self for position in at.tolist()):
+            raise ValueError("Positions are >= 0 and must not hold a document yet.")
+        remap = np.fromiter(
+            (self._term_id(token) for token in terms.vocab), dtype=np.int32, count=len(terms.vocab)
+        )
+        ids = remap[np.asarray(terms.ids, dtype=np.intp)]
+        tfs = np.asarray(terms.counts, dtype=np.float32)
+        ptr = np.asarray(terms.ptr, dtype=np.int64)
+        docs = np.repeat(at, np.diff(ptr).astype(np.int64)).astype(np.int32)
+        self._reserve_position(int(at.max()))
+        start, end = self._d_used, self._d_used + len(ids)
+        if end > len(self._d_doc):
+            size = max(end, 2 * len(self._d_doc))
+            self._d_doc = _grown(self._d_doc, size)
+            self._d_term = _grown(self._d_term, size)
+            self._d_tf = _grown(self._d_tf, size)
+        self._d_doc[start:end] = docs
+        self._d_term[start:end] = ids
+        self._d_tf[start:end] = tfs
+        self._d_used = end
+        known = np.asarray(terms.known, dtype=bool)
+        spans = zip(
+            at.tolist(), (start + ptr[:-1]).tolist(), (start + ptr[1:]).tolist(), strict=True
+        )
+        for (position, first, last), ok in zip(spans, known.tolist(), strict=True):
+            if ok:
+                self._d_span[position] = (first, last)
+        self._df[: len(self._vocab)] += np.bincount(ids, minlength=len(self._vocab))
+        sizes = np.add.reduceat(tfs, ptr[:-1]) if len(tfs) else np.zeros(len(at), np.float32)
+        sizes = np.where(np.diff(ptr) > 0, sizes, 0)  # reduceat repeats a value for empty rows
+        self._length[at] = sizes
+        self._state[at[known]] = _DELTA
+        self._live += int(np.count_nonzero(known))
+        self._total_length += int(round(float(sizes.sum())))
+        self._maybe_compact()
+
+    def discard(self, positions: npt.ArrayLike) -> None:
+        """Drop the documents at ``positions`` that hold one (the rest are ignored)."""
+        for position in np.asarray(positions, dtype=np.int64).tolist():
+            if position in self:
+                self._remove(position)
+        self._maybe_compact()
 
     def replace(self, position: int, tokens: Sequence[str] | Mapping[str, int]) -> None:
         """Index ``tokens`` at ``position``, replacing what it held, if anything."""
@@ -228,13 +282,23 @@ class BM25Index:
         self._build_base(terms, docs, tfs)
 
     def _build_base(
-        self, terms: npt.NDArray[np.int32], docs: npt.NDArray[np.int32], tfs: Scores
+        self,
+        terms: npt.NDArray[np.int32],
+        docs: npt.NDArray[np.int32],
+        tfs: Scores,
+        order: npt.NDArray[np.int64] | None = None,
     ) -> None:
-        """Make the postings ``(term, doc, tf)`` the base, and empty the delta."""
+        """Make the postings ``(term, doc, tf)`` the base, and empty the delta.
+
+        ``order``: the stable sort of ``terms``, when the caller has it already.
+        """
         by_doc = len(docs) < 2 or bool(np.all(docs[1:] >= docs[:-1]))
         # Grouped by document already (a bulk load): a stable sort by term keeps each
         # term's documents in order, and the forward map is the inverse permutation.
-        order = np.argsort(terms, kind="stable") if by_doc else np.lexsort((docs, terms))
+        if not by_doc:
+            order = np.lexsort((docs, terms))
+        elif order is None or len(order) != len(terms):
+            order = np.argsort(terms, kind="stable")
         self._doc, self._tf = docs[order], tfs[order]
         sorted_terms = terms[order]
         self._indptr = np.zeros(len(self._vocab) + 1, dtype=np.int64)

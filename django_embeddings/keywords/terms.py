@@ -81,6 +81,9 @@ class Terms:
     ids: npt.NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, np.int32))
     counts: npt.NDArray[np.uint32] = field(default_factory=lambda: np.zeros(0, np.uint32))
     known: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
+    # The postings' stable sort by term, when known (a snapshot keeps it): a keyword
+    # index loads without sorting. Not carried by take() nor concat().
+    order: npt.NDArray[np.int64] | None = None
 
     def __len__(self) -> int:
         return len(self.known)

@@ -53,6 +53,8 @@ TERMS_ARRAYS = {
     "known": np.dtype(np.bool_),
 }
 _TERMS_VOCAB = "terms_vocab.txt"
+# The postings' stable sort by term (int64): a keyword index loads without sorting.
+_TERMS_ORDER = "terms_order.npy"
 
 
 @dataclass
@@ -174,11 +176,22 @@ def _load_terms(path: Path, rows: int) -> Terms | None:
         text = (path / _TERMS_VOCAB).read_bytes().decode("utf-8")  # no newline translation
         terms = Terms(text.split("\n") if text else [], **arrays)
         terms.check(rows)
+        terms.order = _terms_order(path, len(terms.ids))
     # An empty file is an EOFError; bad UTF-8 a UnicodeDecodeError, which is a ValueError.
     except (OSError, ValueError, EOFError) as exc:
         logger.warning("Ignoring the keyword terms of %s: %s", path, exc)
         return None
     return terms
+
+
+def _terms_order(path: Path, postings: int) -> Any:
+    """The postings' order by term, if the snapshot has a sound one (else it is sorted
+    again when a keyword index loads)."""
+    order = _optional(path, _TERMS_ORDER.removesuffix(".npy"), (postings,), "i")
+    if order is not None and postings and not 0 <= int(order.min()) <= int(order.max()) < postings:
+        logger.warning("Ignoring %s/%s: it does not fit the snapshot", path, _TERMS_ORDER)
+        return None
+    return order
 
 
 def _optional(path: Path, array: str, shape: tuple[int, ...], kind: str) -> Any:
@@ -230,6 +243,10 @@ def write(directory: Path, snapshot: Snapshot, permissions: Permissions = DEFAUL
                 _save(staging / f"terms_{array}.npy", getattr(snapshot.terms, array), permissions)
             vocab = "\n".join(snapshot.terms.vocab).encode("utf-8")
             _save(staging / _TERMS_VOCAB, vocab, permissions)
+            order = snapshot.terms.order
+            if order is None:  # sorted once here, rather than by every process that loads it
+                order = np.argsort(np.asarray(snapshot.terms.ids), kind="stable")
+            _save(staging / _TERMS_ORDER, np.asarray(order, dtype=np.int64), permissions)
         meta = {"version": snapshot.version, "identities": snapshot.identity_names}
         with open(staging / "meta.json", "x", opener=_private) as meta_file:
             permissions.chmod_file(meta_file.fileno())
