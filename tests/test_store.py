@@ -812,6 +812,33 @@ def test_terms_files_that_do_not_fit_are_ignored(store, caplog, name, damage):
     assert snapshot_bags(store) == {"0": None, "1": None, "2": None, "3": None, "9": "word9"}
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda path: path.unlink(),
+        lambda path: np.save(path, np.arange(3, dtype=np.int64)),  # another length
+        lambda path: np.save(path, np.full(len(np.load(path)), 10**9, dtype=np.int64)),
+    ],
+)
+def test_the_postings_order_is_kept_and_a_bad_one_is_sorted_again(store, caplog, damage):
+    from django_embeddings.keywords.terms import analyze
+
+    bags = {str(n): bag_of(f"word{n % 3} other{n} shared") for n in range(6)}
+    put_with_terms(store, bags)
+    store.compact()
+    state = store.read_state()
+    terms = state.snapshot.terms
+    np.testing.assert_array_equal(terms.order, np.argsort(terms.ids, kind="stable"))
+    expected = cache.FieldIndex(store, state).keyword_index().scores(analyze("word1 shared"))
+    (directory,) = store.path.glob("snapshot-*")
+    damage(directory / "terms_order.npy")
+    state = store.read_state()
+    assert state.snapshot.terms is not None and state.snapshot.terms.order is None
+    got = cache.FieldIndex(store, state).keyword_index().scores(analyze("word1 shared"))
+    assert got[0].tolist() == expected[0].tolist()
+    np.testing.assert_allclose(got[1], expected[1])
+
+
 def test_puts_refuse_what_is_no_bag_of_terms(store):
     store.put("a", vec(1), content_hash="00" * 16, identity="id", terms="fox")
     bad_bags = ["fox\nquick", "fox\rquick", "fox:0", "fox:-2", f"fox:{1 << 32}", " fox", "a:b:2"]
