@@ -235,8 +235,9 @@ class FieldIndex:
         base = self.base_terms
         if base is None or len(base) != nbase:
             base = Terms.empty(nbase)
-        keywords = BM25Index.from_terms(np.arange(nbase, dtype=np.int64), base)
-        keywords.discard(np.flatnonzero(~self.base_alive))
+        keywords = BM25Index.from_terms(
+            np.arange(nbase, dtype=np.int64), base, alive=self.base_alive
+        )
         used = len(self.tail_keys)
         tail_rows = np.flatnonzero(self.tail_alive[:used])
         tail = Terms.from_bags([self.tail_terms[row] for row in tail_rows.tolist()])

@@ -55,7 +55,10 @@ class BM25Index:
         self._doc = np.zeros(0, dtype=np.int32)
         self._tf = np.zeros(0, dtype=np.float32)
         self._forward_ptr = np.zeros(1, dtype=np.int64)  # position -> slice of _forward
-        self._forward = np.zeros(0, dtype=np.int64)  # posting indices, grouped by position
+        # Posting indices, grouped by position; built on first need (see _forward_map).
+        self._forward: npt.NDArray[np.int64] | None = np.zeros(0, dtype=np.int64)
+        self._order = np.zeros(0, dtype=np.int64)  # the base's postings: their sort by term
+        self._by_doc = True
         self._dead = 0  # base postings zeroed by removals
         # Delta, append-only; a document's entries are one contiguous span.
         self._d_doc = np.zeros(1024, dtype=np.int32)
@@ -102,13 +105,21 @@ class BM25Index:
 
     @classmethod
     def from_terms(
-        cls, positions: npt.ArrayLike, terms: Terms, k1: float = 1.2, b: float = 0.75
+        cls,
+        positions: npt.ArrayLike,
+        terms: Terms,
+        k1: float = 1.2,
+        b: float = 0.75,
+        *,
+        alive: npt.ArrayLike | None = None,
     ) -> BM25Index:
-        """An index of the bags of ``terms`` (rows whose bag is known) at ``positions``
-        (one per row, distinct): built with array operations, no Python loop per row.
+        """An index of the bags of ``terms`` (rows whose bag is known, and ``alive`` when
+        given) at ``positions`` (one per row, distinct): built with array operations, no
+        Python loop per row.
 
         With ascending positions and the postings' order by term (``terms.order``, which
-        a snapshot keeps), no sort at all: a few gathers of the postings.
+        a snapshot keeps), no sort at all: a few gathers of the postings. The postings of
+        rows not ``alive`` stay, scoring nothing, until the next compaction.
         """
         index = cls(k1, b)
         at = np.asarray(positions, dtype=np.int64)
@@ -117,21 +128,35 @@ class BM25Index:
         if len(at) and int(at.min()) < 0:
             raise ValueError("Positions are >= 0.")
         # Rows whose bag is not known hold no postings: they are left absent.
-        known = np.asarray(terms.known, dtype=bool)
+        live = np.asarray(terms.known, dtype=bool)
         index._vocab = dict(zip(terms.vocab, range(len(terms.vocab)), strict=True))
         index._df = np.zeros(max(1024, len(terms.vocab)), dtype=np.int64)
         ids = np.asarray(terms.ids, dtype=np.int32)
         tfs = np.asarray(terms.counts, dtype=np.float32)
         lengths = np.diff(np.asarray(terms.ptr, dtype=np.int64)).astype(np.int64)
+        if alive is not None and not (dead := ~np.asarray(alive, dtype=bool) & live).any():
+            alive = None
+        if alive is not None:
+            # As _remove() would, for all of them at once: zero term frequencies score
+            # nothing, and the statistics leave them out.
+            live = live & ~dead
+            gone = np.repeat(dead, lengths)
+            tfs = np.where(gone, np.float32(0), tfs)
+            index._dead = int(np.count_nonzero(gone))
+            kept_ids = ids[~gone]
+        else:
+            kept_ids = ids
         docs = np.repeat(at, lengths).astype(np.int32)
-        index._df[: len(terms.vocab)] = np.bincount(ids, minlength=len(terms.vocab))
+        index._df[: len(terms.vocab)] = np.bincount(kept_ids, minlength=len(terms.vocab))
         index._reserve_position(int(at.max()) if len(at) else 0)
         sizes = np.bincount(docs, weights=tfs, minlength=len(index._state))
         index._length[: len(sizes)] = sizes
-        index._state[at[known]] = _BASE
-        index._live = int(np.count_nonzero(known))
+        index._state[at[live]] = _BASE
+        index._live = int(np.count_nonzero(live))
         index._total_length = int(round(float(sizes.sum())))
+        dead_postings = index._dead
         index._build_base(ids, docs, tfs, order=terms.order)
+        index._dead = dead_postings
         return index
 
     def add_many(self, positions: npt.ArrayLike, terms: Terms) -> None:
@@ -233,7 +258,8 @@ class BM25Index:
 
     def _remove(self, position: int) -> None:
         if self._state[position] == _BASE:
-            indices = self._forward[self._forward_ptr[position] : self._forward_ptr[position + 1]]
+            forward = self._forward_map()
+            indices = forward[self._forward_ptr[position] : self._forward_ptr[position + 1]]
             indices = indices[self._tf[indices] > 0]
             terms = np.searchsorted(self._indptr, indices, side="right") - 1
             self._df[terms] -= 1
@@ -247,6 +273,16 @@ class BM25Index:
         self._total_length -= int(self._length[position])
         self._length[position] = 0
         self._state[position] = _ABSENT
+
+    def _forward_map(self) -> npt.NDArray[np.int64]:
+        """Posting indices grouped by document (``_forward_ptr`` slices it)."""
+        if self._forward is None:
+            if self._by_doc:  # the postings were grouped by document: the inverse permutation
+                self._forward = np.empty(len(self._order), dtype=np.int64)
+                self._forward[self._order] = np.arange(len(self._order), dtype=np.int64)
+            else:
+                self._forward = np.argsort(self._doc, kind="stable").astype(np.int64)
+        return self._forward
 
     def _term_id(self, term: str) -> int:
         term_id = self._vocab.get(term)
@@ -300,14 +336,12 @@ class BM25Index:
         elif order is None or len(order) != len(terms):
             order = np.argsort(terms, kind="stable")
         self._doc, self._tf = docs[order], tfs[order]
-        sorted_terms = terms[order]
+        # A term's number of postings does not depend on their order: no sorted copy.
         self._indptr = np.zeros(len(self._vocab) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(sorted_terms, minlength=len(self._vocab)), out=self._indptr[1:])
-        if by_doc:
-            self._forward = np.empty(len(order), dtype=np.int64)
-            self._forward[order] = np.arange(len(order), dtype=np.int64)
-        else:
-            self._forward = np.argsort(self._doc, kind="stable").astype(np.int64)
+        np.cumsum(np.bincount(terms, minlength=len(self._vocab)), out=self._indptr[1:])
+        # The map from documents to their postings is only needed to remove one: made then.
+        self._order, self._by_doc = order, by_doc
+        self._forward = None
         self._forward_ptr = np.zeros(len(self._state) + 1, dtype=np.int64)
         np.cumsum(np.bincount(self._doc, minlength=len(self._state)), out=self._forward_ptr[1:])
         self._dead = 0
