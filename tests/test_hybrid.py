@@ -163,6 +163,14 @@ class TestKeywordSearch:
         with pytest.raises(ValueError, match="keywords=False"):
             Article.objects.hybrid_search("apple")
 
+    def test_a_text_without_a_token_is_indexed_as_an_empty_bag(self, corpus):
+        Article.objects.create(title="x", body="!!! ???")  # embedded, and no token at all
+        cache.clear()  # the next search builds the keyword index from the store
+        hits = list(Article.objects.keyword_search("apple", k=200))
+        assert hits == list(Article.objects.keyword_search("apple", k=200))
+        assert "!!! ???" not in {h.body for h in hits}
+        assert len(hits) == len(bm25("apple", corpus, corpus))
+
     def test_blank_query(self):
         with pytest.raises(ValueError, match="needs a query text"):
             Article.objects.keyword_search("  ")

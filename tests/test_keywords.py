@@ -335,6 +335,23 @@ class TestBulkBuilds:
             assert got[0].tolist() == want[0].tolist()
             assert got[1] == pytest.approx(want[1])
 
+    @pytest.mark.parametrize("last", [None, "", "fox"])
+    def test_add_many_with_empty_and_unknown_rows_anywhere(self, last):
+        from django_embeddings.keywords.terms import Terms, decode
+
+        bags = ["", "quick fox", None, "fox:2 dog", last]
+        index = BM25Index()
+        index.add_many(np.arange(len(bags)), Terms.from_bags(bags))
+        expected = BM25Index()
+        for position, bag in enumerate(bags):
+            if bag is not None:
+                expected.add(position, decode(bag))
+        assert len(index) == len(expected)
+        assert index.average_length == pytest.approx(expected.average_length)
+        got, want = index.scores(["fox"]), expected.scores(["fox"])
+        assert got[0].tolist() == want[0].tolist()
+        assert got[1] == pytest.approx(want[1])
+
     def test_add_many_refuses_a_taken_position(self):
         from django_embeddings.keywords.terms import Terms
 

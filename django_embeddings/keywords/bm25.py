@@ -177,16 +177,7 @@ class BM25Index:
         ptr = np.asarray(terms.ptr, dtype=np.int64)
         docs = np.repeat(at, np.diff(ptr).astype(np.int64)).astype(np.int32)
         self._reserve_position(int(at.max()))
-        start, end = self._d_used, self._d_used + len(ids)
-        if end > len(self._d_doc):
-            size = max(end, 2 * len(self._d_doc))
-            self._d_doc = _grown(self._d_doc, size)
-            self._d_term = _grown(self._d_term, size)
-            self._d_tf = _grown(self._d_tf, size)
-        self._d_doc[start:end] = docs
-        self._d_term[start:end] = ids
-        self._d_tf[start:end] = tfs
-        self._d_used = end
+        start = self._delta_append(docs, ids, tfs)
         known = np.asarray(terms.known, dtype=bool)
         spans = zip(
             at.tolist(), (start + ptr[:-1]).tolist(), (start + ptr[1:]).tolist(), strict=True
@@ -195,8 +186,8 @@ class BM25Index:
             if ok:
                 self._d_span[position] = (first, last)
         self._df[: len(self._vocab)] += np.bincount(ids, minlength=len(self._vocab))
-        sizes = np.add.reduceat(tfs, ptr[:-1]) if len(tfs) else np.zeros(len(at), np.float32)
-        sizes = np.where(np.diff(ptr) > 0, sizes, 0)  # reduceat repeats a value for empty rows
+        rows = np.repeat(np.arange(len(at)), np.diff(ptr).astype(np.int64))
+        sizes = np.bincount(rows, weights=tfs, minlength=len(at))
         self._length[at] = sizes
         self._state[at[known]] = _DELTA
         self._live += int(np.count_nonzero(known))
@@ -239,22 +230,29 @@ class BM25Index:
         ids = np.fromiter((self._term_id(t) for t in counts), dtype=np.int32, count=len(counts))
         tfs = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
         self._reserve_position(position)
+        start = self._delta_append(position, ids, tfs)
+        self._d_span[position] = (start, start + len(ids))
+        self._df[ids] += 1
+        self._state[position] = _DELTA
+        self._length[position] = length
+        self._live += 1
+        self._total_length += length
+
+    def _delta_append(
+        self, docs: int | npt.NDArray[np.int32], ids: npt.NDArray[np.int32], tfs: Scores
+    ) -> int:
+        """Append postings to the delta (growing it by doubling); returns where they start."""
         start, end = self._d_used, self._d_used + len(ids)
         if end > len(self._d_doc):
             size = max(end, 2 * len(self._d_doc))
             self._d_doc = _grown(self._d_doc, size)
             self._d_term = _grown(self._d_term, size)
             self._d_tf = _grown(self._d_tf, size)
-        self._d_doc[start:end] = position
+        self._d_doc[start:end] = docs
         self._d_term[start:end] = ids
         self._d_tf[start:end] = tfs
         self._d_used = end
-        self._d_span[position] = (start, end)
-        self._df[ids] += 1
-        self._state[position] = _DELTA
-        self._length[position] = length
-        self._live += 1
-        self._total_length += length
+        return start
 
     def _remove(self, position: int) -> None:
         if self._state[position] == _BASE:
