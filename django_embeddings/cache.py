@@ -11,11 +11,9 @@ This module knows nothing of Redis.
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +76,7 @@ class FieldIndex:
         self.position = state.position
         # Unknown until the first catch-up: a stat taken now, after the state was
         # read, could already include a write the state does not.
-        self.journal_stat: tuple[int, int, int] | None = None
+        self.journal_stat: Hashable = None  # the store's change mark this index has read to
         self._valid_cache: dict[str, tuple[int, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]] = {}
         self._changes = 0
         self._length = (-1, 0)
@@ -496,17 +494,8 @@ def _clear(
             tail_ok[tail_row] = False
 
 
-def _stat(store: Store) -> tuple[int, int, int] | None:
-    try:
-        result = os.stat(_journal_path(store.path))
-    except FileNotFoundError:
-        return None
-    return result.st_ino, result.st_size, result.st_mtime_ns
-
-
-@functools.lru_cache(maxsize=256)
-def _journal_path(path: Path) -> str:
-    return os.path.join(path, "_journal")  # a stat before each search: no Path built each time
+def _stat(store: Store) -> Hashable:
+    return store.change_mark()
 
 
 # -- the process-wide registry -----------------------------------------------------

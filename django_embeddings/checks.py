@@ -51,6 +51,7 @@ def check_settings(
     return [
         *_check_providers(),
         *_check_dir(),
+        *_check_store(),
         *_check_invalidation(),
         *_check_on_error(),
         *_check_redis(),
@@ -251,6 +252,22 @@ def _check_dir() -> list[CheckMessage]:
                 f"DJANGO_EMBEDDINGS_DIR should be a str or a Path, not {directory!r}.",
                 hint='Set it to a directory for the vectors, e.g. BASE_DIR / "embeddings".',
                 id="django_embeddings.E017",
+            )
+        ]
+    return []
+
+
+STORES = ("files", "database")
+
+
+def _check_store() -> list[CheckMessage]:
+    if conf.STORE not in STORES:
+        return [
+            Error(
+                f"DJANGO_EMBEDDINGS_STORE should be one of {list(STORES)!r}, not {conf.STORE!r}.",
+                hint='"database" keeps vectors in tables of your database (run migrate), '
+                "for sites whose machines share no disk.",
+                id="django_embeddings.E020",
             )
         ]
     return []

@@ -42,6 +42,12 @@ class Settings:
         return Path(value) if isinstance(value, (str, os.PathLike)) else value
 
     @property
+    def STORE(self) -> str:
+        """Where vectors live: ``"files"`` (the directory) or ``"database"`` (tables of the
+        project's database, with a local copy per machine in the directory)."""
+        return _setting("DJANGO_EMBEDDINGS_STORE", "files")
+
+    @property
     def INVALIDATION(self) -> str:
         """The mode in force: the environment variable, else the setting, else the
         default, which is ``pubsub`` when Redis is configured and ``mtime`` when not."""

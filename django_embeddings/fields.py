@@ -201,6 +201,17 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
         # peers only apply messages for the default database's stores.
         label = self.label if using == DEFAULT_DB_ALIAS else f"{self.label}@{using}"
         permissions = Permissions(conf.FILE_PERMISSIONS, conf.DIRECTORY_PERMISSIONS)
+        if conf.STORE == "database":
+            # The directory holds this machine's copy, apart from a files store's.
+            return _database_store(
+                root / "_database",
+                self.model._meta.label,
+                self.name,
+                label,
+                using,
+                conf.COMPACT_THRESHOLD,
+                permissions,
+            )
         return _store(
             root, self.model._meta.label, self.name, label, conf.COMPACT_THRESHOLD, permissions
         )
@@ -349,6 +360,27 @@ def _store(
 ) -> Store:
     return Store(
         Path(directory) / model_label / field_name,
+        label=label,
+        compact_threshold=compact_threshold,
+        permissions=permissions,
+    )
+
+
+@functools.cache
+def _database_store(
+    directory: Path,
+    model_label: str,
+    field_name: str,
+    label: str,
+    using: str,
+    compact_threshold: int,
+    permissions: Permissions,
+) -> Store:
+    from django_embeddings.store.database import DatabaseStore
+
+    return DatabaseStore(
+        Path(directory) / model_label / field_name,
+        using=using,
         label=label,
         compact_threshold=compact_threshold,
         permissions=permissions,

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
@@ -47,6 +47,7 @@ from django_embeddings.store.snapshot import Snapshot
 from django_embeddings.typing import Matrix, Vector
 
 __all__ = [
+    "Change",
     "Entry",
     "GarbageReport",
     "Permissions",
@@ -64,6 +65,19 @@ logger = logging.getLogger(__name__)
 _READ_ATTEMPTS = 20
 INDEX_FILE = snapshot.INDEX
 DIMENSIONS = "_dimensions"  # fixed by the first vector stored; cleared by clear()
+
+
+@dataclass(frozen=True)
+class Change:
+    """A put (with its vector) or a delete, numbered by the store it was made in."""
+
+    version: int
+    op: str
+    key: str
+    vector: Vector | None = None
+    hash: str = ""
+    identity: str = ""
+    terms: str | None = None
 
 
 @dataclass
@@ -336,29 +350,14 @@ class Store:
             return []
         bags = self._bags(items, terms)
         matrix = self._matrix(items)
-        dimensions = int(matrix.shape[1])
         with self._writing() as (fd, known):
-            self._check_dimensions(known, dimensions)
-            offset = vectorlog.append(self.path, known.base, matrix, self.permissions)
-            first, stride = known.version + 1, 4 * dimensions
-            sums = vectorlog.checksums(matrix).tolist()
-            entries = [
-                Entry(
-                    first + n,
-                    "put",
-                    key,
-                    digest,
-                    identity,
-                    offset + n * stride,
-                    dimensions,
-                    sums[n],
-                    bags[n],
-                )
-                for n, (key, _, digest, identity) in enumerate(items)
-            ]
+            first = known.version + 1
+            entries = self._put_entries(
+                known, items, matrix, bags, range(first, first + len(items))
+            )
             self._append(fd, known, entries, stamp=int(time.time()))
             self._maybe_compact(known, entries[-1].version)
-        logger.debug("%s: stored %d vectors of %d dimensions", self.label, len(items), dimensions)
+        logger.debug("%s: stored %d vectors of %d dimensions", self.label, *matrix.shape)
         return entries
 
     def delete(self, key: str) -> Entry:
@@ -395,6 +394,18 @@ class Store:
 
         Lock-free: if a compaction swaps files while we read, we read again.
         """
+        return self._read_state()
+
+    def change_mark(self) -> Hashable:
+        """A value that changes whenever the store does: searches compare it with the
+        one their index was read at (a stat of the journal; ``None``: no journal)."""
+        try:
+            result = os.stat(_journal_path(self.path))
+        except FileNotFoundError:
+            return None
+        return result.st_ino, result.st_size, result.st_mtime_ns
+
+    def _read_state(self) -> State:
         for _ in range(_READ_ATTEMPTS):
             try:
                 snap = snapshot.load(self.path)
@@ -427,7 +438,7 @@ class Store:
             return State(snap, records, tail.position, version, base=tail.base, source=source)
         raise StoreError(f"{self.label}: the store kept changing while it was read.")
 
-    def appended_through(self, version: int) -> tuple[Position, tuple[int, int, int]] | None:
+    def appended_through(self, version: int) -> tuple[Position, Hashable] | None:
         """Where the journal ended (and its stat) right after this process appended the
         entries up to ``version``, if that is still its last append and no compaction
         followed: an index holding every entry up to ``version`` can read on from there."""
@@ -687,6 +698,66 @@ class Store:
             (stat.st_ino, stat.st_size, stat.st_mtime_ns),
         )
 
+    def _put_entries(
+        self,
+        known: _Journal,
+        items: list[tuple[str, Vector, str, str]],
+        matrix: Matrix,
+        bags: Sequence[str | None],
+        versions: Sequence[int],
+    ) -> list[Entry]:
+        """Write ``matrix`` to the vector log in one write; the put entries naming its
+        rows, numbered ``versions`` (the caller appends them to the journal)."""
+        dimensions = int(matrix.shape[1])
+        self._check_dimensions(known, dimensions)
+        offset = vectorlog.append(self.path, known.base, matrix, self.permissions)
+        stride = 4 * dimensions
+        sums = vectorlog.checksums(matrix).tolist()
+        return [
+            Entry(
+                versions[n],
+                "put",
+                key,
+                digest,
+                identity,
+                offset + n * stride,
+                dimensions,
+                sums[n],
+                bags[n],
+            )
+            for n, (key, _, digest, identity) in enumerate(items)
+        ]
+
+    def _copy_locked(
+        self, fd: int, known: _Journal, changes: Sequence[Change], *, fresh: bool
+    ) -> list[Entry]:
+        """Append changes numbered elsewhere (the ``database`` store's local copy).
+
+        Those at or below our version are skipped; the rest must follow it without
+        a gap unless ``fresh`` (a copy rebuilt from a table whose superseded rows
+        are gone). The caller holds the lock.
+        """
+        changes = [change for change in changes if change.version > known.version]
+        if not changes:
+            return []
+        if not fresh and changes[0].version != known.version + 1:
+            raise StoreError(
+                f"{self.label}: change {changes[0].version} does not follow version "
+                f"{known.version}."
+            )
+        puts = [change for change in changes if change.op == "put"]
+        written: dict[int, Entry] = {}
+        if puts:
+            items = [(c.key, c.vector, c.hash, c.identity) for c in puts]
+            matrix = self._matrix(items)  # type: ignore[arg-type]  # a put has its vector
+            bags = [c.terms for c in puts]
+            versions = [c.version for c in puts]
+            for entry in self._put_entries(known, items, matrix, bags, versions):  # type: ignore[arg-type]
+                written[entry.version] = entry
+        entries = [written.get(c.version) or Entry(c.version, "del", c.key) for c in changes]
+        self._append(fd, known, entries, stamp=int(time.time()))
+        return entries  # not compacted here: the caller may append more through ``fd``
+
     def _bags(
         self, items: list[tuple[str, Vector, str, str]], terms: Sequence[str | None] | None
     ) -> list[str | None]:
@@ -751,7 +822,7 @@ class Store:
                 logger.warning("%s: could not compact the store: %s", self.label, exc)
 
     def _compact_locked(self) -> int:
-        state = self.read_state()
+        state = self._read_state()
         snap = state.snapshot
         legacy = len(snap) > 0 and snap.raw is None  # written by 0.1.0: vectors in per-row files
         if not len(state.records) and snap.name is not None and not legacy:
@@ -1157,6 +1228,11 @@ def _digest(content_hash: str) -> list[int]:
     except ValueError:
         raw = b""
     return list(raw.ljust(16, b"\0"))
+
+
+@functools.lru_cache(maxsize=256)
+def _journal_path(path: Path) -> str:
+    return os.path.join(path, journal.JOURNAL)  # a stat before each search: no Path built
 
 
 def _mtime(path: Path) -> float | None:

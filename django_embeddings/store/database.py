@@ -1,0 +1,417 @@
+"""The ``database`` store: vectors in the project's database, a local copy per machine.
+
+``DJANGO_EMBEDDINGS_STORE = "database"``. The tables (:mod:`django_embeddings.models`)
+are the store: every put and delete is a :class:`~django_embeddings.models.StoreChange`
+row, numbered under a lock on the field's :class:`~django_embeddings.models.StoreHead`
+row. Each machine keeps a files store under ``DJANGO_EMBEDDINGS_DIR`` as a copy of
+it (same versions, same snapshots and memory maps), which its processes search
+exactly as they search a files store, and which they bring up to date by reading
+only the changes past its version. No disk is shared between machines.
+
+Versions follow commit order: a writer increments the head row's version (which
+locks that row, or the whole database on SQLite) before inserting its changes,
+and holds the lock until it commits, so no reader can see version ``n + 1``
+before version ``n``. Readers therefore catch up with one indexed query,
+``version > local``, and a gap in what it returns means compaction removed rows
+meanwhile: the copy is then rebuilt.
+
+Compaction keeps the table close to the live rows: changes at or below a horizon
+that a later change of the same key supersedes (and deletes) go, and the horizon
+is recorded in the head row. A copy older than the horizon, one made from another
+database (the head row's ``token`` differs) or one ahead of the table (a database
+restored from a backup, a rolled-back test transaction) is rebuilt from the table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Hashable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from django.db import DatabaseError, IntegrityError, router, transaction
+from django.db.models import Exists, F, OuterRef, Q
+
+from django_embeddings.exceptions import StoreError
+from django_embeddings.store import Change, Entry, Position, State, Store, Tail, _Journal, files
+from django_embeddings.store.permissions import DEFAULT as DEFAULT_PERMISSIONS
+from django_embeddings.store.permissions import Permissions
+from django_embeddings.store.snapshot import Snapshot
+from django_embeddings.typing import Vector
+
+if TYPE_CHECKING:
+    from django_embeddings.models import StoreChange
+
+__all__ = ["DatabaseStore"]
+
+logger = logging.getLogger(__name__)
+
+TOKEN_FILE = "_database"  # the token of the head row this copy was made from
+_CHUNK = 2_000  # changes read per round trip when copying
+
+
+class _Rebuild(Exception):
+    """The local copy cannot be caught up: rebuild it from the table."""
+
+    def __init__(self, reason: str, token: str | None) -> None:
+        super().__init__(reason)
+        self.token = token
+
+
+class DatabaseStore(Store):
+    """A files store kept as a copy of one field's rows in the database ``using``.
+
+    The tables live in the database a router's ``db_for_write`` names for
+    :class:`~django_embeddings.models.StoreChange` (hint ``store_for=using``), else
+    in ``using``, the database of the field's rows.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        using: str,
+        label: str = "",
+        compact_threshold: int = 10_000,
+        permissions: Permissions = DEFAULT_PERMISSIONS,
+    ) -> None:
+        super().__init__(
+            path, label=label, compact_threshold=compact_threshold, permissions=permissions
+        )
+        self.using = using
+        self._unreachable = False  # logged once per outage
+        self._head: tuple[int, str] = (0, "")  # (horizon, token) as the last write saw them
+
+    def __repr__(self) -> str:
+        return f"<DatabaseStore {self.label!r} in {self.database!r}, copy at {str(self.path)!r}>"
+
+    @property
+    def database(self) -> str:
+        from django_embeddings.models import StoreChange
+
+        for each in router.routers:
+            chosen = getattr(each, "db_for_write", None)
+            alias = chosen(StoreChange, store_for=self.using) if chosen else None
+            if alias:
+                return str(alias)
+        return self.using
+
+    # -- writes: the table first, then the local copy -----------------------------------
+
+    def put_many(
+        self,
+        items: Iterable[tuple[str, Vector, str, str]],
+        *,
+        terms: Sequence[str | None] | None = None,
+    ) -> list[Entry]:
+        items = list(items)
+        if not items:
+            return []
+        bags = self._bags(items, terms)
+        matrix = self._matrix(items)
+        changes = [
+            Change(0, "put", key, matrix[n], digest, identity, bags[n])
+            for n, (key, _, digest, identity) in enumerate(items)
+        ]
+        return self._write(changes)
+
+    def delete_many(self, keys: Iterable[str]) -> list[Entry]:
+        keys = list(keys)
+        if not keys:
+            return []
+        return self._write([Change(0, "del", key) for key in keys])
+
+    def clear(self) -> None:
+        from django_embeddings.models import StoreChange, StoreHead
+
+        with transaction.atomic(using=self.database):
+            version = self._claim(1)
+            StoreChange.objects.using(self.database).filter(label=self.label).delete()
+            heads = StoreHead.objects.using(self.database).filter(label=self.label)
+            heads.update(horizon=version)
+        self.sync()
+
+    def compact(self) -> int:
+        """Drop superseded changes from the table, then fold the local copy's journal."""
+        self.sync()
+        self._trim(super().version())
+        return super().compact()
+
+    def _write(self, changes: list[Change]) -> list[Entry]:
+        """Number and commit ``changes`` in the table, then copy them here."""
+        from django_embeddings.models import StoreChange
+
+        stamp = int(time.time())
+        with transaction.atomic(using=self.database):
+            last = self._claim(len(changes))
+            first = last - len(changes) + 1
+            numbered = [
+                Change(first + n, c.op, c.key, c.vector, c.hash, c.identity, c.terms)
+                for n, c in enumerate(changes)
+            ]
+            StoreChange.objects.using(self.database).bulk_create(
+                [_row(self.label, change, stamp) for change in numbered], batch_size=500
+            )
+        self._unreachable = False
+        try:
+            copied = self._copy_own(numbered)
+        except (OSError, StoreError) as exc:
+            # Committed: the table has it, and the next read copies it. Failing the
+            # write now would report as lost a vector every machine will find.
+            logger.warning("%s: could not copy a write to %s: %s", self.label, self.path, exc)
+            copied = {}
+        if last - self._head[0] >= 2 * self.compact_threshold:
+            self._trim_quietly(last - self.compact_threshold)
+        return [copied.get(change.version) or _entry(change) for change in numbered]
+
+    def _claim(self, count: int) -> int:
+        """Take ``count`` versions in the caller's transaction; returns the last.
+
+        The UPDATE locks the head row (SQLite: the database) until commit, so
+        versions are handed out, and become visible, in commit order.
+        """
+        from django_embeddings.models import StoreHead
+
+        heads = StoreHead.objects.using(self.database).filter(label=self.label)
+        if not heads.update(version=F("version") + count):
+            try:
+                with transaction.atomic(using=self.database):
+                    StoreHead.objects.using(self.database).create(
+                        label=self.label, version=count, token=secrets.token_hex(16)
+                    )
+            except IntegrityError:  # another writer created it first
+                heads.update(version=F("version") + count)
+        version, horizon, token = heads.values_list("version", "horizon", "token").get()
+        self._head = (int(horizon), str(token))
+        return int(version)
+
+    def _copy_own(self, numbered: list[Change]) -> dict[int, Entry]:
+        """Append our committed changes to the local copy (first any it is missing)."""
+        with self._writing() as (fd, known):
+            follows = known.version == numbered[0].version - 1
+            if follows and self._local_token() == self._head[1]:
+                entries = self._copy_locked(fd, known, numbered, fresh=False)
+                self._maybe_compact(known, entries[-1].version)
+            else:
+                try:
+                    entries = self._pull_locked(fd, known)
+                except _Rebuild:
+                    return {}  # the next read rebuilds it
+        return {entry.version: entry for entry in entries}
+
+    def _trim(self, horizon: int) -> None:
+        """Remove changes at or below ``horizon`` that later ones supersede, and deletes."""
+        from django_embeddings.models import StoreChange, StoreHead
+
+        changes = StoreChange.objects.using(self.database)
+        later = changes.filter(
+            label=self.label, key=OuterRef("key"), version__gt=OuterRef("version")
+        )
+        with transaction.atomic(using=self.database):
+            heads = StoreHead.objects.using(self.database).filter(label=self.label)
+            heads.filter(horizon__lt=horizon).update(horizon=horizon)
+            changes.filter(label=self.label, version__lte=horizon).filter(
+                Q(op="del") | Exists(later)
+            ).delete()
+        self._head = (horizon, self._head[1])
+
+    def _trim_quietly(self, horizon: int) -> None:
+        try:
+            self._trim(horizon)
+        except DatabaseError as exc:
+            logger.warning("%s: could not compact the table: %s", self.label, exc)
+
+    # -- reads: catch the local copy up first ----------------------------------------------
+
+    def read_state(self) -> State:
+        self._sync_quietly()
+        return super().read_state()
+
+    def read_tail(self, position: Position) -> Tail | None:
+        self._sync_quietly()
+        return super().read_tail(position)
+
+    def version(self) -> int:
+        self._sync_quietly()
+        return super().version()
+
+    def change_mark(self) -> Hashable:
+        """The table's newest version (one indexed query) and the local copy's stat."""
+        from django_embeddings.models import StoreHead
+
+        local = super().change_mark()
+        try:
+            head = (
+                StoreHead.objects.using(self.database)
+                .filter(label=self.label)
+                .values_list("version", flat=True)
+                .first()
+            )
+        except DatabaseError as exc:
+            self._note_unreachable(exc)
+            return local
+        return head, local
+
+    def appended_through(self, version: int) -> tuple[Position, Hashable] | None:
+        mark = super().appended_through(version)
+        if mark is None:
+            return None
+        position, stat = mark
+        return position, (version, stat)
+
+    def sync(self) -> None:
+        """Bring the local copy up to the table: only the changes past its version,
+        or all of them when it must be rebuilt."""
+        for _ in range(3):
+            with self._writing() as (fd, known):
+                try:
+                    self._pull_locked(fd, known)
+                    return
+                except _Rebuild as rebuild:
+                    reason, token = str(rebuild), rebuild.token
+            logger.info("%s: rebuilding the local copy in %s (%s)", self.label, self.path, reason)
+            self._reset(token)
+        raise StoreError(f"{self.label}: the table kept changing while it was copied.")
+
+    def _sync_quietly(self) -> None:
+        try:
+            self.sync()
+        except (DatabaseError, OSError, StoreError) as exc:
+            self._note_unreachable(exc)
+        else:
+            self._unreachable = False
+
+    def _note_unreachable(self, exc: Exception) -> None:
+        if not self._unreachable:
+            self._unreachable = True
+            logger.warning(
+                "%s: cannot catch up with database %r (%s); searching the local copy as it is",
+                self.label,
+                self.database,
+                exc,
+            )
+
+    def _pull_locked(self, fd: int, known: _Journal) -> list[Entry]:
+        from django_embeddings.models import StoreChange, StoreHead
+
+        local = known.version
+        token = self._local_token()
+        head = (
+            StoreHead.objects.using(self.database)
+            .filter(label=self.label)
+            .values_list("version", "horizon", "token")
+            .first()
+        )
+        if head is None:
+            if local or token is not None:
+                raise _Rebuild("the table holds nothing for this field", None)
+            return []
+        version, horizon, head_token = head
+        if token != head_token:
+            if local or token is not None:
+                raise _Rebuild("made from another table", head_token)
+            self._write_token(head_token)  # a new copy: it starts from this table
+        if local > version:
+            raise _Rebuild(f"ahead of the table ({local} > {version})", head_token)
+        if local == version:
+            return []
+        fresh = local == 0
+        if local < horizon and not fresh:
+            raise _Rebuild(f"older than the table's horizon {horizon}", head_token)
+        rows = (
+            StoreChange.objects.using(self.database)
+            .filter(label=self.label, version__gt=local)
+            .order_by("version")
+            .values_list("version", "op", "key", "vector", "content_hash", "identity", "terms")
+        )
+        entries: list[Entry] = []
+        expected = local + 1
+        batch: list[Change] = []
+        for row in rows.iterator(chunk_size=_CHUNK):
+            change = _change(row)
+            if not fresh and change.version != expected:
+                raise _Rebuild("compacted while it was read", head_token)
+            expected = change.version + 1
+            batch.append(change)
+            if len(batch) >= _CHUNK:
+                entries += self._copy_locked(fd, known, batch, fresh=fresh)
+                batch = []
+        if batch:
+            entries += self._copy_locked(fd, known, batch, fresh=fresh)
+        if entries:
+            self._maybe_compact(known, entries[-1].version)
+        return entries
+
+    def _reset(self, token: str | None) -> None:
+        """Empty the local copy and record which table it is now a copy of."""
+        from django_embeddings.store import DIMENSIONS, journal
+
+        files.ensure_dir(self.path, self.permissions)
+        with journal.locked(self.path, self.permissions):
+            self._install(Snapshot(version=0))
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / DIMENSIONS).unlink()
+            if token is None:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.path / TOKEN_FILE).unlink()
+            else:
+                self._write_token(token)
+
+    def _local_token(self) -> str | None:
+        try:
+            return (self.path / TOKEN_FILE).read_text("ascii").strip() or None
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
+    def _write_token(self, token: str) -> None:
+        files.write_atomic(self.path / TOKEN_FILE, token.encode("ascii"), self.permissions)
+
+
+def _row(label: str, change: Change, stamp: int) -> StoreChange:
+    from django_embeddings.models import StoreChange
+
+    vector = None
+    if change.vector is not None:
+        vector = np.ascontiguousarray(change.vector, dtype="<f4").tobytes()
+    return StoreChange(
+        label=label,
+        version=change.version,
+        op=change.op,
+        key=change.key,
+        vector=vector,
+        content_hash=change.hash,
+        identity=change.identity,
+        terms=change.terms,
+        stamp=stamp,
+    )
+
+
+def _change(row: tuple[object, ...]) -> Change:
+    version, op, key, vector, content_hash, identity, terms = row
+    array = None
+    if op == "put":
+        if vector is None:
+            raise StoreError(f"put of {key!r} at version {version} has no vector")
+        array = np.frombuffer(bytes(vector), dtype="<f4")  # type: ignore[call-overload]
+    return Change(
+        int(version),  # type: ignore[call-overload]
+        str(op),
+        str(key),
+        array,
+        str(content_hash),
+        str(identity),
+        terms if terms is None else str(terms),
+    )
+
+
+def _entry(change: Change) -> Entry:
+    """The entry of a change the local copy did not take (yet): no log offset."""
+    if change.op == "put":
+        return Entry(
+            change.version, "put", change.key, change.hash, change.identity, terms=change.terms
+        )
+    return Entry(change.version, "del", change.key)
