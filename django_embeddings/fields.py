@@ -167,8 +167,11 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
         """The store of the database this model's rows are written to."""
         return self.store_for(router.db_for_write(self.model))
 
-    def store_for(self, using: str) -> Store:
-        """The store of this field in database ``using``: each database has its own."""
+    def store_for(self, using: str, kind: str | None = None) -> Store:
+        """The store of this field in database ``using``: each database has its own.
+
+        ``kind`` (``"files"`` or ``"database"``) defaults to ``DJANGO_EMBEDDINGS_STORE``.
+        """
         # A search asks for its store each time: building it costs more than the rest of
         # a small search's setup. Kept by database name (a test database is another
         # store) and directory; a change of our other settings clears it (setting_changed).
@@ -178,16 +181,18 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
             using,
             connections[using].settings_dict.get("NAME"),
             getattr(settings, "DJANGO_EMBEDDINGS_DIR", None),
+            kind or conf.STORE,
         )
         try:
             return _stores[key]
         except TypeError:  # a setting of the wrong type: the store's checks report it
-            return self._new_store(using)
+            return self._new_store(using, kind)
         except KeyError:
-            store = _stores[key] = self._new_store(using)
+            store = _stores[key] = self._new_store(using, kind)
             return store
 
-    def _new_store(self, using: str) -> Store:
+    def _new_store(self, using: str, kind: str | None = None) -> Store:
+        """A store of ``kind`` (``"files"`` or ``"database"``; default: the setting's)."""
         directory = conf.DIR
         if directory is None:
             raise ImproperlyConfigured(
@@ -201,7 +206,7 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
         # peers only apply messages for the default database's stores.
         label = self.label if using == DEFAULT_DB_ALIAS else f"{self.label}@{using}"
         permissions = Permissions(conf.FILE_PERMISSIONS, conf.DIRECTORY_PERMISSIONS)
-        if conf.STORE == "database":
+        if (kind or conf.STORE) == "database":
             # The directory holds this machine's copy, apart from a files store's.
             return _database_store(
                 root / "_database",

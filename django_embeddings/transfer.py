@@ -21,10 +21,12 @@ again. Files hold only numeric and string arrays and are read with
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +42,18 @@ from django_embeddings.labels import LabelError, resolve_one
 from django_embeddings.store import Snapshot, Store, files
 from django_embeddings.store.journal import is_bag
 from django_embeddings.store.snapshot import TERMS_ARRAYS
+from django_embeddings.typing import Vector
 from django_embeddings.writer import put_vectors
 
-__all__ = ["FORMAT", "ImportResult", "TransferError", "export_field", "import_file"]
+__all__ = [
+    "FORMAT",
+    "ImportResult",
+    "TransferError",
+    "copy_store",
+    "export_field",
+    "import_file",
+    "stored_rows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,29 +85,20 @@ def export_field(field: EmbeddingField, path: Path) -> int:
     and the directories created for it get ``DJANGO_EMBEDDINGS_FILE_PERMISSIONS`` and
     ``DJANGO_EMBEDDINGS_DIRECTORY_PERMISSIONS``.
     """
-    index = cache.get(field.store, keep=False)
-    stored_terms = _StoredTerms(field.store)
-    keys = sorted(index.keys())
     kept: list[str] = []
     vectors: list[Any] = []
     hashes: list[str] = []
     bags: list[str | None] = []
     identity_ids: list[int] = []
     identity_names: list[str] = []
-    for key in keys:
-        meta = index.meta(key)
-        vector = index.vector(key)
-        if meta is None or vector is None:
-            logger.warning("%s: the vector of row %r is unreadable; not exported", field.label, key)
-            continue
-        content_hash, identity = meta
+    for key, vector, content_hash, identity, bag in stored_rows(field.store):
         if identity not in identity_names:
             identity_names.append(identity)
         kept.append(key)
         vectors.append(vector)
         hashes.append(content_hash)
         identity_ids.append(identity_names.index(identity))
-        bags.append(stored_terms.of(key, content_hash))
+        bags.append(bag)
     dimensions = len(vectors[0]) if vectors else 0
     meta_json = json.dumps(
         {
@@ -134,6 +136,36 @@ def export_field(field: EmbeddingField, path: Path) -> int:
         Path(tmp).unlink(missing_ok=True)
         raise
     return len(kept)
+
+
+def stored_rows(store: Store) -> Iterator[tuple[str, Vector, str, str, str | None]]:
+    """Every row ``store`` holds, by key: ``(key, normalized vector, content hash,
+    provider identity, bag of terms or None)``; unreadable vectors are left out."""
+    index = cache.get(store, keep=False)
+    stored_terms = _StoredTerms(store)
+    for key in sorted(index.keys()):
+        meta = index.meta(key)
+        vector = index.vector(key)
+        if meta is None or vector is None:
+            logger.warning("%s: the vector of row %r is unreadable; left out", store.label, key)
+            continue
+        content_hash, identity = meta
+        yield key, vector, content_hash, identity, stored_terms.of(key, content_hash)
+
+
+def copy_store(source: Store, target: Store) -> int:
+    """Store every row of ``source`` in ``target`` (told to peers, as saves are), with
+    no provider call; returns how many. ``source`` is left as it was."""
+    copied = 0
+    rows = stored_rows(source)
+    while chunk := list(itertools.islice(rows, IMPORT_CHUNK)):
+        put_vectors(
+            target,
+            [(key, vector, digest, identity) for key, vector, digest, identity, _ in chunk],
+            terms=[bag for *_, bag in chunk],
+        )
+        copied += len(chunk)
+    return copied
 
 
 def import_file(path: Path, *, using: str = "default") -> ImportResult:
