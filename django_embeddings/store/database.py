@@ -27,17 +27,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import threading
 import time
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from django.db import DatabaseError, IntegrityError, router, transaction
+from django.db import DatabaseError, IntegrityError, connections, router, transaction
 from django.db.models import Exists, F, OuterRef, Q
 
 from django_embeddings.exceptions import StoreError
-from django_embeddings.store import Change, Entry, Position, State, Store, Tail, _Journal, files
+from django_embeddings.store import (
+    Change,
+    Entry,
+    GarbageReport,
+    Position,
+    State,
+    Stats,
+    Store,
+    Tail,
+    _Journal,
+    _journals,
+    files,
+)
 from django_embeddings.store.permissions import DEFAULT as DEFAULT_PERMISSIONS
 from django_embeddings.store.permissions import Permissions
 from django_embeddings.store.snapshot import Snapshot
@@ -84,6 +97,7 @@ class DatabaseStore(Store):
         )
         self.using = using
         self._unreachable = False  # logged once per outage
+        self._written = threading.local()  # .first: the first version of this thread's last write
         self._head: tuple[int, str] = (0, "")  # (horizon, token) as the last write saw them
 
     def __repr__(self) -> str:
@@ -146,6 +160,8 @@ class DatabaseStore(Store):
         from django_embeddings.models import StoreChange
 
         stamp = int(time.time())
+        if not self._head[1]:
+            self._create_head()
         with transaction.atomic(using=self.database):
             last = self._claim(len(changes))
             first = last - len(changes) + 1
@@ -157,6 +173,7 @@ class DatabaseStore(Store):
                 [_row(self.label, change, stamp) for change in numbered], batch_size=500
             )
         self._unreachable = False
+        self._written.first = first
         try:
             copied = self._copy_own(numbered)
         except (OSError, StoreError) as exc:
@@ -178,16 +195,24 @@ class DatabaseStore(Store):
 
         heads = StoreHead.objects.using(self.database).filter(label=self.label)
         if not heads.update(version=F("version") + count):
-            try:
-                with transaction.atomic(using=self.database):
-                    StoreHead.objects.using(self.database).create(
-                        label=self.label, version=count, token=secrets.token_hex(16)
-                    )
-            except IntegrityError:  # another writer created it first
-                heads.update(version=F("version") + count)
+            self._create_head()  # cleared behind our back (a flushed test database)
+            heads.update(version=F("version") + count)
         version, horizon, token = heads.values_list("version", "horizon", "token").get()
         self._head = (int(horizon), str(token))
         return int(version)
+
+    def _create_head(self) -> None:
+        """The field's head row, unless it exists: created before the write's transaction,
+        as two first writers each inserting it under their row lock could deadlock."""
+        from django_embeddings.models import StoreHead
+
+        try:
+            with transaction.atomic(using=self.database):
+                StoreHead.objects.using(self.database).get_or_create(
+                    label=self.label, defaults={"token": secrets.token_hex(16)}
+                )
+        except IntegrityError:
+            pass  # another writer created it first
 
     def _copy_own(self, numbered: list[Change]) -> dict[int, Entry]:
         """Append our committed changes to the local copy (first any it is missing)."""
@@ -256,6 +281,32 @@ class DatabaseStore(Store):
             return local
         return head, local
 
+    def journal_mark(self) -> tuple[int, int] | None:
+        """The local copy's version as this process last saw it (never ahead of the
+        table): see :meth:`only_append_since`."""
+        known = _journals.get(self.path)
+        return None if known is None else (0, known.version)
+
+    def only_append_since(self, mark: tuple[int, int] | None) -> bool:
+        """Did this thread's last write take the version right after ``mark``? Then no
+        other writer, on any machine, stored anything in between."""
+        first = getattr(self._written, "first", None)
+        return mark is not None and first == mark[1] + 1
+
+    def stats(self) -> Stats:
+        self._sync_quietly()
+        return super().stats()
+
+    def collect_garbage(
+        self,
+        is_live: Callable[[list[str]], set[str]],
+        *,
+        min_age: float = 300,
+        dry_run: bool = False,
+    ) -> GarbageReport:
+        self._sync_quietly()
+        return super().collect_garbage(is_live, min_age=min_age, dry_run=dry_run)
+
     def appended_through(self, version: int) -> tuple[Position, Hashable] | None:
         mark = super().appended_through(version)
         if mark is None:
@@ -286,6 +337,9 @@ class DatabaseStore(Store):
             self._unreachable = False
 
     def _note_unreachable(self, exc: Exception) -> None:
+        connection = connections[self.database]
+        if isinstance(exc, DatabaseError) and not connection.in_atomic_block:
+            connection.close()  # a broken connection is never reused (the listener's thread)
         if not self._unreachable:
             self._unreachable = True
             logger.warning(
