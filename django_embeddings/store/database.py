@@ -150,9 +150,13 @@ class DatabaseStore(Store):
         self.sync()
 
     def compact(self) -> int:
-        """Drop superseded changes from the table, then fold the local copy's journal."""
+        """Drop superseded changes from the table, then fold the local copy's journal.
+
+        The last ``compact_threshold`` changes stay: a machine's copy that is fewer
+        changes behind reads only those, instead of being rebuilt from the table.
+        """
         self.sync()
-        self._trim(super().version())
+        self._trim(super().version() - self.compact_threshold)
         return super().compact()
 
     def _write(self, changes: list[Change]) -> list[Entry]:
