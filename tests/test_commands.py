@@ -419,6 +419,7 @@ class TestStatus:
             "  keywords    0 rows without terms\n"
             "  orphans     1\n"
             "  temp files  1\n"
+            "  store       files\n"
             f"  version     {version}\n"
             f"  journal     {version}\n"
             "  provider    default (hashing-v1-64)\n"
@@ -464,6 +465,7 @@ class TestStatus:
             "keywords_missing": 0,
             "orphans": 0,
             "temp_files": 0,
+            "store": "files",
             "version": 1,
             "snapshot_version": 0,
             "journal_entries": 1,

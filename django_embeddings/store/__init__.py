@@ -298,6 +298,8 @@ _journals: dict[Path, _Journal] = {}  # store path -> its journal, as this proce
 
 
 class Store:
+    kind = "files"  # DJANGO_EMBEDDINGS_STORE's name for it
+
     def __init__(
         self,
         path: Path,

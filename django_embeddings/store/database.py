@@ -83,6 +83,8 @@ class DatabaseStore(Store):
     in ``using``, the database of the field's rows.
     """
 
+    kind = "database"
+
     def __init__(
         self,
         path: Path,

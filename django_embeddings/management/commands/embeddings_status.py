@@ -75,6 +75,7 @@ class Command(BaseCommand):
                 ),
                 ("orphans", status["orphans"]),
                 ("temp files", status["temp_files"]),
+                ("store", status["store"]),
                 ("version", status["version"]),
                 ("journal", status["journal_entries"]),
                 ("provider", provider),
@@ -143,6 +144,7 @@ def field_status(field: EmbeddingField, using: str = "default") -> dict[str, Any
         # Counted from the same read as the rows, so a concurrent write cannot skew it.
         "orphans": max(0, len(index) - indexed_rows) + stats.unindexed_files,
         "temp_files": stats.temp_files,
+        "store": store.kind,
         "version": stats.version,
         "snapshot_version": stats.snapshot_version,
         "journal_entries": stats.journal_entries,
