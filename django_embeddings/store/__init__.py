@@ -421,7 +421,7 @@ class Store:
                     return State(snap, Records(), Position(0, 0), snap.version)
                 if journal.unreadable(self.path):
                     # Not a race: journals are swapped whole. The next append heals it.
-                    if (self.path, -1) not in _damaged:
+                    if not self._found_damage() and (self.path, -1) not in _damaged:
                         _damaged.add((self.path, -1))
                         logger.warning(
                             "%s: the journal in %s has no readable line; using the snapshot",
@@ -452,7 +452,7 @@ class Store:
     def journal_mark(self) -> tuple[int, int] | None:
         """The journal's (inode, size) now, for :meth:`only_append_since`."""
         try:
-            stat = os.stat(self.path / journal.JOURNAL)
+            stat = os.stat(_journal_path(self.path))  # before each insert: no Path built
         except OSError:
             return None
         return stat.st_ino, stat.st_size
@@ -965,7 +965,7 @@ class Store:
         except FileNotFoundError:
             if not self._same_journal(tail.position):
                 return None
-        if (self.path, tail.base) not in _damaged:
+        if not self._found_damage() and (self.path, tail.base) not in _damaged:
             _damaged.add((self.path, tail.base))
             logger.warning(
                 "%s: the vector log %s is missing; the rows stored since the last compaction "
@@ -1010,6 +1010,11 @@ class Store:
         last = journal.last_version(self.path)
         return max(last if last is not None else 0, self._index_version())
 
+    def _found_damage(self) -> bool:
+        """A file of the store could not be read. Here its rows read as missing until
+        ``embeddings_backfill`` (``False``: warn so); a copy of a table rebuilds itself."""
+        return False
+
     def _damaged_snapshot(self, exc: Exception) -> Snapshot:
         """An empty stand-in for a snapshot that cannot be read (truncated, not arrays).
 
@@ -1018,7 +1023,7 @@ class Store:
         replaces the damaged snapshot.
         """
         version = self._index_version()
-        if (self.path, version) not in _damaged:
+        if not self._found_damage() and (self.path, version) not in _damaged:
             _damaged.add((self.path, version))
             logger.warning(
                 "%s: the snapshot of version %d in %s is damaged (%s); its rows are left "

@@ -65,6 +65,7 @@ logger = logging.getLogger(__name__)
 
 TOKEN_FILE = "_database"  # the token of the head row this copy was made from
 _CHUNK = 2_000  # changes read per round trip when copying
+_DAMAGED = "a file of it could not be read"
 
 
 class _Rebuild(Exception):
@@ -99,6 +100,7 @@ class DatabaseStore(Store):
         )
         self.using = using
         self._unreachable = False  # logged once per outage
+        self._damaged = False  # a file of the copy could not be read: rebuild it
         self._written = threading.local()  # .first: the first version of this thread's last write
         self._head: tuple[int, str] = (0, "")  # (horizon, token) as the last write saw them
 
@@ -260,7 +262,15 @@ class DatabaseStore(Store):
 
     def read_state(self) -> State:
         self._sync_quietly()
-        return super().read_state()
+        state = super().read_state()
+        if self._damaged:  # found while reading: rebuilt now, never served half
+            self._sync_quietly()
+            state = super().read_state()
+        return state
+
+    def _found_damage(self) -> bool:
+        self._damaged = True
+        return True  # the rebuild says so
 
     def read_tail(self, position: Position) -> Tail | None:
         self._sync_quietly()
@@ -330,7 +340,8 @@ class DatabaseStore(Store):
                     return
                 except _Rebuild as rebuild:
                     reason, token = str(rebuild), rebuild.token
-            logger.info("%s: rebuilding the local copy in %s (%s)", self.label, self.path, reason)
+            level = logging.WARNING if reason == _DAMAGED else logging.INFO
+            logger.log(level, "%s: rebuilding the copy in %s (%s)", self.label, self.path, reason)
             self._reset(token)
         raise StoreError(f"{self.label}: the table kept changing while it was copied.")
 
@@ -359,6 +370,8 @@ class DatabaseStore(Store):
         from django_embeddings.models import StoreChange, StoreHead
 
         local = known.version
+        if self._damaged:
+            raise _Rebuild(_DAMAGED, self._local_token())
         token = self._local_token()
         head = (
             StoreHead.objects.using(self.database)
@@ -412,6 +425,7 @@ class DatabaseStore(Store):
 
         files.ensure_dir(self.path, self.permissions)
         with journal.locked(self.path, self.permissions):
+            self._damaged = False
             self._install(Snapshot(version=0))
             with contextlib.suppress(FileNotFoundError):
                 (self.path / DIMENSIONS).unlink()
