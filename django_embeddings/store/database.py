@@ -28,7 +28,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +37,18 @@ from django.db import DatabaseError, IntegrityError, router, transaction
 from django.db.models import Exists, F, OuterRef, Q
 
 from django_embeddings.exceptions import StoreError
-from django_embeddings.store import Change, Entry, Position, State, Store, Tail, _Journal, files
+from django_embeddings.store import (
+    Change,
+    Entry,
+    GarbageReport,
+    Position,
+    State,
+    Stats,
+    Store,
+    Tail,
+    _Journal,
+    files,
+)
 from django_embeddings.store.permissions import DEFAULT as DEFAULT_PERMISSIONS
 from django_embeddings.store.permissions import Permissions
 from django_embeddings.store.snapshot import Snapshot
@@ -238,6 +249,22 @@ class DatabaseStore(Store):
     def version(self) -> int:
         self._sync_quietly()
         return super().version()
+
+    def stats(self) -> Stats:
+        # The base class reports an empty store when the copy's directory is missing,
+        # as it is on a new machine before its first read.
+        self._sync_quietly()
+        return super().stats()
+
+    def collect_garbage(
+        self,
+        is_live: Callable[[list[str]], set[str]],
+        *,
+        min_age: float = 300,
+        dry_run: bool = False,
+    ) -> GarbageReport:
+        self.sync()  # deletes go through the table: a copy it cannot reach collects nothing
+        return super().collect_garbage(is_live, min_age=min_age, dry_run=dry_run)
 
     def change_mark(self) -> Hashable:
         """The table's newest version (one indexed query) and the local copy's stat."""
