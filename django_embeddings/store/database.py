@@ -280,6 +280,22 @@ class DatabaseStore(Store):
         self._sync_quietly()
         return super().version()
 
+    def stats(self) -> Stats:
+        # The base class reports an empty store when the copy's directory is missing,
+        # as it is on a new machine before its first read.
+        self._sync_quietly()
+        return super().stats()
+
+    def collect_garbage(
+        self,
+        is_live: Callable[[list[str]], set[str]],
+        *,
+        min_age: float = 300,
+        dry_run: bool = False,
+    ) -> GarbageReport:
+        self.sync()  # deletes go through the table: a copy it cannot reach collects nothing
+        return super().collect_garbage(is_live, min_age=min_age, dry_run=dry_run)
+
     def change_mark(self) -> Hashable:
         """The table's newest version (one indexed query) and the local copy's stat."""
         from django_embeddings.models import StoreHead
@@ -308,20 +324,6 @@ class DatabaseStore(Store):
         other writer, on any machine, stored anything in between."""
         first = getattr(self._written, "first", None)
         return mark is not None and first == mark[1] + 1
-
-    def stats(self) -> Stats:
-        self._sync_quietly()
-        return super().stats()
-
-    def collect_garbage(
-        self,
-        is_live: Callable[[list[str]], set[str]],
-        *,
-        min_age: float = 300,
-        dry_run: bool = False,
-    ) -> GarbageReport:
-        self._sync_quietly()
-        return super().collect_garbage(is_live, min_age=min_age, dry_run=dry_run)
 
     def appended_through(self, version: int) -> tuple[Position, Hashable] | None:
         mark = super().appended_through(version)

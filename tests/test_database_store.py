@@ -1,0 +1,492 @@
+"""DJANGO_EMBEDDINGS_STORE = "database" through the ORM and the commands: the same
+results as the files store, local copies built, caught up and rebuilt from the
+table, the table trimmed, and a store database that fails for real."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from django.core.management import call_command
+from django.db import connection, connections
+from django.db.utils import load_backend
+from django.test.utils import CaptureQueriesContext
+
+from django_embeddings import cache
+from django_embeddings.checks import check_settings
+from django_embeddings.models import StoreChange, StoreHead
+from django_embeddings.providers import get_provider
+from django_embeddings.store.database import TOKEN_FILE
+from tests.databases import (
+    MARIADB_CHARSET,
+    mariadb_connect,
+    mariadb_database,
+    postgres_database,
+    vendor,
+)
+from tests.testapp.models import Article
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LABEL = "testapp.Article.embedding"
+WORDS = ["apple", "banana", "cherry", "delta", "echo", "fox", "golf", "hotel", "india", "kilo"]
+QUERY = "apple banana fox"
+
+
+@pytest.fixture(autouse=True)
+def database_store(settings) -> None:
+    settings.DJANGO_EMBEDDINGS_STORE = "database"
+
+
+def copy_path() -> Path:
+    """This machine's local copy of the Article store (under DJANGO_EMBEDDINGS_DIR)."""
+    return Article._meta.get_field("embedding").store.path
+
+
+def changes(using: str = "default") -> list[tuple[str, str]]:
+    """The table's (op, key) rows of the Article store, in version order."""
+    rows = StoreChange.objects.using(using).filter(label=LABEL).order_by("version")
+    return list(rows.values_list("op", "key"))
+
+
+def head(using: str = "default") -> StoreHead:
+    return StoreHead.objects.using(using).get(label=LABEL)
+
+
+def run(*args: str, **options: Any) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out, **options)
+    return out.getvalue()
+
+
+def titles(queryset: Any) -> list[str]:
+    return [article.title for article in queryset]
+
+
+def results(query: str = QUERY) -> dict[str, list[tuple[str, float]]]:
+    """Each search's (title, score), on a filtered queryset for the vector rankers."""
+    published = Article.objects.filter(published=True)
+    return {
+        "semantic": [(a.title, round(a.similarity, 5)) for a in published.semantic_search(query)],
+        "hybrid": [(a.title, round(a.score, 5)) for a in published.hybrid_search(query)],
+        "keyword": [
+            (a.title, round(a.keyword_score, 5)) for a in Article.objects.keyword_search(query)
+        ],
+    }
+
+
+def workload(count: int = 40, *, seed: int = 7) -> list[Article]:
+    """Creates, then updates of text and of the filter column, then deletes."""
+    rng = np.random.default_rng(seed)
+
+    def text() -> str:
+        return " ".join(rng.choice(WORDS, size=int(rng.integers(2, 7))))
+
+    articles = [
+        Article.objects.create(title=f"t{n}", body=text(), published=bool(n % 3))
+        for n in range(count)
+    ]
+    for article in articles[::4]:
+        article.body = text()
+        article.save()
+    for article in articles[1::5]:
+        article.published = not article.published
+        article.save()
+    for article in articles[2::7]:
+        article.delete()
+    return list(Article.objects.order_by("pk"))
+
+
+def rebuilds(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "rebuilding the local copy" in r.getMessage()]
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.INFO, logger="django_embeddings")
+    return caplog
+
+
+# -- the same answers as the files store --------------------------------------------------
+
+
+def test_results_are_those_of_the_files_store(settings) -> None:
+    settings.DJANGO_EMBEDDINGS_STORE = "files"
+    workload()
+    expected = results()
+    Article.objects.all().delete()
+
+    settings.DJANGO_EMBEDDINGS_STORE = "database"
+    articles = workload()
+    assert results() == expected
+    assert all(len(found) == 10 for found in expected.values())
+    # The table holds every change; a version per change, in order.
+    versions = StoreChange.objects.order_by("version").values_list("version", flat=True)
+    assert list(versions) == list(range(1, head().version + 1))
+    assert {key for op, key in changes()} >= {str(a.pk) for a in articles}
+
+
+def test_unchanged_text_writes_nothing_to_the_table() -> None:
+    article = Article.objects.create(title="a", body="apple banana")
+    version = head().version
+    article.title = "renamed"
+    article.published = False
+    article.save()
+    Article.objects.get(pk=article.pk).save()
+    assert head().version == version
+    assert changes() == [("put", str(article.pk))]
+
+
+# -- local copies: a new machine, a second machine ------------------------------------------
+
+
+def test_a_new_machine_builds_its_copy_from_the_table(settings, tmp_path, logs) -> None:
+    workload()
+    expected = results()
+    first = settings.DJANGO_EMBEDDINGS_DIR
+
+    shutil.rmtree(copy_path())  # this machine lost its disk
+    cache.clear()
+    assert results() == expected
+    assert (copy_path() / TOKEN_FILE).read_text() == head().token
+
+    settings.DJANGO_EMBEDDINGS_DIR = tmp_path / "machine-b"
+    assert copy_path().is_relative_to(tmp_path / "machine-b")
+    assert results() == expected
+    added = Article.objects.create(title="added on b", body="apple banana fox fox")
+    Article.objects.filter(title="t0").get().delete()
+    on_b = results()
+    assert on_b["keyword"][0][0] == "added on b"
+    assert "t0" not in {title for found in on_b.values() for title, _ in found}
+
+    settings.DJANGO_EMBEDDINGS_DIR = first  # machine A catches up with what B wrote
+    assert results() == on_b
+    assert Article._meta.get_field("embedding").store.version() == head().version
+    added.body = "kilo india"
+    added.save()
+    assert "added on b" not in titles(Article.objects.keyword_search(QUERY))
+    assert rebuilds(logs) == []  # new copies start from the table; none was rebuilt
+
+
+def test_a_copy_of_another_table_is_rebuilt(logs) -> None:
+    workload()
+    expected = results()
+    (copy_path() / TOKEN_FILE).write_text("0" * 32)  # made from another database
+    cache.clear()
+    assert results() == expected
+    assert len(rebuilds(logs)) == 1
+    assert "made from another table" in rebuilds(logs)[0]
+    assert (copy_path() / TOKEN_FILE).read_text() == head().token
+
+
+def test_a_copy_ahead_of_the_table_is_rebuilt(logs) -> None:
+    workload()
+    expected = results()
+    for n in range(3):
+        Article.objects.create(title=f"late{n}", body="apple banana fox")
+    assert results()["keyword"][0][0].startswith("late")
+    # The database restored from a backup taken before the last three saves.
+    newest = head().version
+    StoreChange.objects.filter(label=LABEL, version__gt=newest - 3).delete()
+    StoreHead.objects.filter(label=LABEL).update(version=newest - 3)
+
+    assert results() == expected  # the loaded index notices through the head's version
+    assert len(rebuilds(logs)) == 1
+    assert f"ahead of the table ({newest} > {newest - 3})" in rebuilds(logs)[0]
+    status = json.loads(run("embeddings_status", "testapp.Article", "--json"))[LABEL]
+    assert status["missing"] == 3
+    run("embeddings_backfill", "testapp.Article", "--missing", verbosity=0)
+    assert {"late0", "late1", "late2"} <= set(titles(Article.objects.keyword_search(QUERY)))
+
+
+def test_a_gap_in_the_versions_rebuilds_the_copy(settings, tmp_path, logs) -> None:
+    articles = workload()
+    results()  # machine A's copy is at this version
+    first = settings.DJANGO_EMBEDDINGS_DIR
+    settings.DJANGO_EMBEDDINGS_DIR = tmp_path / "machine-b"
+    for article in (articles[0], articles[0], articles[1]):
+        article.body = f"{article.body} fox"
+        article.save()
+    on_b = results()
+    # A trim between A's read of the head and of the rows: the superseded change is gone
+    # and the horizon A read is the old one.
+    StoreChange.objects.filter(label=LABEL, version=head().version - 2).delete()
+
+    settings.DJANGO_EMBEDDINGS_DIR = first
+    assert results() == on_b
+    assert len(rebuilds(logs)) == 1
+    assert "compacted while it was read" in rebuilds(logs)[0]
+
+
+def test_a_search_asks_the_table_one_query(settings) -> None:
+    workload(12)
+    results()
+    with CaptureQueriesContext(connection) as queries:
+        assert titles(Article.objects.semantic_search(QUERY, k=3))
+    store_queries = [q["sql"] for q in queries if "django_embeddings_" in q["sql"]]
+    assert len(store_queries) == 1
+    assert "django_embeddings_head" in store_queries[0]
+
+
+def test_a_copy_older_than_the_horizon_is_rebuilt(settings, tmp_path, logs) -> None:
+    articles = workload()
+    results()  # machine A's copy is at this version
+    first = settings.DJANGO_EMBEDDINGS_DIR
+
+    settings.DJANGO_EMBEDDINGS_DIR = tmp_path / "machine-b"
+    for article in articles[:10]:
+        article.body = f"{article.body} fox golf"
+        article.save()
+    run("embeddings_compact", "testapp.Article", verbosity=0)
+    assert head().horizon == head().version
+    on_b = results()
+
+    settings.DJANGO_EMBEDDINGS_DIR = first
+    assert results() == on_b
+    assert len(rebuilds(logs)) == 1
+    assert f"older than the table's horizon {head().horizon}" in rebuilds(logs)[0]
+
+
+# -- clearing and trimming the table --------------------------------------------------------
+
+
+def test_backfill_all_reset_clears_the_table(settings, tmp_path, logs) -> None:
+    articles = workload()
+    expected = results()
+    first = settings.DJANGO_EMBEDDINGS_DIR
+    settings.DJANGO_EMBEDDINGS_DIR = tmp_path / "machine-b"
+    assert results() == expected
+
+    settings.DJANGO_EMBEDDINGS_DIR = first
+    before = head().version
+    run("embeddings_backfill", "testapp.Article", "--all", "--reset", verbosity=0)
+    # One put per row, all after the clear: the old changes are gone.
+    assert sorted(key for _, key in changes()) == sorted(str(a.pk) for a in articles)
+    assert StoreChange.objects.filter(label=LABEL, version__lte=before).count() == 0
+    assert results() == expected
+
+    Article.objects.all()._raw_delete("default")  # rows gone behind the ORM's back
+    run("embeddings_backfill", "testapp.Article", "--all", "--reset", verbosity=0)
+    assert changes() == []
+    settings.DJANGO_EMBEDDINGS_DIR = tmp_path / "machine-b"
+    assert Article._meta.get_field("embedding").store.stats().vectors == 0
+    assert len(rebuilds(logs)) == 3  # A's copy after each clear, B's after both
+
+
+def test_compact_keeps_one_row_per_live_key() -> None:
+    articles = workload()
+    for round_ in range(3):
+        for article in articles:
+            article.body = f"{article.body} {WORDS[round_]}"
+            article.save()
+    expected = results()
+    assert len(changes()) > 4 * len(articles)
+    assert "del" in {op for op, _ in changes()}
+
+    run("embeddings_compact", "testapp.Article", verbosity=0)
+    assert sorted(changes()) == sorted(("put", str(a.pk)) for a in articles)
+    cache.clear()
+    assert results() == expected
+
+
+def test_writes_trim_the_table_past_twice_the_threshold(settings, tmp_path) -> None:
+    settings.DJANGO_EMBEDDINGS_COMPACT_THRESHOLD = 5
+    articles = [Article.objects.create(title=f"t{n}", body="apple banana") for n in range(4)]
+    for round_ in range(10):
+        for article in articles:
+            article.body = f"{article.body} {WORDS[round_]}"
+            article.save()
+    # Versions 1-44; a write trims once the head is two thresholds past the horizon
+    # (at 10, 15, ... 40), up to a threshold below itself. Each key changed after 35.
+    assert (head().version, head().horizon) == (44, 35)
+    versions = StoreChange.objects.order_by("version").values_list("version", flat=True)
+    assert list(versions) == list(range(36, 45))
+    expected = results()
+    settings.DJANGO_EMBEDDINGS_DIR = tmp_path / "machine-b"  # a new machine
+    assert results() == expected
+
+
+# -- the other commands ---------------------------------------------------------------------
+
+
+def test_gc_deletes_through_the_table(settings, tmp_path) -> None:
+    articles = workload(12)
+    expected = results()
+    first = settings.DJANGO_EMBEDDINGS_DIR
+    gone = articles[:3]
+    Article.objects.filter(pk__in=[a.pk for a in gone])._raw_delete("default")
+
+    settings.DJANGO_EMBEDDINGS_DIR = tmp_path / "machine-b"  # gc on a machine with no copy yet
+    output = run("embeddings_gc", "testapp.Article", "--min-age", "0")
+    assert output == f"Removed 3 orphaned embeddings for {LABEL}.\n"
+    assert [key for op, key in changes() if op == "del"][-3:] == [str(a.pk) for a in gone]
+    # The rows were gone: searches never served them (BM25's statistics counted them).
+    assert results()["semantic"] == expected["semantic"]
+
+    settings.DJANGO_EMBEDDINGS_DIR = first
+    store = Article._meta.get_field("embedding").store
+    assert store.stats().vectors == len(articles) - 3
+    assert json.loads(run("embeddings_status", "--json"))[LABEL]["orphans"] == 0
+
+
+def test_export_then_import_into_an_empty_table(settings, tmp_path, logs) -> None:
+    workload(12)
+    expected = results()
+    run("embeddings_export", "testapp.Article", output=str(tmp_path), verbosity=0)
+    # Another database with the same rows: no head row, no changes.
+    StoreChange.objects.all().delete()
+    StoreHead.objects.all().delete()
+    assert results()["semantic"] == []
+    assert "the table holds nothing for this field" in rebuilds(logs)[0]
+
+    calls = len(get_provider().calls)
+    run("embeddings_import", str(tmp_path / f"{LABEL}.npz"), verbosity=0)
+    assert len(get_provider().calls) == calls
+    assert len(changes()) == Article.objects.count()
+    assert results() == expected
+    settings.DJANGO_EMBEDDINGS_DIR = tmp_path / "machine-b"
+    assert results() == expected
+
+
+# -- a store database that fails ------------------------------------------------------------
+
+
+class StoreRouter:
+    """Keeps the store's tables in database ``alias`` (the store asks db_for_write)."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+
+    def db_for_write(self, model: type, **hints: Any) -> str | None:
+        return self.alias if model in (StoreChange, StoreHead) else None
+
+    db_for_read = db_for_write
+
+
+class StoreDatabase:
+    """A database of its own for the store's tables, which this test can break for real:
+    PostgreSQL refuses connections, elsewhere the tables are renamed away."""
+
+    ALIAS = "embeddings_store"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.name = f"test_django_embeddings_store_{os.getpid()}"
+        if vendor() == "postgres":
+            with connection.cursor() as cursor:
+                cursor.execute(f'CREATE DATABASE "{self.name}"')
+            config: dict[str, Any] = postgres_database(self.name)
+        elif vendor() == "mariadb":
+            server = mariadb_connect()
+            server.cursor().execute(f"CREATE DATABASE `{self.name}` {MARIADB_CHARSET}")
+            server.close()
+            config = mariadb_database(self.name)
+        else:
+            config = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "store.db")}
+        # Not in settings.DATABASES: a connection made at run time, which Django's test
+        # case lets this test use (and whose database it neither creates nor flushes).
+        config = connections.configure_settings({"default": {}, self.ALIAS: config})[self.ALIAS]
+        connections[self.ALIAS] = load_backend(config["ENGINE"]).DatabaseWrapper(config, self.ALIAS)
+        with connections[self.ALIAS].schema_editor() as editor:
+            editor.create_model(StoreHead)
+            editor.create_model(StoreChange)
+
+    def _rename(self, pairs: list[tuple[str, str]]) -> None:
+        with connections[self.ALIAS].cursor() as cursor:
+            for old, new in pairs:
+                cursor.execute(f"ALTER TABLE {old} RENAME TO {new}")
+
+    def break_(self) -> None:
+        if vendor() == "postgres":
+            with connection.cursor() as cursor:
+                cursor.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false')
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    [self.name],
+                )
+        else:
+            tables = [StoreHead._meta.db_table, StoreChange._meta.db_table]
+            self._rename([(table, f"away_{table}") for table in tables])
+
+    def heal(self) -> None:
+        if vendor() == "postgres":
+            with connection.cursor() as cursor:
+                cursor.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
+            # What Django does at the end of each request.
+            connections[self.ALIAS].close_if_unusable_or_obsolete()
+        else:
+            tables = [StoreHead._meta.db_table, StoreChange._meta.db_table]
+            self._rename([(f"away_{table}", table) for table in tables])
+
+    def drop(self) -> None:
+        connections[self.ALIAS].close()
+        del connections[self.ALIAS]
+        if vendor() == "postgres":
+            with connection.cursor() as cursor:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        elif vendor() == "mariadb":
+            server = mariadb_connect()
+            server.cursor().execute(f"DROP DATABASE IF EXISTS `{self.name}`")
+            server.close()
+
+
+@pytest.fixture
+def store_database(settings, tmp_path) -> Iterator[StoreDatabase]:
+    database = StoreDatabase(tmp_path)
+    settings.DATABASE_ROUTERS = [StoreRouter(database.ALIAS)]
+    try:
+        yield database
+    finally:
+        database.drop()
+
+
+def test_the_tables_live_where_the_router_says(store_database) -> None:
+    article = Article.objects.create(title="a", body="apple banana")
+    assert changes(StoreDatabase.ALIAS) == [("put", str(article.pk))]
+    assert changes() == []
+    assert StoreDatabase.ALIAS in repr(Article._meta.get_field("embedding").store)
+
+
+def test_a_store_database_fault_leaves_the_row_pending(store_database, logs) -> None:
+    Article.objects.create(title="first", body="apple banana cherry")
+    assert titles(Article.objects.semantic_search("apple")) == ["first"]  # loaded here
+
+    store_database.break_()
+    Article.objects.create(title="second", body="apple delta echo")  # the row commits
+    assert [r.getMessage() for r in logs.records if r.levelno == logging.ERROR][0].startswith(
+        "Could not embed 1 rows of testapp.Article.embedding"
+    )
+    # Searches answer from the loaded index, with one warning for the outage.
+    for _ in range(3):
+        assert titles(Article.objects.semantic_search("apple")) == ["first"]
+        assert titles(Article.objects.hybrid_search("apple")) == ["first"]
+    warnings = [r for r in logs.records if "cannot catch up with database" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].levelno == logging.WARNING
+    status = json.loads(run("embeddings_status", "testapp.Article", "--json"))[LABEL]
+    assert (status["embedded"], status["missing"]) == (1, 1)
+
+    store_database.heal()
+    assert "Embedded 1 of 2 rows" in run("embeddings_backfill", "testapp.Article", "--missing")
+    assert sorted(titles(Article.objects.semantic_search("apple"))) == ["first", "second"]
+    assert len(changes(StoreDatabase.ALIAS)) == 2
+
+
+# -- the setting's check --------------------------------------------------------------------
+
+
+def test_an_unknown_store_is_reported(settings) -> None:
+    assert check_settings() == []  # "database" is one
+    settings.DJANGO_EMBEDDINGS_STORE = "redis"
+    messages = check_settings()
+    assert [m.id for m in messages] == ["django_embeddings.E020"]
+    assert messages[0].msg == (
+        "DJANGO_EMBEDDINGS_STORE should be one of ['files', 'database'], not 'redis'."
+    )
