@@ -200,7 +200,7 @@ def report_failure(field: EmbeddingField, keys: Sequence[str], using: str, exc: 
 
     shown = ", ".join(repr(key) for key in list(keys)[:5])
     logger.error(
-        "Could not embed %d rows of %s (%s%s) after commit: %s They stay pending until "
+        "Could not embed %d rows of %s (%s%s) after commit (%s). They stay pending until "
         "`manage.py embeddings_backfill %s`.",
         len(keys),
         field.label,

@@ -78,6 +78,7 @@ class Change:
     hash: str = ""
     identity: str = ""
     terms: str | None = None
+    stamp: int = 0  # when it was made, seconds since the epoch (0: not known)
 
 
 @dataclass
@@ -757,7 +758,9 @@ class Store:
             for entry in self._put_entries(known, items, matrix, bags, versions):  # type: ignore[arg-type]
                 written[entry.version] = entry
         entries = [written.get(c.version) or Entry(c.version, "del", c.key) for c in changes]
-        self._append(fd, known, entries, stamp=int(time.time()))
+        # One stamp a journal append: the newest change's keeps gc's age guard on the safe side.
+        stamp = max(change.stamp for change in changes) or int(time.time())
+        self._append(fd, known, entries, stamp=stamp)
         return entries  # not compacted here: the caller may append more through ``fd``
 
     def _bags(

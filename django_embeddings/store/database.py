@@ -174,7 +174,7 @@ class DatabaseStore(Store):
             last = self._claim(len(changes))
             first = last - len(changes) + 1
             numbered = [
-                Change(first + n, c.op, c.key, c.vector, c.hash, c.identity, c.terms)
+                Change(first + n, c.op, c.key, c.vector, c.hash, c.identity, c.terms, stamp)
                 for n, c in enumerate(changes)
             ]
             StoreChange.objects.using(self.database).bulk_create(
@@ -401,7 +401,9 @@ class DatabaseStore(Store):
             StoreChange.objects.using(self.database)
             .filter(label=self.label, version__gt=local)
             .order_by("version")
-            .values_list("version", "op", "key", "vector", "content_hash", "identity", "terms")
+            .values_list(
+                "version", "op", "key", "vector", "content_hash", "identity", "terms", "stamp"
+            )
         )
         entries: list[Entry] = []
         expected = local + 1
@@ -467,7 +469,7 @@ def _row(label: str, change: Change, stamp: int) -> StoreChange:
 
 
 def _change(row: tuple[object, ...]) -> Change:
-    version, op, key, vector, content_hash, identity, terms = row
+    version, op, key, vector, content_hash, identity, terms, stamp = row
     array = None
     if op == "put":
         if vector is None:
@@ -481,6 +483,7 @@ def _change(row: tuple[object, ...]) -> Change:
         str(content_hash),
         str(identity),
         terms if terms is None else str(terms),
+        int(stamp),  # type: ignore[call-overload]
     )
 
 
