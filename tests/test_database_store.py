@@ -16,14 +16,16 @@ from typing import Any
 import numpy as np
 import pytest
 from django.core.management import call_command
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.db.utils import load_backend
 from django.test.utils import CaptureQueriesContext
 
 from django_embeddings import cache
 from django_embeddings.checks import check_settings
+from django_embeddings.fields import content_hash
 from django_embeddings.models import StoreChange, StoreHead
 from django_embeddings.providers import get_provider
+from django_embeddings.writer import put_vectors
 from django_embeddings.store.database import TOKEN_FILE
 from tests.databases import (
     MARIADB_CHARSET,
@@ -493,3 +495,23 @@ def test_an_unknown_store_is_reported(settings) -> None:
     assert messages[0].msg == (
         "DJANGO_EMBEDDINGS_STORE should be one of ['files', 'database'], not 'redis'."
     )
+
+
+def test_a_write_the_table_rolled_back_is_not_kept_by_the_copy(logs) -> None:
+    """A store write inside a transaction that rolls back (a ``TestCase`` running commit
+    callbacks) reached the copy; the next write takes the version it had."""
+    articles = workload(6)
+    store = Article._meta.get_field("embedding").store
+    identity = get_provider().identity
+    with pytest.raises(RuntimeError), transaction.atomic():
+        put_vectors(store, [("ghost", np.ones(64, dtype=np.float32), "0" * 32, identity)])
+        raise RuntimeError("roll back")
+    vector = np.linspace(-1, 1, 64, dtype=np.float32)
+    (entry,) = put_vectors(store, [("real", vector, "1" * 32, identity)])
+
+    assert entry.version == head().version  # the rolled-back write's version, taken again
+    assert any("not what the table holds" in message for message in rebuilds(logs))
+    expected = {str(a.pk) for a in articles} | {"real"}
+    assert set(cache.get(store).keys()) == expected
+    cache.clear()  # a new process agrees
+    assert set(cache.get(store).keys()) == expected

@@ -50,6 +50,7 @@ from django_embeddings.store import (
     _Journal,
     _journals,
     files,
+    journal,
 )
 from django_embeddings.store.permissions import DEFAULT as DEFAULT_PERMISSIONS
 from django_embeddings.store.permissions import Permissions
@@ -184,7 +185,7 @@ class DatabaseStore(Store):
         self._written.first = first
         try:
             copied = self._copy_own(numbered)
-        except (OSError, StoreError) as exc:
+        except (DatabaseError, OSError, StoreError) as exc:
             # Committed: the table has it, and the next read copies it. Failing the
             # write now would report as lost a vector every machine will find.
             logger.warning("%s: could not copy a write to %s: %s", self.label, self.path, exc)
@@ -229,12 +230,11 @@ class DatabaseStore(Store):
             if follows and self._local_token() == self._head[1]:
                 entries = self._copy_locked(fd, known, numbered, fresh=False)
                 self._maybe_compact(known, entries[-1].version)
-            else:
-                try:
-                    entries = self._pull_locked(fd, known)
-                except _Rebuild:
-                    return {}  # the next read rebuilds it
-        return {entry.version: entry for entry in entries}
+                return {entry.version: entry for entry in entries}
+        # Others wrote in between (or the copy is not what the table says): catch up,
+        # rebuilding the copy if need be, which makes this process's index reload.
+        self.sync()
+        return {}
 
     def _trim(self, horizon: int) -> None:
         """Remove changes at or below ``horizon`` that later ones supersede, and deletes."""
@@ -392,14 +392,18 @@ class DatabaseStore(Store):
             self._write_token(head_token)  # a new copy: it starts from this table
         if local > version:
             raise _Rebuild(f"ahead of the table ({local} > {version})", head_token)
-        if local == version:
-            return []
         fresh = local == 0
         if local < horizon and not fresh:
             raise _Rebuild(f"older than the table's horizon {horizon}", head_token)
+        # The copy's newest entry is read again from the table too: a copy that took a
+        # write the table then lost (a rolled-back transaction, a restore) differs there.
+        last = journal.last_entry_in(fd, len(known.header) + 1, known.size)
+        check = last if last is not None and last.version == local > horizon else None
+        if check is None and local == version:
+            return []
         rows = (
             StoreChange.objects.using(self.database)
-            .filter(label=self.label, version__gt=local)
+            .filter(label=self.label, version__gte=local if check else local + 1)
             .order_by("version")
             .values_list(
                 "version", "op", "key", "vector", "content_hash", "identity", "terms", "stamp"
@@ -410,6 +414,16 @@ class DatabaseStore(Store):
         batch: list[Change] = []
         for row in rows.iterator(chunk_size=_CHUNK):
             change = _change(row)
+            if check is not None:
+                if (change.version, change.op, change.key, change.hash) != (
+                    check.version,
+                    check.op,
+                    check.key,
+                    check.hash,
+                ):
+                    raise _Rebuild(f"not what the table holds at version {local}", head_token)
+                check = None
+                continue
             if not fresh and change.version != expected:
                 raise _Rebuild("compacted while it was read", head_token)
             expected = change.version + 1
@@ -417,6 +431,8 @@ class DatabaseStore(Store):
             if len(batch) >= _CHUNK:
                 entries += self._copy_locked(fd, known, batch, fresh=fresh)
                 batch = []
+        if check is not None:
+            raise _Rebuild(f"not what the table holds at version {local}", head_token)
         if batch:
             entries += self._copy_locked(fd, known, batch, fresh=fresh)
         if entries:
@@ -425,7 +441,7 @@ class DatabaseStore(Store):
 
     def _reset(self, token: str | None) -> None:
         """Empty the local copy and record which table it is now a copy of."""
-        from django_embeddings.store import DIMENSIONS, journal
+        from django_embeddings.store import DIMENSIONS
 
         files.ensure_dir(self.path, self.permissions)
         with journal.locked(self.path, self.permissions):

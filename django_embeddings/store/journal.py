@@ -428,6 +428,12 @@ def last_version_in(fd: int, start: int, end: int) -> int | None:
 
     ``start`` must be a line's start. ``None`` when no complete entry lies there.
     """
+    entry = last_entry_in(fd, start, end)
+    return None if entry is None else entry.version
+
+
+def last_entry_in(fd: int, start: int, end: int) -> Entry | None:
+    """The last complete entry between byte ``start`` (a line's start) and ``end``."""
     probe = max(start, end - _TAIL_PROBE)
     while True:
         lines = os.pread(fd, end - probe, probe).split(b"\n")
@@ -435,7 +441,7 @@ def last_version_in(fd: int, start: int, end: int) -> int | None:
         for line in reversed(lines[1:] if probe > start else lines):
             entry = parse_entry(line) if line else None
             if entry is not None:
-                return entry.version
+                return entry
         if probe == start:
             return None
         probe = max(start, probe - _TAIL_PROBE * 16)
