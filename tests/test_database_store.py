@@ -22,11 +22,10 @@ from django.test.utils import CaptureQueriesContext
 
 from django_embeddings import cache
 from django_embeddings.checks import check_settings
-from django_embeddings.fields import content_hash
 from django_embeddings.models import StoreChange, StoreHead
 from django_embeddings.providers import get_provider
-from django_embeddings.writer import put_vectors
 from django_embeddings.store.database import TOKEN_FILE
+from django_embeddings.writer import put_vectors
 from tests.databases import (
     MARIADB_CHARSET,
     mariadb_connect,
