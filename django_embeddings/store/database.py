@@ -29,7 +29,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -369,7 +369,7 @@ class DatabaseStore(Store):
             )
 
     def _pull_locked(self, fd: int, known: _Journal) -> list[Entry]:
-        from django_embeddings.models import StoreChange, StoreHead
+        from django_embeddings.models import StoreHead
 
         local = known.version
         if self._damaged:
@@ -401,21 +401,12 @@ class DatabaseStore(Store):
         check = last if last is not None and last.version == local > horizon else None
         if check is None and local == version:
             return []
-        rows = (
-            StoreChange.objects.using(self.database)
-            .filter(label=self.label, version__gte=local if check else local + 1)
-            .order_by("version")
-            .values_list(
-                "version", "op", "key", "vector", "content_hash", "identity", "terms", "stamp"
-            )
-        )
         entries: list[Entry] = []
         expected = local + 1
-        batch: list[Change] = []
-        for row in rows.iterator(chunk_size=_CHUNK):
-            change = _change(row)
+        for page in self._pages(local - 1 if check else local):
             if check is not None:
-                if (change.version, change.op, change.key, change.hash) != (
+                found, page = page[0], page[1:]
+                if (found.version, found.op, found.key, found.hash) != (
                     check.version,
                     check.op,
                     check.key,
@@ -423,21 +414,48 @@ class DatabaseStore(Store):
                 ):
                     raise _Rebuild(f"not what the table holds at version {local}", head_token)
                 check = None
-                continue
-            if not fresh and change.version != expected:
-                raise _Rebuild("compacted while it was read", head_token)
-            expected = change.version + 1
-            batch.append(change)
-            if len(batch) >= _CHUNK:
-                entries += self._copy_locked(fd, known, batch, fresh=fresh)
-                batch = []
+            for change in page:
+                if not fresh and change.version != expected:
+                    raise _Rebuild("compacted while it was read", head_token)
+                expected = change.version + 1
+            if page:
+                entries += self._copy_locked(fd, known, page, fresh=fresh)
         if check is not None:
             raise _Rebuild(f"not what the table holds at version {local}", head_token)
-        if batch:
-            entries += self._copy_locked(fd, known, batch, fresh=fresh)
+        if fresh and entries and self._horizon() != horizon:
+            # Read in pages: a compaction meanwhile may have taken a delete this copy
+            # needed (its put read on an earlier page).
+            raise _Rebuild("compacted while it was read", head_token)
         if entries:
             self._maybe_compact(known, entries[-1].version)
         return entries
+
+    def _pages(self, after: int) -> Iterator[list[Change]]:
+        """The changes past version ``after``, oldest first, a page per query (keyset
+        pagination: no driver holds the whole table in memory, whatever its cursors)."""
+        from django_embeddings.models import StoreChange
+
+        rows = (
+            StoreChange.objects.using(self.database)
+            .filter(label=self.label)
+            .order_by("version")
+            .values_list(
+                "version", "op", "key", "vector", "content_hash", "identity", "terms", "stamp"
+            )
+        )
+        while True:
+            page = [_change(row) for row in rows.filter(version__gt=after)[:_CHUNK]]
+            if page:
+                yield page
+            if len(page) < _CHUNK:
+                return
+            after = page[-1].version
+
+    def _horizon(self) -> int | None:
+        from django_embeddings.models import StoreHead
+
+        heads = StoreHead.objects.using(self.database).filter(label=self.label)
+        return heads.values_list("horizon", flat=True).first()
 
     def _reset(self, token: str | None) -> None:
         """Empty the local copy and record which table it is now a copy of."""
