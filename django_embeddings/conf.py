@@ -9,6 +9,7 @@ system checks in :mod:`django_embeddings.checks` report a wrong type at start-up
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +39,9 @@ class Settings:
     @property
     def DIR(self) -> Path | None:
         value = _setting("DJANGO_EMBEDDINGS_DIR", None)
+        if value is None and self.STORE == "database":
+            # Only this machine's copy lives there, rebuilt from the table when missing.
+            return Path(tempfile.gettempdir()) / f"django-embeddings-{os.geteuid()}"
         # Anything but a str or path is returned as given, for the check (E017) to name.
         return Path(value) if isinstance(value, (str, os.PathLike)) else value
 

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
@@ -514,3 +515,15 @@ def test_a_write_the_table_rolled_back_is_not_kept_by_the_copy(logs) -> None:
     assert set(cache.get(store).keys()) == expected
     cache.clear()  # a new process agrees
     assert set(cache.get(store).keys()) == expected
+
+
+def test_the_copy_needs_no_directory_setting(settings, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # leave nothing in the real one
+    del settings.DJANGO_EMBEDDINGS_DIR
+    assert not [m for m in check_settings() if m.id == "django_embeddings.E002"]
+    articles = workload(5)
+    path = Article._meta.get_field("embedding").store.path
+    assert path.is_relative_to(Path(tempfile.gettempdir()) / f"django-embeddings-{os.geteuid()}")
+    assert {a.title for a in Article.objects.semantic_search(QUERY, k=10)} == {
+        a.title for a in articles
+    }
