@@ -15,9 +15,9 @@ before version ``n``. Readers therefore catch up with one indexed query,
 ``version > local``, and a gap in what it returns means compaction removed rows
 meanwhile: the copy is then rebuilt.
 
-Compaction keeps the table close to the live rows: changes at or below a horizon
-that a later change of the same key supersedes (and deletes) go, and the horizon
-is recorded in the head row. A copy older than the horizon, one made from another
+Compaction keeps the table close to the live rows: changes below a horizon that
+a later change of the same key supersedes (and deletes) go, and the horizon is
+recorded in the head row. A copy older than the horizon, one made from another
 database (the head row's ``token`` differs) or one ahead of the table (a database
 restored from a backup, a rolled-back test transaction) is rebuilt from the table.
 """
@@ -237,7 +237,13 @@ class DatabaseStore(Store):
         return {}
 
     def _trim(self, horizon: int) -> None:
-        """Remove changes at or below ``horizon`` that later ones supersede, and deletes."""
+        """Remove changes below ``horizon`` that later ones supersede, and deletes.
+
+        The change at ``horizon`` itself stays: a copy made from the table then
+        reaches the horizon (were it a trailing delete, the copy would end below it
+        and be rebuilt on every read), and a reader whose rows were trimmed while it
+        read them sees a gap before it.
+        """
         from django_embeddings.models import StoreChange, StoreHead
 
         changes = StoreChange.objects.using(self.database)
@@ -247,7 +253,7 @@ class DatabaseStore(Store):
         with transaction.atomic(using=self.database):
             heads = StoreHead.objects.using(self.database).filter(label=self.label)
             heads.filter(horizon__lt=horizon).update(horizon=horizon)
-            changes.filter(label=self.label, version__lte=horizon).filter(
+            changes.filter(label=self.label, version__lt=horizon).filter(
                 Q(op="del") | Exists(later)
             ).delete()
         self._head = (horizon, self._head[1])

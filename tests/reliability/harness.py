@@ -32,7 +32,12 @@ PG = {
     "user": os.environ.get("PGUSER", "postgres"),
     "password": os.environ.get("PGPASSWORD", ""),
 }
-TABLES = ("testapp_article", "testapp_slugdoc")
+TABLES = (
+    "testapp_article",
+    "testapp_slugdoc",
+    "django_embeddings_change",  # the "database" store's tables
+    "django_embeddings_head",
+)
 
 
 class ChildFailed(AssertionError):
@@ -146,13 +151,15 @@ def run_child(args: list[str], env: dict[str, str], *, timeout: float) -> str:
 
 
 class Server:
-    """A ``worker serve`` child: Django set up once, commands over a pipe."""
+    """A ``worker serve`` child (or ``module``'s): Django set up once, commands over a pipe."""
 
-    def __init__(self, env: dict[str, str], stderr_path: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], stderr_path: Path, module: str = "tests.reliability.worker"
+    ) -> None:
         self.stderr_path = stderr_path
         self._stderr = open(stderr_path, "wb")  # noqa: SIM115 - closed in close()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.reliability.worker", "serve"],
+            [sys.executable, "-m", module, "serve"],
             env=env,
             cwd=REPO,
             stdin=subprocess.PIPE,

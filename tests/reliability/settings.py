@@ -18,6 +18,8 @@ else:
     DATABASES = {"default": postgres_database(_NAME)}
 
 DJANGO_EMBEDDINGS_DIR = os.environ.get("DJANGO_EMBEDDINGS_REL_DIR", DJANGO_EMBEDDINGS_DIR)  # noqa: F405
+# "database": the tables are the store, DJANGO_EMBEDDINGS_DIR this process's machine's copy.
+DJANGO_EMBEDDINGS_STORE = os.environ.get("DJANGO_EMBEDDINGS_REL_STORE", "files")
 DJANGO_EMBEDDINGS_INVALIDATION = "mtime"  # the environment variable wins (pubsub tests set it)
 DJANGO_EMBEDDINGS_REDIS = os.environ.get("DJANGO_EMBEDDINGS_REL_REDIS", "default")
 DJANGO_EMBEDDINGS_COMPACT_THRESHOLD = int(
