@@ -54,7 +54,7 @@ class StoreChange(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["label", "version"], name="django_embeddings_version"),
         ]
-        indexes = [models.Index(fields=["label", "key"], name="django_embeddings_key")]
+        indexes = [models.Index(fields=["label", "key", "version"], name="django_embeddings_key")]
 
     def __str__(self) -> str:
         return f"{self.label} {self.op} {self.key} at version {self.version}"

@@ -320,6 +320,32 @@ def test_writes_trim_the_table_past_twice_the_threshold(settings, tmp_path) -> N
     assert results() == expected
 
 
+def test_a_trim_removes_a_row_that_an_earlier_trim_kept(settings) -> None:
+    """A trim reads only the keys changed since the last horizon: a row kept then as
+    the newest of its key must still go once its key has changed again."""
+
+    def compact() -> None:
+        settings.DJANGO_EMBEDDINGS_COMPACT_THRESHOLD = 1  # keep only the newest change
+        run("embeddings_compact", "testapp.Article", verbosity=0)
+        settings.DJANGO_EMBEDDINGS_COMPACT_THRESHOLD = 10_000
+
+    still = [Article.objects.create(title=f"still {n}", body="kilo") for n in range(3)]
+    late = Article.objects.create(title="late", body="golf")
+    busy = Article.objects.create(title="busy", body="apple")
+    compact()
+    late.body = "golf hotel"
+    late.save()
+    for word in WORDS[:3]:
+        busy.body = f"{busy.body} {word}"
+        busy.save()
+    compact()
+    assert head().horizon > StoreChange.objects.get(label=LABEL, key=str(late.pk)).version
+    rows = changes()
+    assert all(rows.count(("put", str(article.pk))) == 1 for article in [*still, late])
+    cache.clear()
+    assert titles(Article.objects.semantic_search("golf hotel", k=1)) == ["late"]
+
+
 # -- the other commands ---------------------------------------------------------------------
 
 

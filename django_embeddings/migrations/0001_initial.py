@@ -50,7 +50,9 @@ class Migration(migrations.Migration):
             ],
             options={
                 "db_table": "django_embeddings_change",
-                "indexes": [models.Index(fields=["label", "key"], name="django_embeddings_key")],
+                "indexes": [
+                    models.Index(fields=["label", "key", "version"], name="django_embeddings_key")
+                ],
                 "constraints": [
                     models.UniqueConstraint(
                         fields=("label", "version"), name="django_embeddings_version"

@@ -66,6 +66,7 @@ logger = logging.getLogger(__name__)
 
 TOKEN_FILE = "_database"  # the token of the head row this copy was made from
 _CHUNK = 2_000  # changes read per round trip when copying
+TRIM_BATCH = 500  # keys per delete when trimming the table
 _DAMAGED = "a file of it could not be read"
 
 
@@ -246,16 +247,24 @@ class DatabaseStore(Store):
         """
         from django_embeddings.models import StoreChange, StoreHead
 
-        changes = StoreChange.objects.using(self.database)
-        later = changes.filter(
-            label=self.label, key=OuterRef("key"), version__gt=OuterRef("version")
-        )
+        changes = StoreChange.objects.using(self.database).filter(label=self.label)
+        heads = StoreHead.objects.using(self.database).filter(label=self.label)
+        later = changes.filter(key=OuterRef("key"), version__gt=OuterRef("version"))
         with transaction.atomic(using=self.database):
-            heads = StoreHead.objects.using(self.database).filter(label=self.label)
+            # The last trim left no row below its horizon that a later change
+            # supersedes, so only keys changed since then can have rows to remove: a
+            # trim costs the changes since the last one, not the table. The keys go
+            # in batches, so each delete walks the (label, key, version) index
+            # whatever the planner's statistics say.
+            since = heads.values_list("horizon", flat=True).first() or 0
+            changed = changes.filter(version__gte=since)
+            keys = sorted(set(changed.values_list("key", flat=True)))
+            for start in range(0, len(keys), TRIM_BATCH):
+                changes.filter(
+                    version__lt=horizon, key__in=keys[start : start + TRIM_BATCH]
+                ).filter(Q(op="del") | Exists(later)).delete()
+            # Last, so the head row (which every writer locks) is held only briefly.
             heads.filter(horizon__lt=horizon).update(horizon=horizon)
-            changes.filter(label=self.label, version__lt=horizon).filter(
-                Q(op="del") | Exists(later)
-            ).delete()
         self._head = (horizon, self._head[1])
 
     def _trim_quietly(self, horizon: int) -> None:
