@@ -36,12 +36,11 @@ def _reset_on_setting_change(*, setting: str, **kwargs: Any) -> None:
     if not setting.startswith("DJANGO_EMBEDDINGS_"):
         return
     from django_embeddings import cache, invalidation
-    from django_embeddings.fields import _database_store, _store, _stores
+    from django_embeddings.fields import _store, _stores
     from django_embeddings.providers import clear_providers
 
     clear_providers()
     _store.cache_clear()
-    _database_store.cache_clear()
     _stores.clear()
     cache.clear()
     if setting in (

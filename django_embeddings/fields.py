@@ -206,20 +206,13 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
         # peers only apply messages for the default database's stores.
         label = self.label if using == DEFAULT_DB_ALIAS else f"{self.label}@{using}"
         permissions = Permissions(conf.FILE_PERMISSIONS, conf.DIRECTORY_PERMISSIONS)
-        if (kind or conf.STORE) == "database":
-            # The directory holds this machine's copy, apart from a files store's.
-            return _database_store(
-                root / "_database",
-                self.model._meta.label,
-                self.name,
-                label,
-                using,
-                conf.COMPACT_THRESHOLD,
-                permissions,
-            )
+        table_using = using if (kind or conf.STORE) == "database" else None
+        if table_using is not None:
+            root = root / "_database"  # this machine's copy, apart from a files store's
         return _store(
-            root, self.model._meta.label, self.name, label, conf.COMPACT_THRESHOLD, permissions
-        )
+            root, self.model._meta.label, self.name, label, conf.COMPACT_THRESHOLD, permissions,
+            table_using,
+        )  # fmt: skip
 
     @property
     def deferred(self) -> bool:
@@ -362,30 +355,15 @@ def _store(
     label: str,
     compact_threshold: int,
     permissions: Permissions,
+    table_using: str | None = None,
 ) -> Store:
-    return Store(
-        Path(directory) / model_label / field_name,
-        label=label,
-        compact_threshold=compact_threshold,
-        permissions=permissions,
-    )
-
-
-@functools.cache
-def _database_store(
-    directory: Path,
-    model_label: str,
-    field_name: str,
-    label: str,
-    using: str,
-    compact_threshold: int,
-    permissions: Permissions,
-) -> Store:
+    """One store object per directory; ``table_using`` makes it the local copy of
+    the database store whose tables live in that database."""
     from django_embeddings.store.database import DatabaseStore
 
-    return DatabaseStore(
+    make = Store if table_using is None else functools.partial(DatabaseStore, using=table_using)
+    return make(
         Path(directory) / model_label / field_name,
-        using=using,
         label=label,
         compact_threshold=compact_threshold,
         permissions=permissions,
