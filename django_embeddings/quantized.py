@@ -37,8 +37,9 @@ from django_embeddings.typing import Matrix, Vector
 EXTRA = "django-embedding-field[int8]"
 _LEVELS = 127
 _UNIT = 2.0**-24  # float32's unit roundoff
-_CHUNK = 16_384  # rows quantized at once (float64 temporaries: ~50 MB at 384 dimensions)
-_SPLIT = 65_536  # fewer rows than this are scanned by one thread
+_CHUNK = 1_024  # rows quantized at once: float64 temporaries that stay in cache (3 MB at 384)
+_PART = 32_768  # the fewest rows a thread scans at once
+_PARTS_PER_WORKER = 4  # more parts than threads: a thread slowed by other work takes fewer
 _BLOCK = 256  # rows per block when bounding the n-th best score from block maxima
 _BLAS_ROWS = 4  # BLAS scores rows in blocks of this many (see exact_scores)
 # A restricted search over fewer rows than this scores them in float32 directly: it
@@ -143,10 +144,11 @@ def _dots(query: npt.NDArray[np.int8], codes: npt.NDArray[np.int8]) -> npt.NDArr
         )
 
     workers = os.cpu_count() or 1
-    if count < _SPLIT or workers == 1:
+    count_parts = min(_PARTS_PER_WORKER * workers, count // _PART)
+    if count_parts < 2 or workers == 1:
         scan(slice(0, count))
         return dots
-    step = -(-count // workers)
+    step = -(-count // count_parts)
     parts = [slice(i, min(i + step, count)) for i in range(0, count, step)]
     list(_scan_pool(workers).map(scan, parts))
     return dots
