@@ -74,6 +74,8 @@ class Int8Matrix:
     errors: npt.NDArray[np.float32]  # max |x - s*c| over the row, rounded up
     l1: npt.NDArray[np.float32]  # |s*c|_1, rounded up
     norm: float  # the largest row length (float32 rounding is relative to it)
+    widest_error: float = 0.0  # the largest of ``errors``
+    widest_l1: float = 0.0  # the largest of ``l1``
 
     @classmethod
     def of(cls, matrix: Matrix) -> Int8Matrix:
@@ -97,7 +99,8 @@ class Int8Matrix:
             l1[part] = _round_up(np.abs(coded).sum(axis=1))
             if len(x):
                 norm = max(norm, float(np.sqrt(np.einsum("ij,ij->i", exact, exact)).max()))
-        return cls(codes, scales, errors, l1, norm * (1 + 2**-40))
+        widest = (float(errors.max(initial=0)), float(l1.max(initial=0)))
+        return cls(codes, scales, errors, l1, norm * (1 + 2**-40), *widest)
 
     @property
     def nbytes(self) -> int:
@@ -233,8 +236,7 @@ class Int8Scored:
         # of the bounds themselves (2^-20 covers them with room: all are below ~1 + radius).
         dimensions = copy.codes.shape[1]
         gamma = (dimensions + 1) * _UNIT / (1 - (dimensions + 1) * _UNIT)
-        self.widest = float(copy.errors.max(initial=0)) * query.l1
-        self.widest += query.error * float(copy.l1.max(initial=0))
+        self.widest = copy.widest_error * query.l1 + query.error * copy.widest_l1
         self.pad = gamma * query.norm * copy.norm + 2**-20 * (2 + self.widest)
 
     def _radius(self, positions: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
@@ -247,7 +249,7 @@ class Int8Scored:
 
     def best(self, n: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float32]]:
         """Matrix rows and float32 scores of the ``n`` best, plus any tied with the
-        ``n``-th: exactly what ``_Scored.best`` returns over the float32 matrix."""
+        ``n``-th: the rows ``_Scored.best`` returns over the float32 matrix."""
         if not self.count or n <= 0:
             return np.empty(0, dtype=np.intp), np.empty(0, dtype=np.float32)
         approx = self.approx
