@@ -23,6 +23,7 @@ import numpy.typing as npt
 from django_embeddings.keywords.bm25 import BM25Index
 from django_embeddings.keywords.terms import Terms
 from django_embeddings.keywords.terms import decode as decode_terms
+from django_embeddings.quantized import Int8Matrix
 from django_embeddings.ranking import Ranking
 from django_embeddings.store import Entry, State, Store, normalize
 from django_embeddings.store import keys as row_keys
@@ -72,6 +73,10 @@ class FieldIndex:
         self.tail_terms: list[str | None] = []
         # Built on the first keyword search, then kept in step by apply().
         self._keywords: BM25Index | None = None
+        # The snapshot's int8 copy (DJANGO_EMBEDDINGS_SCAN = "int8"), built on the first
+        # search that needs it; the snapshot's rows never change, only their masks.
+        self._int8: Int8Matrix | None = None
+        self._int8_lock = threading.Lock()  # not self.lock: writes go on while it is built
         self.version = snap.version
         self.position = state.position
         # Unknown until the first catch-up: a stat taken now, after the state was
@@ -301,6 +306,17 @@ class FieldIndex:
         self.tail_rows[key] = used
         self.tail_hashes.append(content_hash)
         self.tail_keys.append(key)
+
+    def int8(self) -> Int8Matrix:
+        """The int8 copy of the snapshot's rows, quantized on first use."""
+        copy = self._int8
+        if copy is None:
+            with self._int8_lock:
+                copy = self._int8
+                if copy is None:
+                    copy = self._int8 = Int8Matrix.of(self.base)
+                    logger.debug("%s: int8 copy of %d rows", self.store.label, len(copy.codes))
+        return copy
 
     # -- reads ---------------------------------------------------------------------
 

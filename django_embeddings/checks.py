@@ -19,7 +19,14 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, registry
 from django.utils.module_loading import import_string
 
-from django_embeddings.conf import INVALIDATION_MODES, ON_ERROR_CHOICES, REDIS_URL_SCHEMES, conf
+from django_embeddings import quantized
+from django_embeddings.conf import (
+    INVALIDATION_MODES,
+    ON_ERROR_CHOICES,
+    REDIS_URL_SCHEMES,
+    SCANS,
+    conf,
+)
 
 DOCS = 'See the "System checks" section of the README (README.md#system-checks).'
 
@@ -59,6 +66,7 @@ def check_settings(
         *_check_positive_int("DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH", conf.MAX_TEXT_LENGTH, "E014"),
         *_check_positive_int("DJANGO_EMBEDDINGS_COMPACT_THRESHOLD", conf.COMPACT_THRESHOLD, "E015"),
         *_check_defer(),
+        *_check_scan(),
         *_check_mode(
             "DJANGO_EMBEDDINGS_FILE_PERMISSIONS", conf.FILE_PERMISSIONS, _OWNER_FILE, "E018"
         ),
@@ -396,6 +404,27 @@ def _check_mode(name: str, value: object, owner: int, code: str) -> list[CheckMe
                 hint=f"Leave out the 0o002 bit ({value & ~stat.S_IWOTH:#o}) and share through "
                 f"a group instead. {DOCS}",
                 id="django_embeddings.W003",
+            )
+        ]
+    return []
+
+
+def _check_scan() -> list[CheckMessage]:
+    if conf.SCAN not in SCANS:
+        return [
+            Error(
+                f"DJANGO_EMBEDDINGS_SCAN should be one of {list(SCANS)!r}, not {conf.SCAN!r}.",
+                hint=DOCS,
+                id="django_embeddings.E021",
+            )
+        ]
+    if conf.SCAN == "int8" and not quantized.available():
+        return [
+            Error(
+                'DJANGO_EMBEDDINGS_SCAN = "int8" needs the numkong library, which is not '
+                "installed.",
+                hint=f"pip install {quantized.EXTRA!r}, or leave the setting out (float32).",
+                id="django_embeddings.E022",
             )
         ]
     return []

@@ -23,6 +23,7 @@ _T = TypeVar("_T")
 INVALIDATION_MODES = ("pubsub", "mtime", "none")
 ON_ERROR_CHOICES = ("raise", "log")
 REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+SCANS = ("float32", "int8")
 
 DEFAULT_PROVIDERS: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django_embeddings.providers.StaticModelProvider"},
@@ -121,6 +122,12 @@ class Settings:
         ``EmbeddingField(defer=...)`` wins over this default.
         """
         return _setting("DJANGO_EMBEDDINGS_DEFER", False)
+
+    @property
+    def SCAN(self) -> str:
+        """What a similarity search scans: ``"float32"`` (the vectors) or ``"int8"`` (a copy
+        a quarter of the size, its best candidates scored again in float32: the same results)."""
+        return _setting("DJANGO_EMBEDDINGS_SCAN", "float32")
 
     @property
     def FILE_PERMISSIONS(self) -> int:

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from django_embeddings import quantized
+from django_embeddings.conf import conf
+from django_embeddings.quantized import Int8Scored
 from django_embeddings.store import keys as row_keys
 from django_embeddings.store import normalize
 from django_embeddings.typing import Matrix, Vector
@@ -115,8 +118,16 @@ class Ranking:
             scale = index.tail_scale[:used]
         if exclude is not None:
             base_ok, tail_ok = index.without(base_ok, tail_ok, [exclude])
+        self.base: _Scored | Int8Scored
+        rows = None
         if candidates is not None:
             rows, tail_ok = index.restricted(base_ok, tail_ok, candidates)
+        if conf.SCAN == "int8" and _worth_int8(base_ok, rows):
+            # The snapshot through its int8 copy; the tail (rows written since) is small
+            # and scanned in float32 as it is.
+            mask = None if rows is not None else base_ok
+            self.base = Int8Scored(index.int8(), index.base, mask, unit, _TIE, rows=rows)
+        elif rows is not None:
             self.base = _Scored(index.base, None, unit, rows=rows)
         else:
             self.base = _Scored(index.base, base_ok, unit)
@@ -158,6 +169,16 @@ class Ranking:
         with index.lock:
             hashes = _hex(np.asarray(index.base_hashes[rows[order]]))
         return Top(keys[order].tolist(), scores[order].tolist(), hashes)
+
+
+def _worth_int8(base_ok: npt.NDArray[np.bool_], rows: npt.NDArray[np.intp] | None) -> bool:
+    """Scan the int8 copy, or score so few rows in float32 directly?"""
+    if rows is not None:
+        return len(rows) >= quantized.MIN_ROWS
+    count = int(np.count_nonzero(base_ok))
+    # As _Scored chooses: every row, or only those allowed when they are few.
+    scanned = len(base_ok) if count * 4 >= len(base_ok) else count
+    return scanned >= quantized.MIN_ROWS
 
 
 def _order(keys: list[Any], scores: npt.NDArray[np.float64], *, integers: bool) -> Any:

@@ -15,6 +15,12 @@ from tests.databases import mariadb_problem, vendor
 
 ON_CI = os.environ.get("CI", "").lower() == "true"
 
+if os.environ.get("DJANGO_EMBEDDINGS_TEST_SCAN") == "int8":
+    from django_embeddings import quantized
+
+    # The test stores are small: take them through the int8 copy all the same.
+    quantized.MIN_ROWS = 0
+
 
 def skip_or_fail(reason: str) -> None:
     """Skip a test that needs a missing service; under CI=true that is a failure."""

@@ -97,3 +97,5 @@ DJANGO_EMBEDDINGS_PROVIDERS = {
 # their store directory by the test.
 DJANGO_EMBEDDINGS_DIR = Path(tempfile.gettempdir()) / "django-embeddings-tests-unused"
 DJANGO_EMBEDDINGS_INVALIDATION = "mtime"
+# DJANGO_EMBEDDINGS_TEST_SCAN=int8 runs the suite with the int8 scan.
+DJANGO_EMBEDDINGS_SCAN = os.environ.get("DJANGO_EMBEDDINGS_TEST_SCAN", "float32")
