@@ -51,12 +51,15 @@ def queries(count: int, n: int, *, seed: int = SEED + 1) -> Matrix:
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, n, size=count)
     base = np.empty((count, DIMENSIONS), dtype=np.float32)
-    for position, row in enumerate(rows):
-        lo = int(row) // CHUNK * CHUNK
-        block = np.random.default_rng([SEED, int(row) // CHUNK]).standard_normal(
-            (min(CHUNK, n - lo), DIMENSIONS), dtype=np.float32
+    # Each chunk is generated once, up to the last row wanted from it (its first rows
+    # are the same however many are generated): seconds less per process at 100k rows.
+    for index in np.unique(rows // CHUNK).tolist():
+        wanted = np.flatnonzero(rows // CHUNK == index)
+        lo = index * CHUNK
+        block = np.random.default_rng([SEED, index]).standard_normal(
+            (int(rows[wanted].max()) - lo + 1, DIMENSIONS), dtype=np.float32
         )
-        base[position] = block[int(row) - lo]
+        base[wanted] = block[rows[wanted] - lo]
     noise = rng.standard_normal((count, DIMENSIONS), dtype=np.float32)
     unit = base / np.linalg.norm(base, axis=1, keepdims=True)
     return normalized((unit + noise / 20).astype(np.float32))

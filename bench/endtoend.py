@@ -14,7 +14,13 @@ and their ratio against a goal, one Markdown table per section:
    vector still in the journal;
 5-7. on corpora of realistic texts, ``keyword_search()`` and ``hybrid_search()``
    next to ``semantic_search()``, their first call in a new process, and what the
-   keyword index adds to a ``create()`` (:mod:`bench.endtoend_text`).
+   keyword index adds to a ``create()`` (:mod:`bench.endtoend_text`);
+8. the ``database`` store (``DJANGO_EMBEDDINGS_STORE = "database"``) next to the
+   default ``files`` store on the same corpus: a new process's first search (with
+   this machine's copy, and on a new machine that rebuilds it from the table),
+   ``create()``, and a warm ``semantic_search(v, k=100)`` in invalidation modes
+   ``none`` and ``mtime``. The store is a process-wide setting, so its two sides run
+   in alternating processes rather than in one.
 
 A private redis-server and a PostgreSQL database of the bench's own are made
 for the run and removed after it. Results go to ``bench/results/``.
@@ -32,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +75,8 @@ class Plan:
     text_create_sizes: list[int]  # of ``text_sizes``: where the creates go
     text_creates: int
     text_cold_runs: int  # timed runs of each search kind
+    store_sizes: list[int]  # of ``sizes``: database store vs files store
+    store_rounds: int  # processes per store for each create and warm search comparison
 
 
 QUICK = Plan(
@@ -87,6 +96,8 @@ QUICK = Plan(
     text_create_sizes=[5_000],
     text_creates=40,
     text_cold_runs=2,
+    store_sizes=[100_000],  # 5k too: a minute more
+    store_rounds=2,
 )
 FULL = Plan(
     sizes=[5_000, 100_000, 1_000_000],
@@ -105,8 +116,12 @@ FULL = Plan(
     text_create_sizes=[5_000, 100_000],
     text_creates=200,
     text_cold_runs=5,
+    store_sizes=[5_000, 100_000, 1_000_000],
+    store_rounds=3,
 )
-SECTIONS = ("search", "create", "uncached", "cold", "text")
+SECTIONS = ("search", "create", "uncached", "cold", "text", "store")
+STORE_K = 100  # k of the store section's warm searches
+STORE_INVALIDATIONS = ("none", "mtime")
 
 
 class Runner:
@@ -141,7 +156,8 @@ class Runner:
             DJANGO_EMBEDDINGS_DIR=str(self.workdir / f"store-{tag}"),
             DJANGO_EMBEDDINGS_INVALIDATION=self.invalidation,
         )
-        env.pop("DJANGO_EMBEDDINGS_COMPACT_THRESHOLD", None)  # the default, unless extra says
+        for name in ("DJANGO_EMBEDDINGS_COMPACT_THRESHOLD", "DJANGO_EMBEDDINGS_STORE"):
+            env.pop(name, None)  # the default, unless extra says
         if self.blas_threads is not None:
             for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
                 env[name] = str(self.blas_threads)
@@ -169,6 +185,16 @@ class Runner:
         result["wall_seconds"] = time.perf_counter() - started
         return result
 
+    @contextlib.contextmanager
+    def new_machine(self, env: dict[str, str]) -> Iterator[dict[str, str]]:
+        """``env`` with ``DJANGO_EMBEDDINGS_DIR`` an empty directory, as on a machine that
+        has no local copy yet; removed after."""
+        directory = Path(tempfile.mkdtemp(prefix="machine-", dir=self.workdir))
+        try:
+            yield {**env, "DJANGO_EMBEDDINGS_DIR": str(directory)}
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
     def discard(self, tag: str) -> None:
         """Set a corpus aside (unless --keep) for removal with the workdir once the report
         is out: unlinking a store of one file per row takes minutes on a busy disk."""
@@ -182,12 +208,20 @@ class Runner:
 
 
 def run_all(runner: Runner, plan: Plan, dbs: list[str], wanted: set[str]) -> dict[str, Any]:
-    results: dict[str, Any] = {"build": {}, "search": [], "create": [], "uncached": [], "cold": []}
+    results: dict[str, Any] = {
+        "build": {},
+        "search": [],
+        "create": [],
+        "uncached": [],
+        "cold": [],
+        "store": [],
+    }
     for db in dbs:
         for n in plan.sizes:
             cold_here = "cold" in wanted and n in plan.cold_sizes
             create_here = "create" in wanted and n in plan.create_sizes
-            if not ("search" in wanted or cold_here or create_here):
+            store_here = "store" in wanted and n in plan.store_sizes
+            if not ("search" in wanted or cold_here or create_here or store_here):
                 continue
             tag = f"{db}-{n}"
             env = runner.env(db, tag)
@@ -211,6 +245,8 @@ def run_all(runner: Runner, plan: Plan, dbs: list[str], wanted: set[str]) -> dic
                 results["search"].append(runner.run("search", args, env))
             if cold_here:
                 results["cold"].append(cold(runner, plan, env, n, "compacted"))
+            if store_here:
+                results["store"].append(compare_stores(runner, plan, db, tag, n))
             if create_here:
                 log(f"{db}, {n:,} rows: create() with and without the field")
                 args = {"n": n, "creates": plan.creates, "transactions": plan.transactions}
@@ -230,17 +266,35 @@ def run_all(runner: Runner, plan: Plan, dbs: list[str], wanted: set[str]) -> dic
     return results
 
 
-def cold(runner: Runner, plan: Plan, env: dict[str, str], n: int, store: str) -> dict[str, Any]:
+def cold(
+    runner: Runner,
+    plan: Plan,
+    env: dict[str, str],
+    n: int,
+    store: str,
+    *,
+    new_machine: bool = False,
+) -> dict[str, Any]:
     """Medians of new processes' first searches, after one more that brings the store's
     files into the page cache and reports the store's journal length. A first search
-    slower than a second is timed once: its median would not tell more."""
+    slower than a second is timed once: its median would not tell more.
+
+    With ``new_machine``, each process gets an empty ``DJANGO_EMBEDDINGS_DIR`` of its
+    own (a ``database`` store then rebuilds this machine's copy from the table)."""
     log(f"{env['BENCH_DB']}, {n:,} rows, {store} store: first search in new processes")
-    warming = runner.run("cold", {"n": n, "status": True}, env)
-    runs = [runner.run("cold", {"n": n}, env)]
+
+    def run(args: dict[str, Any]) -> dict[str, Any]:
+        if not new_machine:
+            return runner.run("cold", args, env)
+        with runner.new_machine(env) as empty:
+            return runner.run("cold", args, empty)
+
+    warming = run({"n": n, "status": True})
+    runs = [run({"n": n})]
     while len(runs) < plan.cold_runs and runs[-1]["first_search_seconds"] < 1.0:
-        runs.append(runner.run("cold", {"n": n}, env))
+        runs.append(run({"n": n}))
     keys = ("first_search_seconds", "second_search_seconds", "wall_seconds")
-    summary: dict[str, Any] = {key: statistics.median(run[key] for run in runs) for key in keys}
+    summary: dict[str, Any] = medians(runs, keys)
     summary.update(
         n=n,
         database=warming["database"],
@@ -249,6 +303,88 @@ def cold(runner: Runner, plan: Plan, env: dict[str, str], n: int, store: str) ->
         journal_entries=warming["journal_entries"],
     )
     return summary
+
+
+def compare_stores(runner: Runner, plan: Plan, db: str, tag: str, n: int) -> dict[str, Any]:
+    """The ``database`` store next to the ``files`` store on corpus ``tag``: its vectors
+    are moved into the tables (``embeddings_move --from files``, then
+    ``embeddings_compact``, which leaves both stores compacted), then each measurement
+    runs on both."""
+    envs = {
+        kind: runner.env(db, tag, DJANGO_EMBEDDINGS_STORE=kind) for kind in ("files", "database")
+    }
+    log(f"{db}, {n:,} rows: embeddings_move --from files and embeddings_compact, database store")
+    moved = runner.run("move", {}, envs["database"])["seconds"]
+    compacted = runner.run("compact", {}, envs["database"])["seconds"]
+    first = {
+        "files": cold(runner, plan, envs["files"], n, "files"),
+        "database": cold(runner, plan, envs["database"], n, "database"),
+        "new machine": cold(
+            runner, plan, envs["database"], n, "database, no copy", new_machine=True
+        ),
+    }
+    args: dict[str, Any] = {
+        "n": n,
+        "queries": plan.queries,
+        "ks": [STORE_K],
+        "budget": plan.row_budget,
+        "filters": ["none"],
+    }
+    warm = {}
+    for mode in STORE_INVALIDATIONS:
+        log(f"{db}, {n:,} rows, invalidation {mode}: warm searches of each store")
+        modal = {
+            kind: {**env, "DJANGO_EMBEDDINGS_INVALIDATION": mode} for kind, env in envs.items()
+        }
+        warm[mode] = {
+            kind: {
+                **medians([run["rows"][0] for run in runs], ("ours_ms", "by_hand_ms")),
+                "same": sum(run["rows"][0]["same"] for run in runs),
+                "queries": sum(run["rows"][0]["queries"] for run in runs),
+            }
+            for kind, runs in alternating(runner, plan, modal, "search", args).items()
+        }
+    log(f"{db}, {n:,} rows: create() with each store")
+    args = {"n": n, "creates": plan.creates, "transactions": plan.transactions}
+    creates = {
+        kind: {
+            "single": medians([run["single"] for run in runs], ("ours_ms", "plain_ms")),
+            "atomic": medians([run["atomic"] for run in runs], ("ours_ms", "plain_ms")),
+            "missing_after": sum(run["missing_after"] for run in runs),
+        }
+        for kind, runs in alternating(runner, plan, envs, "create", args).items()
+    }
+    return {
+        "n": n,
+        "database": first["files"]["database"],
+        "move_seconds": moved,
+        "compact_seconds": compacted,
+        "processes": plan.store_rounds,
+        "cold": first,
+        "search": warm,
+        "create": creates,
+    }
+
+
+def alternating(
+    runner: Runner,
+    plan: Plan,
+    envs: dict[str, dict[str, str]],
+    scenario: str,
+    args: dict[str, Any],
+) -> dict[str, list[dict[str, Any]]]:
+    """``scenario`` in ``plan.store_rounds`` processes per environment of ``envs``, a
+    round each, alternating which goes first: the two sides of a comparison that cannot
+    share a process, through the same changes in the machine's load."""
+    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in envs}
+    for round_ in range(plan.store_rounds):
+        for kind in list(envs) if round_ % 2 == 0 else list(reversed(envs)):
+            runs[kind].append(runner.run(scenario, args, envs[kind]))
+    return runs
+
+
+def medians(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in keys}
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -268,6 +404,12 @@ def _met(ok: bool) -> str:
 
 def _row(*cells: object) -> str:
     return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
+def _head(title: str, columns: str) -> list[str]:
+    """A table's title and header rows, its ``columns`` named in one string split at ``|``."""
+    names = columns.split("|")
+    return [title, "", _row(*names), "|" + "---|" * len(names)]
 
 
 def search_table(results: dict[str, Any]) -> list[str]:
@@ -431,6 +573,78 @@ def cold_table(results: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def store_table(results: dict[str, Any]) -> list[str]:
+    columns = (
+        "call|rows|db|database store|files store|ratio|same processes (database / files)"
+        "|ratio, each over its processes' reference"
+    )
+    lines = _head('### 8. `DJANGO_EMBEDDINGS_STORE = "database"` vs the files store', columns)
+
+    def both(sides: dict[str, Any], key: str, unit: float = 1.0) -> tuple[float, float]:
+        return sides["database"][key] * unit, sides["files"][key] * unit
+
+    notes = []
+    for item in results["store"]:
+        where = (_n(item["n"]), DATABASES[item["database"]])
+        cold, create, search = item["cold"], item["create"], item["search"]
+        # (call, (database, files), what else the processes measured, (database, files))
+        rows: list[tuple[str, tuple[float, float], str, tuple[float, float]]] = []
+        for call, sides in (
+            ("first search in a new process", cold),
+            (
+                "the same on a new machine (no local copy: rebuilt from the table)",
+                {"database": cold["new machine"], "files": cold["files"]},
+            ),
+        ):
+            first, wall = (
+                both(sides, "first_search_seconds", 1000),
+                both(sides, "wall_seconds", 1000),
+            )
+            rows.append((call, first, "whole process", wall))
+        for key, call in (
+            ("single", "`create()` (provider time excluded)"),
+            ("atomic", "5 × `create()` in one `atomic()`"),
+        ):
+            sides = {kind: side[key] for kind, side in create.items()}
+            rows.append(
+                (call, both(sides, "ours_ms"), "without the field", both(sides, "plain_ms"))
+            )
+        for mode in STORE_INVALIDATIONS:
+            call = f"warm `list(qs.semantic_search(v, k={STORE_K}))`, invalidation `{mode}`"
+            sides = search[mode]
+            rows.append((call, both(sides, "ours_ms"), "by hand", both(sides, "by_hand_ms")))
+        for call, (database, files), label, (database_ref, files_ref) in rows:
+            # Each side over what the same processes measured of the same code on both: the
+            # load each side ran under cancels out. A process's wall time includes its first
+            # search, so it is shown but not divided by.
+            steadied = database / database_ref / (files / files_ref)
+            lines.append(
+                _row(
+                    call,
+                    *where,
+                    _ms(database),
+                    _ms(files),
+                    f"{database / files:.2f}×",
+                    f"{label} {_ms(database_ref)} / {_ms(files_ref)}",
+                    "" if label == "whole process" else f"{steadied:.2f}×",
+                )
+            )
+        same = [f"{side['same']}/{side['queries']}" for m in search.values() for side in m.values()]
+        notes.append(
+            f"- {where[1]} {where[0]}: `embeddings_move --from files` took "
+            f"{item['move_seconds']:.1f} s, then `embeddings_compact` "
+            f"{item['compact_seconds']:.1f} s. First searches timed in "
+            + "/".join(str(run["runs"]) for run in cold.values())
+            + " processes (files, database, new machine); creates and warm searches in "
+            f"{item['processes']} processes per store. Created rows left without an embedding: "
+            + "/".join(str(side["missing_after"]) for side in create.values())
+            + "; warm searches returning the same rows as by hand: "
+            + ", ".join(same)
+            + "."
+        )
+    return [*lines, "", *notes, ""]
+
+
 def build_table(results: dict[str, Any]) -> list[str]:
     lines = [
         "### Building the corpora",
@@ -464,12 +678,12 @@ def build_table(results: dict[str, Any]) -> list[str]:
 NOTES = """\
 ### What each row measures
 
-- **Data.** Row `i` of the corpora of 1-4 has the text `"row i"`, `bucket = i % 100` (an indexed
-  integer column) and primary key `i + 1`. The bench provider embeds `"row i"` as row `i` of a
-  seeded matrix of 384-dimensional float32 vectors (`bench/corpus.py`), from a chunk it generates
-  once per process: a few µs per text. Corpora are built with public APIs only: `bulk_create`,
-  then `django_embeddings.backfill.embed_queryset` (which compacts the store at its end), in a
-  SQLite file or a PostgreSQL database of the bench's own.
+- **Data.** Row `i` of the corpora of 1-4 and 8 has the text `"row i"`, `bucket = i % 100` (an
+  indexed integer column) and primary key `i + 1`. The bench provider embeds `"row i"` as row `i`
+  of a seeded matrix of 384-dimensional float32 vectors (`bench/corpus.py`), from a chunk it
+  generates once per process: a few µs per text. Corpora are built with public APIs only:
+  `bulk_create`, then `django_embeddings.backfill.embed_queryset` (which compacts the store at its
+  end), in a SQLite file or a PostgreSQL database of the bench's own.
   Queries are vectors near corpus rows (a row plus noise), given to `semantic_search` as vectors.
 - **1. Search.** Ours: `list(Article.objects.semantic_search(v, k=k))`, or with
   `.filter(bucket=0)` (1 % of the rows), `.filter(bucket__lt=10)` (10 %) or
@@ -504,6 +718,23 @@ NOTES = """\
   backfill is), so that no vector is compacted; "compacted": that store after
   `manage.py embeddings_compact` (SQLite), or the store `embed_queryset` left (PostgreSQL).
   "Journal entries" is what `manage.py embeddings_status --json` reports for the store.
+- **8. Database store.** One corpus serves both stores: built with the files store as above,
+  then `manage.py embeddings_move --from files` with `DJANGO_EMBEDDINGS_STORE = "database"`
+  (into tables made empty for it) and `manage.py embeddings_compact`, which leaves the table and
+  this machine's copy of it compacted. The store is a setting of the process, so the two sides run
+  in separate processes with the same environment otherwise: first searches as in 4 (one untimed
+  run first); "new machine": each process, the untimed one too, gets an empty
+  `DJANGO_EMBEDDINGS_DIR`, so its first search rebuilds the copy from the table. Creates as in 2
+  and warm searches as in 1 (unfiltered, k=100, ours alternating with by hand), each in a round of
+  processes per store, alternating which store goes first; medians of the processes' medians.
+  The creates' rows are deleted at the end of their process. "Same processes" shows what the
+  processes measured besides (the process's wall time, the create without the field, the search
+  by hand): when they differ as much as the two stores do, the machine's load moved in between.
+  Invalidation: the run's mode for first searches and creates; `none` and `mtime` for warm
+  searches (in `mtime` each search of the database store reads the table's newest version).
+  On PostgreSQL the tables are analyzed after the move, as autovacuum does within a minute or so
+  of a load that size: before that the planner takes the table for a few rows, and a new
+  machine's rebuild sorts the rest of the table for each page of it that it reads.
 - **BLAS.** Both sides run the same numpy in the same process, with its default threads unless
   `--blas-threads` says otherwise (shown above). On a busy machine a multi-threaded matrix product
   waits for every one of its threads to get a core: milliseconds added to both sides, which
@@ -539,6 +770,8 @@ def markdown(results: dict[str, Any]) -> str:
     if results["cold"]:
         lines += cold_table(results)
     lines += endtoend_text.markdown(results)
+    if results.get("store"):
+        lines += store_table(results)
     lines += build_table(results)
     lines.append(NOTES + (endtoend_text.NOTES if results.get("text") else ""))
     return "\n".join(lines)

@@ -4,9 +4,10 @@
 :mod:`bench.endtoend` starts these with the environment :mod:`bench.settings`
 reads. Only the public API is used: the models' ``EmbeddingField`` and
 ``EmbeddingManager``, ``QuerySet.semantic_search``, ``Model.objects.create``,
-``django_embeddings.backfill.embed_queryset``, ``manage.py embeddings_status``
-and settings. How the library stores vectors is never looked at, so the
-scenarios measure the same thing whatever the storage does underneath.
+``django_embeddings.backfill.embed_queryset``, ``manage.py embeddings_status``,
+``embeddings_compact`` and ``embeddings_move``, and settings. How the library stores
+vectors is never looked at, so the scenarios measure the same thing whatever the
+storage does underneath.
 
 The corpus is ``n`` rows whose text is ``"row i"`` (primary key ``i + 1``,
 ``bucket = i % 100``); the ``corpus`` provider embeds that text as row ``i`` of
@@ -168,6 +169,33 @@ def build(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def move(args: dict[str, Any]) -> dict[str, Any]:
+    """``manage.py embeddings_move --from files`` into the configured store (the
+    ``database`` one), whose tables start empty, as a new project's first ``migrate``
+    leaves them.
+
+    On PostgreSQL the tables are then analyzed, as autovacuum does within a minute or
+    so of such a load: until then the planner takes the table for a few rows, and
+    reads it in an order that makes a new machine's copy far slower to build (see the
+    ``store`` section's notes in :mod:`bench.endtoend`).
+    """
+    from django.core.management import call_command
+    from django.db import connection
+
+    from bench.benchapp.models import Article
+    from django_embeddings.models import StoreChange, StoreHead
+
+    fresh_tables(StoreChange, StoreHead)
+    started = time.perf_counter()
+    call_command("embeddings_move", Article._meta.label, source="files", stdout=io.StringIO())
+    seconds = time.perf_counter() - started
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            for model in (StoreChange, StoreHead):
+                cursor.execute(f"ANALYZE {connection.ops.quote_name(model._meta.db_table)}")
+    return {"seconds": seconds}
+
+
 def compact(args: dict[str, Any]) -> dict[str, Any]:
     """``manage.py embeddings_compact`` on ``Article``'s field."""
     from django.core.management import call_command
@@ -235,8 +263,9 @@ class ByHand:
         objects.sort(key=lambda obj: -obj.similarity)
         return objects
 
-    def choose(self, queries: npt.NDArray[np.float32]) -> None:
-        for name, lookups in FILTERS.items():
+    def choose(self, queries: npt.NDArray[np.float32], names: list[str]) -> None:
+        for name in names:
+            lookups = FILTERS[name]
             if not lookups:
                 continue
             times: dict[str, float] = {}
@@ -277,7 +306,8 @@ def search(args: dict[str, Any]) -> dict[str, Any]:
     goes first; medians, and whether both returned the same rows in the same order.
 
     A row stops after ``budget`` seconds once it has ``at_least`` queries: k=1000
-    rows can take a second a call, and their medians settle early.
+    rows can take a second a call, and their medians settle early. ``filters`` names
+    those of :data:`FILTERS` to run (default: all).
     """
     from django.db import connection
 
@@ -285,15 +315,16 @@ def search(args: dict[str, Any]) -> dict[str, Any]:
 
     n, count, ks = int(args["n"]), int(args["queries"]), [int(k) for k in args["ks"]]
     budget, at_least = float(args["budget"]), int(args.get("at_least", 3))
+    names = [str(name) for name in args.get("filters", FILTERS)]
     queries = corpus.queries(count + WARMUP, n)
     warm, timed = queries[:WARMUP], queries[WARMUP:]
     started = time.perf_counter()
     ours(Article, warm[0], k=10, name="none")
     first_search = time.perf_counter() - started
     hand = ByHand(Article, n)
-    hand.choose(warm)
+    hand.choose(warm, names)
     rows = []
-    for name in FILTERS:
+    for name in names:
         for k in ks:
             sides: dict[str, Callable[[npt.NDArray[np.float32]], list[Any]]] = {
                 "ours": functools.partial(ours, Article, k=k, name=name),
@@ -343,7 +374,8 @@ def search(args: dict[str, Any]) -> dict[str, Any]:
 def create(args: dict[str, Any]) -> dict[str, Any]:
     """``Model.objects.create`` with the field (minus the time spent in the provider) and
     the same create of ``PlainArticle``, alternating; then, when asked, five creates in one
-    ``transaction.atomic()`` each way, counting the provider calls they made."""
+    ``transaction.atomic()`` each way, counting the provider calls they made. The rows
+    created are deleted at the end: the corpus is left as it was, for the next scenario."""
     from django.db import connection, transaction
 
     from bench.benchapp.models import PlainArticle
@@ -406,6 +438,8 @@ def create(args: dict[str, Any]) -> dict[str, Any]:
 
     (check,) = embed_queryset(model.objects.filter(pk__gt=n), dry_run=True)
     result["missing_after"] = check.selected
+    model.objects.filter(pk__gt=n).delete()
+    PlainArticle.objects.filter(pk__gt=n).delete()
     return result
 
 
@@ -448,6 +482,7 @@ def cold(args: dict[str, Any]) -> dict[str, Any]:
 
 SCENARIOS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "build": build,
+    "move": move,
     "compact": compact,
     "search": search,
     "create": create,

@@ -3,7 +3,7 @@
 Everything variable comes from the environment the orchestrator sets:
 ``BENCH_DB`` (``sqlite`` or ``postgres``), ``BENCH_SQLITE_PATH``, ``BENCH_PG_NAME``,
 ``DJANGO_EMBEDDINGS_DIR``, ``BENCH_REDIS_URL`` and, when set,
-``DJANGO_EMBEDDINGS_COMPACT_THRESHOLD``.
+``DJANGO_EMBEDDINGS_STORE`` and ``DJANGO_EMBEDDINGS_COMPACT_THRESHOLD``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ else:
     }
 
 DJANGO_EMBEDDINGS_DIR = os.environ.get("DJANGO_EMBEDDINGS_DIR", "/tmp/django-embeddings-bench")
+DJANGO_EMBEDDINGS_STORE = os.environ.get("DJANGO_EMBEDDINGS_STORE", "files")
 DJANGO_EMBEDDINGS_INVALIDATION = os.environ.get("DJANGO_EMBEDDINGS_INVALIDATION", "mtime")
 DJANGO_EMBEDDINGS_REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
 DJANGO_EMBEDDINGS_PROVIDERS = {
