@@ -4,11 +4,13 @@ table, the table trimmed, and a store database that fails for real."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
@@ -23,9 +25,11 @@ from django.test.utils import CaptureQueriesContext
 
 from django_embeddings import cache
 from django_embeddings.checks import check_settings
+from django_embeddings.keywords.terms import bag_of
 from django_embeddings.models import StoreChange, StoreHead
 from django_embeddings.providers import get_provider
-from django_embeddings.store.database import TOKEN_FILE
+from django_embeddings.store import _digest as store_digest
+from django_embeddings.store.database import TOKEN_FILE, DatabaseStore
 from django_embeddings.writer import put_vectors
 from tests.databases import (
     MARIADB_CHARSET,
@@ -554,3 +558,140 @@ def test_the_copy_needs_no_directory_setting(settings, tmp_path, monkeypatch) ->
     assert {a.title for a in Article.objects.semantic_search(QUERY, k=10)} == {
         a.title for a in articles
     }
+
+
+# -- a rebuilt copy is the copy its writer made -----------------------------------------------
+
+
+def contents(
+    store: DatabaseStore,
+) -> tuple[int, dict[str, tuple[bytes, str, str, str | None, int]]]:
+    """The version and, per live key, what a read finds: the vector as stored, the content
+    digest, identity, bag of terms and time, from the snapshot and the journal after it."""
+    state = store.read_state()
+    snap = state.snapshot
+    rows = {}
+    for n, key in enumerate(snap.keys.tolist()):
+        assert snap.raw is not None and snap.times is not None
+        rows[str(key)] = (
+            np.asarray(snap.raw[n], dtype="<f4").tobytes(),
+            bytes(snap.hashes[n]).hex(),
+            snap.identity_names[int(snap.identities[n])],
+            snap.terms.bag(n) if snap.terms is not None else None,
+            int(snap.times[n]),
+        )
+    tail = state.rows()
+    for key in tail.changed:
+        rows.pop(key, None)
+    for n, key in enumerate(tail.keys):
+        rows[key] = (
+            np.asarray(tail.vectors[n], dtype="<f4").tobytes(),
+            bytes(store_digest(tail.hashes[n])).hex(),
+            tail.identities[n],
+            tail.terms[n],
+            tail.times[n],
+        )
+    return state.version, rows
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.mark.parametrize("keys", ["integers", "text"])
+def test_a_rebuilt_copy_is_the_copy_built_by_its_writes(tmp_path, keys, monkeypatch) -> None:
+    """A new machine's copy, written as one snapshot from the table (one row per live key
+    below the horizon, superseded rows and deletes above it folded in memory), reads
+    exactly as the copy the writer built change by change, journal and compactions."""
+    rng = np.random.default_rng(3)
+    clock = iter(range(1_700_000_000, 1_800_000_000, 7))
+    monkeypatch.setattr(time, "time", lambda: float(next(clock)))  # a stamp per write
+    names = [str(n * 3 + 1) if keys == "integers" else f"row-{n:02}" for n in range(30)]
+    writer = DatabaseStore(tmp_path / "a", using="default", label="rebuild", compact_threshold=6)
+    for step in range(160):
+        batch = sorted({str(rng.choice(names)) for _ in range(int(rng.integers(1, 4)))})
+        if rng.random() < 0.25:
+            writer.delete_many(batch)
+            continue
+        items = [
+            (
+                key,
+                rng.standard_normal(16).astype(np.float32),
+                sha256(f"{step} {key}"),
+                f"m{step % 3}",
+            )
+            for key in batch
+        ]
+        bags = [None if rng.random() < 0.2 else bag_of(f"word{step} {key} {key}") for key in batch]
+        writer.put_many(items, terms=bags)
+    row = StoreHead.objects.get(label="rebuild")
+    above = list(
+        StoreChange.objects.filter(label="rebuild", version__gt=row.horizon).values_list(
+            "op", "key"
+        )
+    )
+    # What the rebuild folds in memory: deletes, and keys changed more than once.
+    assert row.horizon > 0 and ("del" in {op for op, _ in above})
+    assert len({key for _, key in above}) < len(above)
+
+    rebuilt = DatabaseStore(tmp_path / "b", using="default", label="rebuild", compact_threshold=6)
+    version, rows = contents(rebuilt)
+    assert (version, rows) == contents(writer)
+    assert version == row.version and 0 < len(rows) < len(names)
+    state = rebuilt.read_state()
+    assert len(state.snapshot) == len(rows) and not len(state.records)  # no journal to fold
+    assert any(bag is None for *_, bag, _ in rows.values())
+    theirs, ours = writer.stats(), rebuilt.stats()
+    assert (ours.version, ours.vectors, ours.dimensions, ours.identities) == (
+        theirs.version,
+        theirs.vectors,
+        theirs.dimensions,
+        theirs.identities,
+    )
+
+
+def test_a_table_whose_rows_are_all_deleted_rebuilds_an_empty_copy(tmp_path) -> None:
+    writer = DatabaseStore(tmp_path / "a", using="default", label="gone")
+    writer.put_many([(str(n), np.ones(4, np.float32), "ab" * 16, "m") for n in range(5)])
+    writer.delete_many([str(n) for n in range(5)])
+    rebuilt = DatabaseStore(tmp_path / "b", using="default", label="gone")
+    assert contents(rebuilt) == contents(writer) == (10, {})
+    # The vectors put (and deleted since) fixed the dimensions, on both machines.
+    assert rebuilt.stats().dimensions == writer.stats().dimensions == 4
+
+
+# -- numbering a write ------------------------------------------------------------------------
+
+
+def test_a_write_takes_its_versions_in_one_statement() -> None:
+    """``UPDATE ... RETURNING`` where the database has it (PostgreSQL, SQLite), else an
+    UPDATE then a SELECT of the head row (MariaDB)."""
+    Article.objects.create(title="first", body="apple")
+    with CaptureQueriesContext(connection) as queries:
+        Article.objects.create(title="second", body="banana")
+    on_head = [q["sql"] for q in queries if "django_embeddings_head" in q["sql"]]
+    (claim,) = [n for n, sql in enumerate(on_head) if sql.startswith("UPDATE")]
+    # Before it, the reads of any create (the copy caught up); after it, the claim's own.
+    after = [sql.split()[0] for sql in on_head[claim + 1 :]]
+    if vendor() == "mariadb":
+        assert after == ["SELECT"]
+    else:
+        assert after == [] and "RETURNING" in on_head[claim]
+    assert head().version == 2
+    assert changes() == [("put", str(pk)) for pk in Article.objects.values_list("pk", flat=True)]
+
+
+def test_a_write_recreates_a_missing_head_row(monkeypatch) -> None:
+    Article.objects.create(title="first", body="apple")
+    StoreChange.objects.all().delete()  # a flushed database, the local copy kept
+    StoreHead.objects.all().delete()
+    created = []
+    create_head = DatabaseStore._create_head
+    monkeypatch.setattr(
+        DatabaseStore, "_create_head", lambda store: created.append(store) or create_head(store)
+    )
+    article = Article.objects.create(title="second", body="banana")
+    assert len(created) == 1  # by the claim, which found no head row to update
+    assert (head().version, changes()) == (1, [("put", str(article.pk))])
+    assert titles(Article.objects.semantic_search("banana", k=5)) == ["second"]
+    assert (copy_path() / TOKEN_FILE).read_text() == head().token

@@ -289,6 +289,43 @@ def test_compaction_folds_the_journal_into_a_snapshot(store):
     assert store.put("x", vec(99), content_hash="00" * 16, identity="id").version == 13
 
 
+def test_compaction_merges_snapshot_and_journal_rows_in_key_order(store):
+    """Rows after the snapshot's keys (in order already: nothing is rearranged), then rows
+    between them and a row replaced (sorted again), each compacted into the snapshot."""
+    stored: dict[str, np.ndarray] = {}
+    for round_, keys in enumerate((["10", "20", "30"], ["40", "50"], ["15", "45", "20"])):
+        for key in keys:
+            stored[key] = vec(int(key) + 100 * round_)
+            store.put(key, stored[key], content_hash=f"{int(key):032x}", identity=f"m{round_}")
+        before = live(store)
+        store.compact()
+        snap = store.read_state().snapshot
+        assert [str(key) for key in snap.keys] == sorted(stored, key=int)
+        assert live(store) == before
+        assert snap.raw is not None
+        for key, vector in stored.items():
+            np.testing.assert_array_equal(snap.raw[snap.find(key)], vector)
+    assert snap.identity_names[snap.identities[snap.find("20")]] == "m2"
+
+
+@pytest.mark.parametrize(
+    "hashes",
+    [
+        [f"{n:064x}" for n in range(5)],  # SHA-256's: decoded in one call
+        ["AB" * 16, "cd" * 16],  # upper case, 32 digits
+        ["ab" * 16, "ab" * 20],  # two lengths
+        ["ab" * 17 + "a"],  # odd
+        ["ab" * 8],  # shorter than 16 bytes
+        ["", "zz" * 16],  # not hex
+        ["ab cd " * 8],  # spaces, which bytes.fromhex() skips
+        [],
+    ],
+)
+def test_the_digests_of_many_hashes_are_each_one_s(hashes):
+    expected = np.array([store_module._digest(h) for h in hashes], dtype=np.uint8)
+    np.testing.assert_array_equal(store_module._digests(hashes), expected.reshape(-1, 16))
+
+
 def test_compaction_runs_by_itself_past_the_threshold(tmp_path):
     store = Store(tmp_path / "s", label="s", compact_threshold=5)
     for n in range(12):

@@ -19,12 +19,13 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -212,6 +213,7 @@ class Stats:
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _T = TypeVar("_T")
+_A = TypeVar("_A", bound=np.generic)
 
 
 def _writes(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concatenate[Store, _P], _R]:
@@ -731,19 +733,16 @@ class Store:
             for n, (key, _, digest, identity) in enumerate(items)
         ]
 
-    def _copy_locked(
-        self, fd: int, known: _Journal, changes: Sequence[Change], *, fresh: bool
-    ) -> list[Entry]:
+    def _copy_locked(self, fd: int, known: _Journal, changes: Sequence[Change]) -> list[Entry]:
         """Append changes numbered elsewhere (the ``database`` store's local copy).
 
         Those at or below our version are skipped; the rest must follow it without
-        a gap unless ``fresh`` (a copy rebuilt from a table whose superseded rows
-        are gone). The caller holds the lock.
+        a gap. The caller holds the lock.
         """
         changes = [change for change in changes if change.version > known.version]
         if not changes:
             return []
-        if not fresh and changes[0].version != known.version + 1:
+        if changes[0].version != known.version + 1:
             raise StoreError(
                 f"{self.label}: change {changes[0].version} does not follow version "
                 f"{known.version}."
@@ -781,11 +780,6 @@ class Store:
 
     def _matrix(self, items: list[tuple[str, Vector, str, str]]) -> Matrix:
         """The batch's vectors as one little-endian float32 matrix; checks keys and shapes."""
-        for key, _, _, _ in items:
-            if "\0" in key:
-                # numpy's fixed-width strings drop trailing NULs, so such a key could not
-                # be found again in a snapshot; no database keeps NUL in a key in practice.
-                raise StoreError(f"{self.label}: row key {key!r} contains a NUL character.")
         arrays = [np.asarray(vector) for _, vector, _, _ in items]
         sizes = {array.shape for array in arrays}
         if len(sizes) != 1 or len(next(iter(sizes))) != 1:
@@ -794,8 +788,18 @@ class Store:
             matrix = np.ascontiguousarray(arrays[0], dtype="<f4").reshape(1, -1)
         else:
             matrix = np.ascontiguousarray(np.stack(arrays), dtype="<f4")
+        return self._checked([key for key, _, _, _ in items], matrix)
+
+    def _checked(self, keys: Sequence[str], matrix: Matrix) -> Matrix:
+        """``matrix``, a vector per key, once no key holds NUL and every value is finite."""
+        for key in keys:
+            if "\0" in key:
+                # numpy's fixed-width strings drop trailing NULs, so such a key could not
+                # be found again in a snapshot; no database keeps NUL in a key in practice.
+                raise StoreError(f"{self.label}: row key {key!r} contains a NUL character.")
         if not np.isfinite(matrix).all():
-            bad = [items[row][0] for row in np.flatnonzero(~np.isfinite(matrix).all(axis=1))]
+            rows = np.flatnonzero(~np.isfinite(matrix).all(axis=1)).tolist()
+            bad = [keys[row] for row in rows]
             raise StoreError(
                 f"{self.label}: the vectors of rows {bad!r} hold NaN or infinite values; "
                 "expected finite numbers."
@@ -832,14 +836,32 @@ class Store:
         legacy = len(snap) > 0 and snap.raw is None  # written by 0.1.0: vectors in per-row files
         if not len(state.records) and snap.name is not None and not legacy:
             return snap.version
-        rows = state.rows()
+        return self._install(self._merged(snap, state.rows(), state.version))
+
+    def _install_rows(
+        self, known: _Journal, rows: TailRows, version: int, dimensions: int | None
+    ) -> int:
+        """Make ``rows`` the whole store at ``version``, as one snapshot and an empty
+        journal: a copy built from elsewhere (the ``database`` store's table) without
+        going through the journal. The caller holds the lock. ``rows.vectors`` are as
+        stored; ``dimensions``, those of the first vector put (``None``: none was), fix
+        the store's, as that put did, even if no row is left."""
+        if dimensions is not None:
+            self._check_dimensions(known, dimensions)
+        if rows.keys:
+            self._check_dimensions(known, int(rows.vectors.shape[1]))
+        return self._install(self._merged(Snapshot(version=0), rows, version))
+
+    def _merged(self, snap: Snapshot, rows: TailRows, version: int) -> Snapshot:
+        """The snapshot at ``version``: the rows of ``snap`` that ``rows.changed`` leaves
+        alone, and the live ``rows``, sorted by key."""
         keep = np.ones(len(snap), dtype=bool)
         if rows.changed and len(snap):
             found = row_keys.rows_of(snap.keys, rows.changed)
             keep[found[found >= 0]] = False
         dims = snap.dimensions or (int(rows.vectors.shape[1]) if rows.keys else 0)
         if not dims or not (keep.any() or rows.keys):
-            return self._install(Snapshot(version=state.version))
+            return Snapshot(version=version)
         identity_names = list(snap.identity_names)
         numbers = {name: n for n, name in enumerate(identity_names)}
         for name in rows.identities:
@@ -849,34 +871,30 @@ class Store:
         kept = np.flatnonzero(keep)
         raw = rows.vectors.reshape(-1, dims)
         all_keys = row_keys.concat(np.asarray(snap.keys[kept]), row_keys.pack(rows.keys))
-        order = np.argsort(all_keys, kind="stable")
+        order = _sorting(all_keys)
         merged = Snapshot(
-            version=state.version,
-            vectors=np.concatenate(
-                [np.asarray(snap.vectors[kept]).reshape(-1, dims), normalize(raw)]
-            )[order],
-            keys=all_keys[order],
-            hashes=np.concatenate(
-                [
-                    np.asarray(snap.hashes[kept]).reshape(-1, 16),
-                    np.array([_digest(h) for h in rows.hashes], dtype=np.uint8).reshape(-1, 16),
-                ]
-            )[order],
-            identities=np.concatenate(
-                [
-                    np.asarray(snap.identities[kept]),
-                    np.array([numbers[i] for i in rows.identities], dtype=np.uint16),
-                ]
-            )[order],
+            version=version,
+            vectors=_joined(
+                np.asarray(snap.vectors[kept]).reshape(-1, dims), normalize(raw), order
+            ),
+            keys=all_keys if order is None else all_keys[order],
+            hashes=_joined(
+                np.asarray(snap.hashes[kept]).reshape(-1, 16), _digests(rows.hashes), order
+            ),
+            identities=_joined(
+                np.asarray(snap.identities[kept]),
+                np.array([numbers[i] for i in rows.identities], dtype=np.uint16),
+                order,
+            ),
             identity_names=identity_names,
-            raw=np.concatenate([self._kept_raw(snap, kept).reshape(-1, dims), raw])[order],
-            times=np.concatenate(
-                [self._kept_times(snap, kept), np.array(rows.times, dtype=np.uint32)]
-            )[order],
+            raw=_joined(self._kept_raw(snap, kept).reshape(-1, dims), raw, order),
+            times=_joined(
+                self._kept_times(snap, kept), np.array(rows.times, dtype=np.uint32), order
+            ),
             terms=self._merged_terms(snap, kept, rows, order),
         )
-        logger.debug("%s: compacting %d rows at version %d", self.label, len(order), state.version)
-        return self._install(merged)
+        logger.debug("%s: compacting %d rows at version %d", self.label, len(all_keys), version)
+        return merged
 
     def _kept_raw(self, snap: Snapshot, kept: npt.NDArray[np.intp]) -> Matrix:
         """The stored vectors of the snapshot rows a compaction keeps."""
@@ -907,10 +925,11 @@ class Store:
         snap: Snapshot,
         kept: npt.NDArray[np.intp],
         rows: TailRows,
-        order: npt.NDArray[np.intp],
+        order: npt.NDArray[np.intp] | None,
     ) -> Terms | None:
         """The terms of a compaction's rows: the kept snapshot rows', then the tail's, in
-        ``order``; ``None`` when no row's are known (a field without keywords)."""
+        ``order`` (``None``: as they are); ``None`` when no row's are known (a field
+        without keywords)."""
         old = snap.terms.take(kept) if snap.terms is not None else None
         tail_known = any(bag is not None for bag in rows.terms)
         if not tail_known and (old is None or not old.known.any()):
@@ -918,7 +937,8 @@ class Store:
         if old is None:
             old = Terms.empty(len(kept))
         tail = self._terms_of(rows.terms)
-        return _pruned(old.concat(tail).take(order))
+        merged = old.concat(tail) if len(old) else tail
+        return _pruned(merged if order is None else merged.take(order))
 
     def _terms_of(self, bags: list[str | None]) -> Terms:
         """``Terms`` of journal bags; one that is not a bag (a damaged line) reads as not known."""
@@ -1230,6 +1250,41 @@ def _pruned(terms: Terms) -> Terms:
     vocab = [token for token, keep in zip(terms.vocab, used.tolist(), strict=True) if keep]
     ids = numbers[terms.ids].astype(np.int32)
     return Terms(vocab, terms.ptr, ids, terms.counts, terms.known)
+
+
+def _sorting(keys: row_keys.Keys) -> npt.NDArray[np.intp] | None:
+    """The order that sorts ``keys`` (distinct), or ``None`` when they are sorted already,
+    as rows stored in the order of their primary keys are."""
+    values: npt.NDArray[Any] = keys
+    if len(values) < 2 or bool(np.all(values[1:] > values[:-1])):
+        return None
+    return np.argsort(keys, kind="stable")
+
+
+def _joined(first: npt.NDArray[_A], second: npt.NDArray[_A], order: Any) -> npt.NDArray[_A]:
+    """The rows of ``first`` then ``second``, taken in ``order`` (``None``: as they are).
+    A compaction's arrays are large: when one side is empty, the other is not copied
+    to be joined, nor at all when it is in order already."""
+    whole = second if not len(first) else first if not len(second) else None
+    if whole is None:
+        whole = np.concatenate([first, second])
+    return whole if order is None else whole[order]
+
+
+def _digests(content_hashes: list[str]) -> npt.NDArray[np.uint8]:
+    """A row of 16 bytes per content hash (:func:`_digest`'s), decoded in one call
+    when every hash is hex of one even length of 32 digits or more, as SHA-256's are."""
+    lengths = set(map(len, content_hashes))
+    if len(lengths) == 1:
+        (length,) = lengths
+        joined = "".join(content_hashes)
+        if length >= 32 and length % 2 == 0 and _HEX.fullmatch(joined):
+            raw = np.frombuffer(bytes.fromhex(joined), dtype=np.uint8)
+            return raw.reshape(-1, length // 2)[:, :16].copy()
+    return np.array([_digest(h) for h in content_hashes], dtype=np.uint8).reshape(-1, 16)
+
+
+_HEX = re.compile("[0-9a-fA-F]*")
 
 
 def _digest(content_hash: str) -> list[int]:

@@ -20,6 +20,9 @@ a later change of the same key supersedes (and deletes) go, and the horizon is
 recorded in the head row. A copy older than the horizon, one made from another
 database (the head row's ``token`` differs) or one ahead of the table (a database
 restored from a backup, a rolled-back test transaction) is rebuilt from the table.
+A new or rebuilt copy is written as one snapshot of the table's live rows (the
+superseded rows the table still holds are folded in memory), with no journal to
+write and then compact; a copy that is only behind appends what it lacks.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from django.db import DatabaseError, IntegrityError, connections, router, transaction
@@ -47,6 +51,7 @@ from django_embeddings.store import (
     Stats,
     Store,
     Tail,
+    TailRows,
     _Journal,
     _journals,
     files,
@@ -55,14 +60,21 @@ from django_embeddings.store import (
 from django_embeddings.store.permissions import DEFAULT as DEFAULT_PERMISSIONS
 from django_embeddings.store.permissions import Permissions
 from django_embeddings.store.snapshot import Snapshot
-from django_embeddings.typing import Vector
+from django_embeddings.typing import Matrix, Vector
 
 if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
     from django_embeddings.models import StoreChange
 
 __all__ = ["DatabaseStore"]
 
 logger = logging.getLogger(__name__)
+
+# The columns read from the table, and the position of those a rebuild looks at.
+_COLUMNS = ("version", "op", "key", "vector", "content_hash", "identity", "terms", "stamp")
+_VERSION, _OP, _KEY, _VECTOR = range(4)
+_Row = tuple[Any, ...]
 
 TOKEN_FILE = "_database"  # the token of the head row this copy was made from
 _CHUNK = 2_000  # changes read per round trip when copying
@@ -201,15 +213,42 @@ class DatabaseStore(Store):
         The UPDATE locks the head row (SQLite: the database) until commit, so
         versions are handed out, and become visible, in commit order.
         """
-        from django_embeddings.models import StoreHead
-
-        heads = StoreHead.objects.using(self.database).filter(label=self.label)
-        if not heads.update(version=F("version") + count):
+        head = self._take(count)
+        if head is None:
             self._create_head()  # cleared behind our back (a flushed test database)
-            heads.update(version=F("version") + count)
-        version, horizon, token = heads.values_list("version", "horizon", "token").get()
+            head = self._take(count)
+        if head is None:
+            raise StoreError(f"{self.label}: the head row of the table cannot be created.")
+        version, horizon, token = head
         self._head = (int(horizon), str(token))
         return int(version)
+
+    def _take(self, count: int) -> tuple[Any, ...] | None:
+        """Add ``count`` to the head row's version; its (version, horizon, token) after,
+        or ``None`` without a head row. One round trip where UPDATE can return them."""
+        from django_embeddings.models import StoreHead
+
+        connection = connections[self.database]
+        if not _returns_from_update(connection):
+            heads = StoreHead.objects.using(self.database).filter(label=self.label)
+            if not heads.update(version=F("version") + count):
+                return None
+            head: tuple[Any, ...] = heads.values_list("version", "horizon", "token").get()
+            return head
+        quote = connection.ops.quote_name
+        table = quote(StoreHead._meta.db_table)
+        columns = {f.name: quote(str(f.column)) for f in StoreHead._meta.concrete_fields}
+        version, horizon, token, label = (
+            columns[name] for name in ("version", "horizon", "token", "label")
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET {version} = {version} + %s WHERE {label} = %s "
+                f"RETURNING {version}, {horizon}, {token}",
+                [count, self.label],
+            )
+            row: tuple[Any, ...] | None = cursor.fetchone()
+        return row
 
     def _create_head(self) -> None:
         """The field's head row, unless it exists: created before the write's transaction,
@@ -229,7 +268,7 @@ class DatabaseStore(Store):
         with self._writing() as (fd, known):
             follows = known.version == numbered[0].version - 1
             if follows and self._local_token() == self._head[1]:
-                entries = self._copy_locked(fd, known, numbered, fresh=False)
+                entries = self._copy_locked(fd, known, numbered)
                 self._maybe_compact(known, entries[-1].version)
                 return {entry.version: entry for entry in entries}
         # Others wrote in between (or the copy is not what the table says): catch up,
@@ -407,8 +446,7 @@ class DatabaseStore(Store):
             self._write_token(head_token)  # a new copy: it starts from this table
         if local > version:
             raise _Rebuild(f"ahead of the table ({local} > {version})", head_token)
-        fresh = local == 0
-        if local < horizon and not fresh:
+        if 0 < local < horizon:
             raise _Rebuild(f"older than the table's horizon {horizon}", head_token)
         # The copy's newest entry is read again from the table too: a copy that took a
         # write the table then lost (a rolled-back transaction, a restore) differs there.
@@ -416,9 +454,13 @@ class DatabaseStore(Store):
         check = last if last is not None and last.version == local > horizon else None
         if check is None and local == version:
             return []
+        if not local:
+            self._build_locked(known, horizon, head_token)
+            return []
         entries: list[Entry] = []
         expected = local + 1
-        for page in self._pages(local - 1 if check else local):
+        for rows in self._pages(local - 1 if check else local):
+            page = [_change(row) for row in rows]
             if check is not None:
                 found, page = page[0], page[1:]
                 if (found.version, found.op, found.key, found.hash) != (
@@ -430,41 +472,55 @@ class DatabaseStore(Store):
                     raise _Rebuild(f"not what the table holds at version {local}", head_token)
                 check = None
             for change in page:
-                if not fresh and change.version != expected:
+                if change.version != expected:
                     raise _Rebuild("compacted while it was read", head_token)
                 expected = change.version + 1
             if page:
-                entries += self._copy_locked(fd, known, page, fresh=fresh)
+                entries += self._copy_locked(fd, known, page)
         if check is not None:
             raise _Rebuild(f"not what the table holds at version {local}", head_token)
-        if fresh and entries and self._horizon() != horizon:
-            # Read in pages: a compaction meanwhile may have taken a delete this copy
-            # needed (its put read on an earlier page).
-            raise _Rebuild("compacted while it was read", head_token)
         if entries:
             self._maybe_compact(known, entries[-1].version)
         return entries
 
-    def _pages(self, after: int) -> Iterator[list[Change]]:
-        """The changes past version ``after``, oldest first, a page per query (keyset
-        pagination: no driver holds the whole table in memory, whatever its cursors)."""
+    def _build_locked(self, known: _Journal, horizon: int, token: str) -> None:
+        """Make a new copy's snapshot straight from the table, with no journal to
+        write and fold: below the horizon the table holds one row per live key (and
+        the change at the horizon); the superseded rows above it are resolved here,
+        the last change of a key winning and a delete dropping it."""
+        latest = _Latest()
+        for page in self._pages(0):
+            latest.add(page)
+        if not latest.version:
+            return  # nothing to copy (a table just cleared): the copy stays empty
+        if self._horizon() != horizon:
+            # Read in pages: a compaction meanwhile may have taken a delete this copy
+            # needed (its put read on an earlier page).
+            raise _Rebuild("compacted while it was read", token)
+        rows = latest.rows(self._checked)
+        version, dimensions = latest.version, latest.dimensions
+        del latest  # the rows as the database returned them: their vectors are in ``rows``
+        self._install_rows(known, rows, version, dimensions)
+
+    def _pages(self, after: int) -> Iterator[list[_Row]]:
+        """The rows past version ``after``, oldest first, a page per query (keyset
+        pagination: no driver holds the whole table in memory, whatever its cursors),
+        with the columns of :data:`_COLUMNS`."""
         from django_embeddings.models import StoreChange
 
         rows = (
             StoreChange.objects.using(self.database)
             .filter(label=self.label)
             .order_by("version")
-            .values_list(
-                "version", "op", "key", "vector", "content_hash", "identity", "terms", "stamp"
-            )
+            .values_list(*_COLUMNS)
         )
         while True:
-            page = [_change(row) for row in rows.filter(version__gt=after)[:_CHUNK]]
+            page = list(rows.filter(version__gt=after)[:_CHUNK])
             if page:
                 yield page
             if len(page) < _CHUNK:
                 return
-            after = page[-1].version
+            after = int(page[-1][_VERSION])
 
     def _horizon(self) -> int | None:
         from django_embeddings.models import StoreHead
@@ -498,6 +554,62 @@ class DatabaseStore(Store):
         files.write_atomic(self.path / TOKEN_FILE, token.encode("ascii"), self.permissions)
 
 
+class _Latest:
+    """The table's rows folded in version order: each key's last change (``None`` once
+    deleted), kept in the order keys first appear, as a journal's tail reads. Rows stay
+    as the database returned them: a rebuild converts only those that are kept."""
+
+    def __init__(self) -> None:
+        self.changes: dict[str, _Row | None] = {}
+        self.version = 0
+        self.dimensions: int | None = None  # of the first vector put
+
+    def add(self, page: list[_Row]) -> None:
+        changes = self.changes
+        for row in page:
+            changes[row[_KEY]] = row if row[_OP] == "put" else None
+        if self.dimensions is None:
+            first = next((row for row in page if row[_OP] == "put"), None)
+            if first is not None and first[_VECTOR] is not None:
+                self.dimensions = len(first[_VECTOR]) // 4
+        if page:
+            self.version = int(page[-1][_VERSION])
+
+    def rows(self, checked: Callable[[Sequence[str], Matrix], Matrix]) -> TailRows:
+        """The live rows, their vectors as stored, all in one matrix that ``checked``
+        checks as a put's are."""
+        rows = TailRows(changed=list(self.changes))
+        live = [row for row in self.changes.values() if row is not None]
+        if not live:
+            return rows
+        _, _, keys, vectors, hashes, identities, terms, stamps = zip(*live, strict=True)
+        rows.keys = list(map(str, keys))
+        rows.hashes = list(map(str, hashes))
+        rows.identities = list(map(str, identities))
+        rows.times = list(map(int, stamps))
+        rows.terms = [None if bag is None else str(bag) for bag in terms]
+        missing = next((row for row in live if row[_VECTOR] is None), None)
+        if missing is not None:
+            version, key = missing[_VERSION], missing[_KEY]
+            raise StoreError(f"put of {key!r} at version {version} has no vector")
+        sizes = set(map(len, vectors))
+        if len(sizes) != 1 or min(sizes) % 4:
+            raise StoreError(f"vectors must be 1-D and of one size, got {sorted(sizes)!r} bytes")
+        matrix = np.frombuffer(b"".join(vectors), dtype="<f4").reshape(len(live), -1)
+        rows.vectors = checked(rows.keys, matrix)
+        return rows
+
+
+def _returns_from_update(connection: BaseDatabaseWrapper) -> bool:
+    """Can this database return the updated row (``UPDATE ... RETURNING``)? PostgreSQL
+    and SQLite from 3.35 can; MariaDB returns rows from INSERT and DELETE only."""
+    if connection.vendor == "postgresql":
+        return True
+    if connection.vendor == "sqlite":
+        return sqlite3.sqlite_version_info >= (3, 35)  # the module Django's backend uses
+    return False
+
+
 def _row(label: str, change: Change, stamp: int) -> StoreChange:
     from django_embeddings.models import StoreChange
 
@@ -517,22 +629,22 @@ def _row(label: str, change: Change, stamp: int) -> StoreChange:
     )
 
 
-def _change(row: tuple[object, ...]) -> Change:
+def _change(row: _Row) -> Change:
     version, op, key, vector, content_hash, identity, terms, stamp = row
     array = None
     if op == "put":
         if vector is None:
             raise StoreError(f"put of {key!r} at version {version} has no vector")
-        array = np.frombuffer(bytes(vector), dtype="<f4")  # type: ignore[call-overload]
+        array = np.frombuffer(bytes(vector), dtype="<f4")
     return Change(
-        int(version),  # type: ignore[call-overload]
+        int(version),
         str(op),
         str(key),
         array,
         str(content_hash),
         str(identity),
         terms if terms is None else str(terms),
-        int(stamp),  # type: ignore[call-overload]
+        int(stamp),
     )
 
 
