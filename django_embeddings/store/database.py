@@ -455,11 +455,11 @@ class DatabaseStore(Store):
         if check is None and local == version:
             return []
         if not local:
-            self._build_locked(known, horizon, head_token)
+            self._build_locked(known, horizon, head_token, version)
             return []
         entries: list[Entry] = []
         expected = local + 1
-        for rows in self._pages(local - 1 if check else local):
+        for rows in self._pages(local - 1 if check else local, version):
             page = [_change(row) for row in rows]
             if check is not None:
                 found, page = page[0], page[1:]
@@ -483,13 +483,13 @@ class DatabaseStore(Store):
             self._maybe_compact(known, entries[-1].version)
         return entries
 
-    def _build_locked(self, known: _Journal, horizon: int, token: str) -> None:
+    def _build_locked(self, known: _Journal, horizon: int, token: str, through: int) -> None:
         """Make a new copy's snapshot straight from the table, with no journal to
         write and fold: below the horizon the table holds one row per live key (and
         the change at the horizon); the superseded rows above it are resolved here,
         the last change of a key winning and a delete dropping it."""
         latest = _Latest()
-        for page in self._pages(0):
+        for page in self._pages(0, through):
             latest.add(page)
         if not latest.version:
             return  # nothing to copy (a table just cleared): the copy stays empty
@@ -502,10 +502,16 @@ class DatabaseStore(Store):
         del latest  # the rows as the database returned them: their vectors are in ``rows``
         self._install_rows(known, rows, version, dimensions)
 
-    def _pages(self, after: int) -> Iterator[list[_Row]]:
-        """The rows past version ``after``, oldest first, a page per query (keyset
-        pagination: no driver holds the whole table in memory, whatever its cursors),
-        with the columns of :data:`_COLUMNS`."""
+    def _pages(self, after: int, through: int) -> Iterator[list[_Row]]:
+        """The rows of versions ``after`` < v <= ``through``, oldest first, a page per
+        query (keyset pagination: no driver holds the whole table in memory, whatever
+        its cursors), with the columns of :data:`_COLUMNS`.
+
+        Each query also bounds the versions from above: without table statistics (a
+        freshly loaded table), PostgreSQL would sort every remaining row for each
+        page. The window widens over sparse versions (a trimmed table holds about one
+        row per live key) and narrows where a page fills.
+        """
         from django_embeddings.models import StoreChange
 
         rows = (
@@ -514,13 +520,19 @@ class DatabaseStore(Store):
             .order_by("version")
             .values_list(*_COLUMNS)
         )
-        while True:
-            page = list(rows.filter(version__gt=after)[:_CHUNK])
+        span = _CHUNK
+        while after < through:
+            end = min(through, after + span)
+            page = list(rows.filter(version__gt=after, version__lte=end)[:_CHUNK])
             if page:
                 yield page
-            if len(page) < _CHUNK:
-                return
-            after = int(page[-1][_VERSION])
+            if len(page) == _CHUNK:
+                after = int(page[-1][_VERSION])
+                span = max(_CHUNK, span // 2)
+            else:
+                after = end  # the whole window is read
+                if len(page) < _CHUNK // 2:
+                    span *= 2
 
     def _horizon(self) -> int | None:
         from django_embeddings.models import StoreHead

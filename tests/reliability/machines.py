@@ -132,8 +132,11 @@ def verify(texts: list[str], searches: int) -> dict[str, Any]:
         text = field.source_text(Article(body=body))
         if text.strip():
             truth[field.key(pk)] = (content_hash(text), text)
-    indexed = index.keys()
-    served = {key: meta[0] for key in indexed if (meta := index.meta(key)) is not None}
+    # Hashes and vectors read under the index's lock, as one view: the listener
+    # thread applies peers' changes meanwhile.
+    with index.lock:
+        served = {key: meta[0] for key in index.keys() if (meta := index.meta(key)) is not None}
+        held = {key: index.vector(key) for key in served}
     local, local_version, problems = local_copy(store)
     table: dict[str, str] = {}
     changes = StoreChange.objects.filter(label=store.label).order_by("version")
@@ -165,8 +168,7 @@ def verify(texts: list[str], searches: int) -> dict[str, Any]:
     if known:
         expected = provider.embed([text for _, text in known])
         for (key, _), vector in zip(known, expected, strict=True):
-            held = index.vector(key)
-            if held is None or _cosine(held, vector) < 0.9999:
+            if held[key] is None or _cosine(held[key], vector) < 0.9999:
                 wrong.append(f"{key}: not the vector of its text")
     report["wrong_vector"] = wrong
     # A row's own text finds it first; searched through the public API.
