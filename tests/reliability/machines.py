@@ -135,7 +135,8 @@ def verify(texts: list[str], searches: int) -> dict[str, Any]:
     # Hashes and vectors read under the index's lock, as one view: the listener
     # thread applies peers' changes meanwhile.
     with index.lock:
-        served = {key: meta[0] for key in index.keys() if (meta := index.meta(key)) is not None}
+        indexed = index.keys()
+        served = {key: meta[0] for key in indexed if (meta := index.meta(key)) is not None}
         held = {key: index.vector(key) for key in served}
     local, local_version, problems = local_copy(store)
     table: dict[str, str] = {}
