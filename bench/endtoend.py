@@ -733,8 +733,8 @@ NOTES = """\
   Invalidation: the run's mode for first searches and creates; `none` and `mtime` for warm
   searches (in `mtime` each search of the database store reads the table's newest version).
   On PostgreSQL the tables are analyzed after the move, as autovacuum does within a minute or so
-  of a load that size: before that the planner takes the table for a few rows, and a new
-  machine's rebuild sorts the rest of the table for each page of it that it reads.
+  of a load that size (before that, the planner takes the table for a few rows, which slows the
+  table's compaction).
 - **BLAS.** Both sides run the same numpy in the same process, with its default threads unless
   `--blas-threads` says otherwise (shown above). On a busy machine a multi-threaded matrix product
   waits for every one of its threads to get a core: milliseconds added to both sides, which
