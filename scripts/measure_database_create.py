@@ -13,6 +13,7 @@ from an UPDATE (PostgreSQL, SQLite)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -42,29 +43,22 @@ def setup_django(db: str, scratch: Path) -> None:
     django.setup()
 
 
-def private_database() -> None:
-    import psycopg
-
-    with psycopg.connect(
-        host=os.environ.get("PGHOST", "127.0.0.1"),
-        port=os.environ.get("PGPORT", "5432"),
-        user=os.environ.get("PGUSER", "postgres"),
-        dbname="postgres",
-        autocommit=True,
-    ) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_NAME,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{PG_NAME}"')
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="postgres")
     parser.add_argument("--creates", type=int, default=400, help="timed, half each way")
     parser.add_argument("--warmup", type=int, default=40)
     options = parser.parse_args()
-    if options.db == "postgres":
-        private_database()
-    with tempfile.TemporaryDirectory(prefix="django-embeddings-create-") as scratch:
+    from bench.run import private_database
+
+    with contextlib.ExitStack() as stack:
+        if options.db == "postgres" and not stack.enter_context(
+            private_database(keep=False, name=PG_NAME)
+        ):
+            raise SystemExit("PostgreSQL is not reachable")
+        scratch = stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="django-embeddings-create-")
+        )
         setup_django(options.db, Path(scratch))
         print(json.dumps(measure(options)))
 

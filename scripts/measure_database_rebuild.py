@@ -179,20 +179,6 @@ def child(scenario: str, args: dict[str, Any], db: str, tree: Path) -> dict[str,
     return result
 
 
-def private_database() -> None:
-    import psycopg
-
-    with psycopg.connect(
-        host=os.environ.get("PGHOST", "127.0.0.1"),
-        port=os.environ.get("PGPORT", "5432"),
-        user=os.environ.get("PGUSER", "postgres"),
-        dbname="postgres",
-        autocommit=True,
-    ) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_NAME,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{PG_NAME}"')
-
-
 def main() -> None:
     if sys.argv[1] == "child":
         setup_django()
@@ -217,7 +203,12 @@ def main() -> None:
     options = parser.parse_args()
     WORK.mkdir(exist_ok=True)
     if options.db == "postgres":
-        private_database()
+        sys.path.insert(0, str(REPO_ROOT))
+        from bench.run import private_database
+
+        with private_database(keep=True, name=PG_NAME) as reachable:  # kept for the runs
+            if not reachable:
+                raise SystemExit("PostgreSQL is not reachable")
     trees = [tree.resolve() for tree in options.tree or [REPO_ROOT]]
     if options.command == "setup":
         args = {"rows": options.rows, "updates": options.updates, "deletes": options.deletes}

@@ -488,7 +488,7 @@ class DatabaseStore(Store):
         write and fold: below the horizon the table holds one row per live key (and
         the change at the horizon); the superseded rows above it are resolved here,
         the last change of a key winning and a delete dropping it."""
-        latest = _Latest()
+        latest = _Latest(self.label)
         for page in self._pages(0, through):
             latest.add(page)
         if not latest.version:
@@ -571,7 +571,8 @@ class _Latest:
     deleted), kept in the order keys first appear, as a journal's tail reads. Rows stay
     as the database returned them: a rebuild converts only those that are kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str) -> None:
+        self.label = label  # the store's, for errors
         self.changes: dict[str, _Row | None] = {}
         self.version = 0
         self.dimensions: int | None = None  # of the first vector put
@@ -603,10 +604,13 @@ class _Latest:
         missing = next((row for row in live if row[_VECTOR] is None), None)
         if missing is not None:
             version, key = missing[_VERSION], missing[_KEY]
-            raise StoreError(f"put of {key!r} at version {version} has no vector")
+            raise StoreError(f"{self.label}: put of {key!r} at version {version} has no vector")
         sizes = set(map(len, vectors))
         if len(sizes) != 1 or min(sizes) % 4:
-            raise StoreError(f"vectors must be 1-D and of one size, got {sorted(sizes)!r} bytes")
+            raise StoreError(
+                f"{self.label}: the table's vectors must be of one size, "
+                f"got {sorted(sizes)!r} bytes"
+            )
         matrix = np.frombuffer(b"".join(vectors), dtype="<f4").reshape(len(live), -1)
         rows.vectors = checked(rows.keys, matrix)
         return rows
