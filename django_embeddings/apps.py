@@ -25,17 +25,19 @@ class DjangoEmbeddingsConfig(AppConfig):
 
 
 def _reset_test_stores(*, using: str = "default", **kwargs: Any) -> None:
-    """A test database was just migrated or flushed: its stores start empty too."""
-    from django_embeddings import databases
+    """A test database was just migrated or flushed: its stores start empty too, and
+    what its filters selected is forgotten."""
+    from django_embeddings import databases, selectivity
 
     databases.reset_test_stores(using)
+    selectivity.clear()
 
 
 def _reset_on_setting_change(*, setting: str, **kwargs: Any) -> None:
     """Drop cached providers, stores and matrices when a test overrides our settings."""
     if not setting.startswith("DJANGO_EMBEDDINGS_"):
         return
-    from django_embeddings import cache, invalidation
+    from django_embeddings import cache, invalidation, selectivity
     from django_embeddings.fields import _store, _stores
     from django_embeddings.providers import clear_providers
 
@@ -43,6 +45,7 @@ def _reset_on_setting_change(*, setting: str, **kwargs: Any) -> None:
     _store.cache_clear()
     _stores.clear()
     cache.clear()
+    selectivity.clear()
     if setting in (
         "DJANGO_EMBEDDINGS_INVALIDATION",
         "DJANGO_EMBEDDINGS_REDIS",

@@ -43,7 +43,7 @@ from django.db.models.query import ModelIterable
 from django.db.models.sql.constants import MULTI
 from django.db.models.sql.where import AND
 
-from django_embeddings import cache, hybrid, invalidation
+from django_embeddings import cache, hybrid, invalidation, selectivity
 from django_embeddings.conf import conf
 from django_embeddings.exceptions import EmbeddingsError
 from django_embeddings.fields import EmbeddingField, embedding_field_named
@@ -64,7 +64,7 @@ MISSING = object()
 # SQLite: reading a selected key costs about as much as scoring 7 rows).
 NARROW_SHARE = 0.15
 # A filter selecting at most this many rows is narrow whatever the store's size; up
-# to this many keys are read (with a LIMIT) before any COUNT of the filter's rows.
+# to this many keys are read first (with a LIMIT), which settles most small searches.
 _READ_FIRST = 1_000
 # ... or this many rows per hit asked for: checking a candidate against the filter in
 # the database costs more than reading a selected row's key.
@@ -865,18 +865,34 @@ class EmbeddingQuerySetMixin(models.QuerySet):  # type: ignore[type-arg]
     ) -> tuple[Sequence[str] | np.ndarray[Any, Any] | None, int]:
         """How many rows the filters select, with their keys when they are few enough
         that reading the keys and scoring only those rows costs less than scoring every
-        row and checking the best against the filters in the database."""
+        row and checking the best against the filters in the database.
+
+        Knowing costs a query that visits every selected row (a COUNT, or reading the
+        keys). What it found is kept a while (:mod:`~django_embeddings.selectivity`), so
+        a filter searched again goes straight to its path: reading its keys, or (broad)
+        no query at all before scoring.
+        """
         base = self._candidates_base(search)
+        field = search.field
         limit = max(_READ_FIRST, math.ceil(stored * NARROW_SHARE), _KEYS_PER_HIT * search.k)
-        # Reading up to _READ_FIRST keys costs less than counting them first: most
-        # filters of a small search are settled by this one query.
-        keys = _selected_keys(base, search.field, _READ_FIRST + 1)
-        if len(keys) <= _READ_FIRST:
-            return keys, len(keys)
-        selected = base.count()
-        if selected <= limit:
-            return _selected_keys(base, search.field), selected
-        return None, selected
+        memo = _filter_key(base)
+        known = selectivity.recall(memo) if memo is not None else None
+        if known is None:
+            # A short read first: it settles most filters of a small search, and
+            # costs little more than the COUNT that follows it otherwise.
+            keys = _selected_keys(base, field, _READ_FIRST + 1)
+            known = len(keys) if len(keys) <= _READ_FIRST else base.count()
+            if memo is not None:
+                selectivity.remember(memo, known)
+            if len(keys) <= _READ_FIRST:
+                return keys, known
+        if known > limit:
+            return None, known
+        keys = _selected_keys(base, field, limit + 1)
+        selected = len(keys) if len(keys) <= limit else base.count()  # grown meanwhile
+        if memo is not None:
+            selectivity.remember(memo, selected)
+        return (keys if len(keys) <= limit else None), selected
 
     def _warn_if_never_embedded(self, field: EmbeddingField, stored: int) -> None:
         if stored or field.label in _warned_empty:
@@ -918,6 +934,16 @@ def _checkable(field: EmbeddingField, top: Top) -> Ranked:
         kept.append(n)
     columns = {name: [values[n] for n in kept] for name, values in top.columns.items()}
     return Ranked(pks, scores, hashes, columns)
+
+
+def _filter_key(base: models.QuerySet[Any]) -> tuple[Any, ...] | None:
+    """What identifies a filter's rows: its database, model and WHERE clause as text
+    (the lookups with their values; compiling the SQL would cost as much as a small
+    search). Two filters taken for one would cost speed, never a wrong result."""
+    try:
+        return (base.db, base.model, str(base.query.where))
+    except Exception:  # a value whose repr fails: nothing to remember
+        return None
 
 
 def _selected_keys(

@@ -9,7 +9,7 @@ from django.core.paginator import Paginator
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from django_embeddings import EmbeddingManager, EmbeddingQuerySet
+from django_embeddings import EmbeddingManager, EmbeddingQuerySet, selectivity
 from django_embeddings.exceptions import EmbeddingsError, ProviderError
 from django_embeddings.fields import content_hash
 from django_embeddings.providers import get_provider
@@ -70,6 +70,64 @@ class TestSemanticSearch:
         assert_ranking(hits, brute_force("cherry golf", rows, k))
         assert len(hits) == min(k, len(rows))
         assert all(h.published for h in hits)
+
+    @pytest.mark.parametrize(
+        ("read_first", "share", "keys_per_hit"),
+        [
+            (1_000, 0.15, 20),  # the first short read holds every selected key
+            (10, 0.9, 20),  # past it, counted, then read up to the narrow limit
+            (10, 0.05, 1),  # past that limit too: broad
+            (50, 0.05, 1),  # broad after the first read (its limit is no higher)
+        ],
+    )
+    @pytest.mark.parametrize("k", [1, 5, 30])
+    def test_filtered_search_takes_each_path_exactly(
+        self, corpus, monkeypatch, read_first, share, keys_per_hit, k
+    ):
+        monkeypatch.setattr("django_embeddings.querysets._READ_FIRST", read_first)
+        monkeypatch.setattr("django_embeddings.querysets.NARROW_SHARE", share)
+        monkeypatch.setattr("django_embeddings.querysets._KEYS_PER_HIT", keys_per_hit)
+        rows = [a for a in corpus if a.published]
+        with CaptureQueriesContext(connection) as queries:
+            hits = list(Article.objects.filter(published=True).semantic_search("fox kilo", k=k))
+        assert_ranking(hits, brute_force("fox kilo", rows, k))
+        assert all(h.published for h in hits)
+        # Counted only when the first short read did not hold every selected key.
+        assert any("COUNT(" in query["sql"].upper() for query in queries) == (read_first < 80)
+
+    @pytest.mark.parametrize(("share", "broad"), [(0.9, False), (0.05, True)])
+    def test_a_filter_searched_again_goes_straight_to_its_path(
+        self, corpus, monkeypatch, share, broad
+    ):
+        monkeypatch.setattr("django_embeddings.querysets._READ_FIRST", 10)
+        monkeypatch.setattr("django_embeddings.querysets.NARROW_SHARE", share)
+        monkeypatch.setattr("django_embeddings.querysets._KEYS_PER_HIT", 1)
+        rows = [a for a in corpus if a.published]
+        published = Article.objects.filter(published=True)
+        list(published.semantic_search("india", k=5))
+        with CaptureQueriesContext(connection) as queries:
+            hits = list(published.semantic_search("fox kilo", k=5))
+        assert_ranking(hits, brute_force("fox kilo", rows, 5))
+        # Narrow: its keys, read once; broad: no query before the candidates' rows.
+        assert len(queries) == (1 if broad else 2)
+        assert not any("COUNT(" in query["sql"].upper() for query in queries)
+
+    @pytest.mark.parametrize("remembered", [0, 1, 10_000])
+    def test_a_count_out_of_date_changes_no_result(self, corpus, monkeypatch, remembered):
+        # Whatever count a filter is remembered with (rows came and went since it was
+        # taken), the search finds the exact top k: only its path and speed change.
+        monkeypatch.setattr("django_embeddings.querysets._READ_FIRST", 10)
+        monkeypatch.setattr("django_embeddings.querysets._KEYS_PER_HIT", 1)
+        for query, rows in [
+            (Article.objects.filter(published=True), [a for a in corpus if a.published]),
+            (Article.objects.filter(pk__in=[a.pk for a in corpus[:3]]), corpus[:3]),
+        ]:
+            search = query.semantic_search("cherry golf", k=8)
+            list(search)  # remembers the filter's count, which is then replaced
+            (key,) = list(selectivity._counts)
+            selectivity.remember(key, remembered)
+            assert_ranking(list(search.all()), brute_force("cherry golf", rows, 8))
+            selectivity.clear()
 
     def test_very_selective_filter_still_returns_k(self, corpus):
         chosen = corpus[::40]
