@@ -265,11 +265,6 @@ class FieldIndex:
                     out.append(key)
         return out
 
-    def count_without_terms(self) -> int:
-        """Live rows with no known bag of terms."""
-        with self.lock:
-            return len(self) - len(self.keyword_index())
-
     def _forget_terms(self, position: int) -> None:
         if self._keywords is not None and position in self._keywords:
             self._keywords.remove(position)

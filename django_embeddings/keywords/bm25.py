@@ -194,13 +194,6 @@ class BM25Index:
         self._total_length += int(round(float(sizes.sum())))
         self._maybe_compact()
 
-    def discard(self, positions: npt.ArrayLike) -> None:
-        """Drop the documents at ``positions`` that hold one (the rest are ignored)."""
-        for position in np.asarray(positions, dtype=np.int64).tolist():
-            if position in self:
-                self._remove(position)
-        self._maybe_compact()
-
     def replace(self, position: int, tokens: Sequence[str] | Mapping[str, int]) -> None:
         """Index ``tokens`` at ``position``, replacing what it held, if anything."""
         if position in self:

@@ -24,10 +24,6 @@ import numpy.typing as npt
 
 from django_embeddings.keywords.tokenize import MAX_CHARS, Stemmer, english_stemmer, tokens
 
-# Names the tokenizer and stemmer that made a bag: a store records it, and bags of
-# another analyzer are not mixed into one index.
-ANALYZER = "words+porter2/1"
-
 
 def analyze(text: str, max_chars: int = MAX_CHARS) -> list[str]:
     """The tokens of ``text`` as documents and queries are indexed: stemmed words."""
