@@ -2,6 +2,7 @@
 
     python -m bench.int8scan [--sizes 100000,1000000] [--queries 20] [--dir DIR]
     python -m bench.int8scan --queryset 100000 [--queries 20] [--dir DIR]
+    python -m bench.int8scan --cold 1000000 [--dir DIR]
 
 Builds (or reuses) a store of the bench corpus per size, then times
 ``FieldIndex.search`` warm, both ways, unfiltered and restricted to 1 % and 10 % of the
@@ -11,6 +12,13 @@ same keys in the same order, the largest score difference, and the memory scanne
 
 ``--queryset N`` times the whole ``list(qs.semantic_search(vector, k))`` instead, on N
 rows of the end-to-end benchmark's model in SQLite (a file), embedded by its backfill.
+
+``--cold N`` times what the int8 copy costs outside searches, on a store of N rows:
+a new process's first int8 search (index load included, page cache warm), with the
+copy beside the snapshot and with its files moved away (the process quantizes the
+matrix, as before snapshots kept it); and a compaction that folds 10,000 new rows in,
+for a store that keeps no copy, one whose old snapshot has none (the whole matrix is
+quantized once), and one whose old snapshot has it (only the new rows are).
 """
 
 from __future__ import annotations
@@ -34,9 +42,17 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=20)
     parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "bench-int8scan"))
     parser.add_argument("--queryset", type=int, help="rows for the whole-queryset table")
+    parser.add_argument("--cold", type=int, help="rows for the first-search and compaction table")
+    parser.add_argument("--first-search", help=argparse.SUPPRESS)  # a store, in a new process
     args = parser.parse_args()
+    if args.first_search:
+        _first_search(Path(args.first_search))
+        return
     if args.queryset:
         _querysets(args.queryset, args.queries, Path(args.dir))
+        return
+    if args.cold:
+        _cold(args.cold, Path(args.dir) / f"store-{args.cold}-int8")
         return
     from django.conf import settings
 
@@ -81,6 +97,97 @@ def _index(path: Path, n: int) -> Any:
             )
         store.compact()
     return cache.FieldIndex(store, store.read_state())
+
+
+def _first_search(path: Path) -> None:
+    """In a new process: load the store's index, then one int8 search; print seconds."""
+    from django.conf import settings
+
+    settings.configure(DJANGO_EMBEDDINGS_SCAN="int8")
+    from django_embeddings import cache
+    from django_embeddings.store import Store
+
+    (query,) = corpus.queries(1, 1000)
+    started = time.perf_counter()
+    store = Store(path, label="bench.Int8.vector")
+    index = cache.FieldIndex(store, store.read_state())
+    hits = index.search(query, 10, identity=corpus.IDENTITY)
+    print(f"{time.perf_counter() - started:.4f} {len(hits)}")
+
+
+def _cold(n: int, path: Path) -> None:
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    settings.configure(DJANGO_EMBEDDINGS_SCAN="int8")
+    from django_embeddings.store import Store
+
+    store = Store(path, label="bench.Int8.vector", compact_threshold=2**62, int8=True)
+    if not (path.is_dir() and store.stats().vectors == n):
+        store.clear()
+        for lo, block in corpus.chunks(n):
+            store.put_many(
+                (corpus.key(lo + i), block[i], f"{lo + i:032x}", corpus.IDENTITY)
+                for i in range(len(block))
+            )
+    store.compact()  # with its copy
+    snapshot_dir = next(path.glob("snapshot-*"))
+    aside = path.parent / f"{path.name}-int8-aside"
+    aside.mkdir(exist_ok=True)
+
+    def first_search() -> float:
+        command = [sys.executable, "-m", "bench.int8scan", "--first-search", str(path)]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        seconds, hits = output.split()
+        assert int(hits) == 10, output
+        return float(seconds)
+
+    print(f"load before: {os.getloadavg()[0]:.2f}")
+    print("| rows | first int8 search of a new process | copy beside the snapshot | none |")
+    print("|---|---|---|---|")
+    with_copy, without = [], []
+    first_search()  # the page cache warm
+    for _ in range(3):
+        with_copy.append(first_search())
+        names = [p.name for p in snapshot_dir.glob("int8_*.npy")]
+        for name in names:
+            (snapshot_dir / name).rename(aside / name)
+        try:
+            without.append(first_search())
+        finally:
+            for name in names:
+                (aside / name).rename(snapshot_dir / name)
+    print(
+        f"| {n:,} | median of 3 | {statistics.median(with_copy):.3f} s "
+        f"| {statistics.median(without):.3f} s |"
+    )
+    print()
+    print("| rows | compaction folding 10,000 new rows in | seconds |")
+    print("|---|---|---|")
+    rng = np.random.default_rng(n)
+    dims = corpus.DIMENSIONS
+    rounds = [
+        ("the store keeps no int8 copy", False, True),
+        ("keeps one; the old snapshot has none (all rows quantized)", True, False),
+        ("keeps one; the old snapshot has it (the new rows quantized)", True, True),
+    ]
+    for name, keeps, had_copy in rounds * 2:  # twice: the first compaction warms the caches
+        writer = Store(path, label="bench.Int8.vector", compact_threshold=2**62, int8=keeps)
+        if not had_copy:
+            assert writer.read_state().snapshot.int8 is None
+        keys = rng.choice(n, 10_000, replace=False)
+        vectors = rng.standard_normal((10_000, dims)).astype(np.float32)
+        writer.put_many(
+            (corpus.key(int(key)), vectors[i], f"{i:032x}", corpus.IDENTITY)
+            for i, key in enumerate(keys)
+        )
+        started = time.perf_counter()
+        writer.compact()
+        print(f"| {n:,} | {name} | {time.perf_counter() - started:.2f} |", flush=True)
+    store.compact()
+    print(f"load after: {os.getloadavg()[0]:.2f}")
 
 
 def _memory(index: Any, settings: Any) -> str:

@@ -73,9 +73,10 @@ class FieldIndex:
         self.tail_terms: list[str | None] = []
         # Built on the first keyword search, then kept in step by apply().
         self._keywords: BM25Index | None = None
-        # The snapshot's int8 copy (DJANGO_EMBEDDINGS_SCAN = "int8"), built on the first
-        # search that needs it; the snapshot's rows never change, only their masks.
-        self._int8: Int8Matrix | None = None
+        # The snapshot's int8 copy (DJANGO_EMBEDDINGS_SCAN = "int8"): the snapshot's own,
+        # else built on the first search that needs it; the rows never change, only
+        # their masks.
+        self._int8: Int8Matrix | None = snap.int8
         self._int8_lock = threading.Lock()  # not self.lock: writes go on while it is built
         self.version = snap.version
         self.position = state.position

@@ -211,7 +211,7 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
             root = root / "_database"  # this machine's copy, apart from a files store's
         return _store(
             root, self.model._meta.label, self.name, label, conf.COMPACT_THRESHOLD, permissions,
-            table_using,
+            table_using, int8=conf.SCAN == "int8",
         )  # fmt: skip
 
     @property
@@ -356,9 +356,12 @@ def _store(
     compact_threshold: int,
     permissions: Permissions,
     table_using: str | None = None,
+    *,
+    int8: bool = False,
 ) -> Store:
     """One store object per directory; ``table_using`` makes it the local copy of
-    the database store whose tables live in that database."""
+    the database store whose tables live in that database; ``int8``: its snapshots
+    keep an int8 copy of their rows."""
     from django_embeddings.store.database import DatabaseStore
 
     make = Store if table_using is None else functools.partial(DatabaseStore, using=table_using)
@@ -367,6 +370,7 @@ def _store(
         label=label,
         compact_threshold=compact_threshold,
         permissions=permissions,
+        int8=int8,
     )
 
 

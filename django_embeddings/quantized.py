@@ -99,8 +99,44 @@ class Int8Matrix:
             l1[part] = _round_up(np.abs(coded).sum(axis=1))
             if len(x):
                 norm = max(norm, float(np.sqrt(np.einsum("ij,ij->i", exact, exact)).max()))
+        return cls.of_arrays(codes, scales, errors, l1, norm * (1 + 2**-40))
+
+    @classmethod
+    def of_arrays(
+        cls,
+        codes: npt.NDArray[np.int8],
+        scales: npt.NDArray[np.float32],
+        errors: npt.NDArray[np.float32],
+        l1: npt.NDArray[np.float32],
+        norm: float,
+    ) -> Int8Matrix:
+        """A copy from its arrays (a snapshot's, memory-mapped: plain views of them)."""
+        errors, l1 = np.asarray(errors), np.asarray(l1)
         widest = (float(errors.max(initial=0)), float(l1.max(initial=0)))
-        return cls(codes, scales, errors, l1, norm * (1 + 2**-40), *widest)
+        return cls(np.asarray(codes), np.asarray(scales), errors, l1, norm, *widest)
+
+    def joined(self, other: Int8Matrix, order: npt.NDArray[np.intp] | None) -> Int8Matrix:
+        """This copy's rows, then ``other``'s, taken in ``order`` (``None``: as they are).
+        Each row's codes and bounds are its own, so they need no new quantizing; the
+        largest row length of either is a bound for the rows kept of both."""
+
+        def join(first: npt.NDArray[Any], second: npt.NDArray[Any]) -> npt.NDArray[Any]:
+            both = np.concatenate([first, second])
+            return both if order is None else both[order]
+
+        return Int8Matrix.of_arrays(
+            join(self.codes, other.codes),
+            join(self.scales, other.scales),
+            join(self.errors, other.errors),
+            join(self.l1, other.l1),
+            max(self.norm, other.norm),
+        )
+
+    def take(self, rows: npt.NDArray[np.intp]) -> Int8Matrix:
+        """The copy of ``rows`` only (its bound on row lengths stays a bound)."""
+        return Int8Matrix.of_arrays(
+            self.codes[rows], self.scales[rows], self.errors[rows], self.l1[rows], self.norm
+        )
 
     @property
     def nbytes(self) -> int:

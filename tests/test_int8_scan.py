@@ -176,3 +176,92 @@ def test_check_names_the_setting_and_the_extra(settings, monkeypatch):
     settings.DJANGO_EMBEDDINGS_SCAN = "int4"
     (error,) = [e for e in checks.check_settings() if e.id == "django_embeddings.E021"]
     assert "DJANGO_EMBEDDINGS_SCAN" in error.msg
+
+
+def _same_copy(found: Int8Matrix, expected: Int8Matrix) -> None:
+    for name in ("codes", "scales", "errors", "l1"):
+        np.testing.assert_array_equal(getattr(found, name), getattr(expected, name))
+    assert found.norm >= expected.norm  # a bound on the kept rows' lengths
+    assert (found.widest_error, found.widest_l1) == (expected.widest_error, expected.widest_l1)
+
+
+def test_snapshots_keep_the_copy_and_compactions_extend_it(tmp_path, settings):
+    """A store that keeps an int8 copy writes it beside each snapshot; a compaction
+    quantizes only the rows it adds, and the copy is the whole matrix's."""
+    rng = np.random.default_rng(9)
+    rows = _data("random", rng)
+    store = Store(tmp_path / "s", label="app.M.f", compact_threshold=10**9, int8=True)
+    store.put_many((str(n), row, f"{n:032x}", "m1") for n, row in enumerate(rows))
+    store.compact()
+    first = store.read_state().snapshot
+    assert first.int8 is not None
+    _same_copy(first.int8, Int8Matrix.of(np.asarray(first.vectors)))
+    # Updates, deletes and new keys (sorted in among the old ones), then compaction.
+    fresh = rng.standard_normal((300, rows.shape[1])).astype(np.float32)
+    store.put_many((str(n * 7), row, f"{n:032x}", "m2") for n, row in enumerate(fresh))
+    deleted = {str(n) for n in range(1, 2000, 3)}
+    store.delete_many(sorted(deleted))
+    quantized_rows: list[int] = []
+    real_of = Int8Matrix.of.__func__  # type: ignore[attr-defined]
+
+    def counting_of(cls: type[Int8Matrix], matrix: np.ndarray) -> Int8Matrix:
+        quantized_rows.append(len(matrix))
+        return real_of(cls, matrix)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Int8Matrix, "of", classmethod(counting_of))
+        store.compact()
+    # Only the rows written since were quantized: the kept rows' codes were reused.
+    assert sum(quantized_rows) == sum(str(n * 7) not in deleted for n in range(len(fresh)))
+    second = store.read_state().snapshot
+    assert second.int8 is not None and len(second.int8.codes) == len(second)
+    _same_copy(second.int8, Int8Matrix.of(np.asarray(second.vectors)))
+
+
+def test_a_process_maps_the_snapshot_copy_and_finds_the_same_rows(tmp_path, settings, monkeypatch):
+    settings.DJANGO_EMBEDDINGS_SCAN = "int8"
+    rng = np.random.default_rng(4)
+    rows = _data("near-ties", rng)
+    store = Store(tmp_path / "s", label="app.M.f", compact_threshold=10**9, int8=True)
+    store.put_many((str(n), row, f"{n:032x}", "m1") for n, row in enumerate(rows))
+    store.compact()
+    index = cache.get(store)
+
+    def no_quantizing(matrix: np.ndarray) -> Int8Matrix:
+        raise AssertionError("the snapshot's copy should be used")
+
+    monkeypatch.setattr(Int8Matrix, "of", no_quantizing)
+    copy = index.int8()
+    assert isinstance(copy.codes, np.ndarray) and not isinstance(copy.codes, np.memmap)
+    monkeypatch.undo()
+    settings.DJANGO_EMBEDDINGS_SCAN = "int8"
+    index = cache.get(store)
+    for query in (rows[7], rng.standard_normal(rows.shape[1]).astype(np.float32)):
+        for k in (1, 10, 500):
+            _assert_same(index, settings, query, k)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other-shape", "no-norm", "missing"])
+def test_a_copy_that_does_not_fit_is_ignored(tmp_path, settings, caplog, damage):
+    rows = _data("random", np.random.default_rng(3))[:500]
+    store = Store(tmp_path / "s", label="app.M.f", compact_threshold=10**9, int8=True)
+    store.put_many((str(n), row, f"{n:032x}", "m1") for n, row in enumerate(rows))
+    store.compact()
+    snapshot_dir = next(store.path.glob("snapshot-*"))
+    if damage == "truncated":
+        (snapshot_dir / "int8_codes.npy").write_bytes(b"\x93NUMPY")
+    elif damage == "other-shape":
+        np.save(snapshot_dir / "int8_scales.npy", np.zeros(7, dtype=np.float32))
+    elif damage == "missing":
+        (snapshot_dir / "int8_l1.npy").unlink()
+    else:
+        meta = snapshot_dir / "meta.json"
+        meta.write_text(meta.read_text().replace('"int8_norm"', '"other"'))
+    snap = store.read_state().snapshot
+    assert snap.int8 is None and len(snap) == len(rows)
+    if damage != "no-norm":
+        assert "int8 copy" in caplog.text
+    # The process quantizes the matrix itself: the same results.
+    settings.DJANGO_EMBEDDINGS_SCAN = "int8"
+    index = cache.FieldIndex(store, store.read_state())
+    _assert_same(index, settings, rows[0], 10)

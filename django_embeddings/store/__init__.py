@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 from django_embeddings.exceptions import StoreError
 from django_embeddings.keywords.terms import Terms
+from django_embeddings.quantized import Int8Matrix
 from django_embeddings.store import files, journal, snapshot, vectorlog
 from django_embeddings.store import keys as row_keys
 from django_embeddings.store.journal import (
@@ -310,11 +311,14 @@ class Store:
         label: str = "",
         compact_threshold: int = 10_000,
         permissions: Permissions = DEFAULT_PERMISSIONS,
+        int8: bool = False,
     ) -> None:
         self.path = Path(path)
         self.label = label or str(path)
         self.compact_threshold = compact_threshold
         self.permissions = permissions  # the modes of the files and directories it creates
+        # Snapshots keep an int8 copy of their rows (DJANGO_EMBEDDINGS_SCAN = "int8").
+        self.int8 = int8
         self._lookup: _Lookup | None = None
         self._lookup_lock = threading.Lock()
 
@@ -872,11 +876,11 @@ class Store:
         raw = rows.vectors.reshape(-1, dims)
         all_keys = row_keys.concat(np.asarray(snap.keys[kept]), row_keys.pack(rows.keys))
         order = _sorting(all_keys)
+        old_vectors = np.asarray(snap.vectors[kept]).reshape(-1, dims)
+        new_vectors = normalize(raw)
         merged = Snapshot(
             version=version,
-            vectors=_joined(
-                np.asarray(snap.vectors[kept]).reshape(-1, dims), normalize(raw), order
-            ),
+            vectors=_joined(old_vectors, new_vectors, order),
             keys=all_keys if order is None else all_keys[order],
             hashes=_joined(
                 np.asarray(snap.hashes[kept]).reshape(-1, 16), _digests(rows.hashes), order
@@ -892,9 +896,27 @@ class Store:
                 self._kept_times(snap, kept), np.array(rows.times, dtype=np.uint32), order
             ),
             terms=self._merged_terms(snap, kept, rows, order),
+            int8=self._merged_int8(snap, kept, old_vectors, new_vectors, order),
         )
         logger.debug("%s: compacting %d rows at version %d", self.label, len(all_keys), version)
         return merged
+
+    def _merged_int8(
+        self,
+        snap: Snapshot,
+        kept: npt.NDArray[np.intp],
+        old_vectors: Matrix,
+        new_vectors: Matrix,
+        order: npt.NDArray[np.intp] | None,
+    ) -> Int8Matrix | None:
+        """The int8 copy of a compaction's rows, when this store keeps one: the kept
+        rows' codes as they are (quantized here only when the old snapshot has none),
+        and the new rows', quantized. Each row's codes depend on that row alone, so the
+        copy is the one the whole matrix would quantize to, for O(new rows) work."""
+        if not self.int8:
+            return None
+        old = snap.int8.take(kept) if snap.int8 is not None else Int8Matrix.of(old_vectors)
+        return old.joined(Int8Matrix.of(new_vectors), order)
 
     def _kept_raw(self, snap: Snapshot, kept: npt.NDArray[np.intp]) -> Matrix:
         """The stored vectors of the snapshot rows a compaction keeps."""

@@ -108,9 +108,14 @@ class DatabaseStore(Store):
         label: str = "",
         compact_threshold: int = 10_000,
         permissions: Permissions = DEFAULT_PERMISSIONS,
+        int8: bool = False,
     ) -> None:
         super().__init__(
-            path, label=label, compact_threshold=compact_threshold, permissions=permissions
+            path,
+            label=label,
+            compact_threshold=compact_threshold,
+            permissions=permissions,
+            int8=int8,
         )
         self.using = using
         self._unreachable = False  # logged once per outage

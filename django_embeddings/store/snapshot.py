@@ -16,12 +16,19 @@ A snapshot of a field whose rows' terms are known also keeps their bags of terms
 ``terms_counts`` and ``terms_known`` arrays, and the vocabulary in
 ``terms_vocab.txt``, one token a line. A snapshot without them (written before
 keywords, or whose terms files do not fit) has ``terms`` ``None``.
+
+A snapshot of a store that keeps an int8 copy (``DJANGO_EMBEDDINGS_SCAN = "int8"``)
+has it beside the matrix: ``int8_codes``, ``int8_scales``, ``int8_errors`` and
+``int8_l1``, with the bound on row lengths in ``meta.json``, so every process maps
+the same pages instead of quantizing the matrix for itself. Without them (or when
+they do not fit), a process quantizes the matrix on its first int8 search.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -33,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from django_embeddings.keywords.terms import Terms
+from django_embeddings.quantized import Int8Matrix
 from django_embeddings.store import keys
 from django_embeddings.store.files import write_atomic
 from django_embeddings.store.permissions import DEFAULT, TEMP_PREFIX, Permissions
@@ -74,6 +82,7 @@ class Snapshot:
     raw: Matrix | None = None  # the vectors as stored, not normalized
     times: npt.NDArray[np.uint32] | None = None  # when each row was stored (seconds)
     terms: Terms | None = None  # each row's bag of terms (None: none known)
+    int8: Int8Matrix | None = None  # the rows' int8 copy (None: not kept)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -156,7 +165,33 @@ def load(directory: Path) -> Snapshot:
     snap.raw = _optional(path, "raw", snap.vectors.shape, "f")
     snap.times = _optional(path, "times", (len(snap),), "u")
     snap.terms = _load_terms(path, len(snap))
+    snap.int8 = _load_int8(path, meta, snap.vectors.shape)
     return snap
+
+
+_INT8_ARRAYS = ("scales", "errors", "l1")  # float32, one per row, beside int8_codes
+
+
+def _load_int8(path: Path, meta: dict[str, Any], shape: tuple[int, ...]) -> Int8Matrix | None:
+    """The rows' int8 copy, or ``None`` when there is none or it does not fit (the
+    process then quantizes the matrix itself)."""
+    norm = meta.get("int8_norm")
+    if norm is None:
+        return None
+    codes = _optional(path, "int8_codes", shape, "i")
+    scales, errors, l1 = (_optional(path, f"int8_{name}", shape[:1], "f") for name in _INT8_ARRAYS)
+    sound = (
+        isinstance(norm, float)
+        and math.isfinite(norm)
+        and norm >= 0
+        and codes is not None
+        and codes.dtype == np.int8
+        and all(a is not None and a.dtype == np.float32 for a in (scales, errors, l1))
+    )
+    if not sound:
+        logger.warning("Ignoring the int8 copy of %s: it does not fit the snapshot", path)
+        return None
+    return Int8Matrix.of_arrays(codes, scales, errors, l1, norm)
 
 
 def _load_terms(path: Path, rows: int) -> Terms | None:
@@ -247,7 +282,13 @@ def write(directory: Path, snapshot: Snapshot, permissions: Permissions = DEFAUL
             if order is None:  # sorted once here, rather than by every process that loads it
                 order = np.argsort(np.asarray(snapshot.terms.ids), kind="stable")
             _save(staging / _TERMS_ORDER, np.asarray(order, dtype=np.int64), permissions)
-        meta = {"version": snapshot.version, "identities": snapshot.identity_names}
+        meta: dict[str, Any] = {"version": snapshot.version, "identities": snapshot.identity_names}
+        if snapshot.int8 is not None:
+            copy = snapshot.int8
+            _save(staging / "int8_codes.npy", copy.codes, permissions)
+            for array in _INT8_ARRAYS:
+                _save(staging / f"int8_{array}.npy", getattr(copy, array), permissions)
+            meta["int8_norm"] = float(copy.norm)
         with open(staging / "meta.json", "x", opener=_private) as meta_file:
             permissions.chmod_file(meta_file.fileno())
             meta_file.write(json.dumps(meta))

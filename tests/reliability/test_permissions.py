@@ -29,6 +29,7 @@ KINDS = {
     "dimensions": lambda name: name == "_dimensions",
     "snapshot array": lambda name: (
         name in {"vectors.npy", "keys.npy", "hashes.npy", "identities.npy", "raw.npy", "times.npy"}
+        or (name.startswith("int8_") and name.endswith(".npy"))  # DJANGO_EMBEDDINGS_SCAN="int8"
     ),
     "snapshot meta": lambda name: name == "meta.json",
     "snapshot keyword arrays": lambda name: (
