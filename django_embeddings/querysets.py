@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import math
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -939,11 +940,13 @@ def _checkable(field: EmbeddingField, top: Top) -> Ranked:
 def _filter_key(base: models.QuerySet[Any]) -> tuple[Any, ...] | None:
     """What identifies a filter's rows: its database, model and WHERE clause as text
     (the lookups with their values; compiling the SQL would cost as much as a small
-    search). Two filters taken for one would cost speed, never a wrong result."""
+    search), hashed so that a long ``pk__in`` list is not kept. Two filters taken for
+    one would cost speed, never a wrong result."""
     try:
-        return (base.db, base.model, str(base.query.where))
+        text = str(base.query.where).encode("utf-8", "surrogatepass")
     except Exception:  # a value whose repr fails: nothing to remember
         return None
+    return (base.db, base.model, hashlib.blake2b(text, digest_size=16).digest())
 
 
 def _selected_keys(
