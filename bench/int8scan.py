@@ -83,11 +83,11 @@ def main() -> None:
         print(line)
 
 
-def _index(path: Path, n: int) -> Any:
-    from django_embeddings import cache
+def _filled(path: Path, n: int, *, int8: bool = False) -> Any:
+    """The bench corpus's store of ``n`` rows at ``path``, compacted (built unless there)."""
     from django_embeddings.store import Store
 
-    store = Store(path, label="bench.Int8.vector", compact_threshold=2**62)
+    store = Store(path, label="bench.Int8.vector", compact_threshold=2**62, int8=int8)
     if not (path.is_dir() and store.stats().vectors == n):
         store.clear()
         for lo, block in corpus.chunks(n):
@@ -95,7 +95,14 @@ def _index(path: Path, n: int) -> Any:
                 (corpus.key(lo + i), block[i], f"{lo + i:032x}", corpus.IDENTITY)
                 for i in range(len(block))
             )
-        store.compact()
+    store.compact()
+    return store
+
+
+def _index(path: Path, n: int) -> Any:
+    from django_embeddings import cache
+
+    store = _filled(path, n)
     return cache.FieldIndex(store, store.read_state())
 
 
@@ -124,15 +131,7 @@ def _cold(n: int, path: Path) -> None:
     settings.configure(DJANGO_EMBEDDINGS_SCAN="int8")
     from django_embeddings.store import Store
 
-    store = Store(path, label="bench.Int8.vector", compact_threshold=2**62, int8=True)
-    if not (path.is_dir() and store.stats().vectors == n):
-        store.clear()
-        for lo, block in corpus.chunks(n):
-            store.put_many(
-                (corpus.key(lo + i), block[i], f"{lo + i:032x}", corpus.IDENTITY)
-                for i in range(len(block))
-            )
-    store.compact()  # with its copy
+    store = _filled(path, n, int8=True)  # its snapshot with its copy
     snapshot_dir = next(path.glob("snapshot-*"))
     aside = path.parent / f"{path.name}-int8-aside"
     aside.mkdir(exist_ok=True)
