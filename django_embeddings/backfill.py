@@ -187,19 +187,24 @@ def _embed_field(
     def index() -> cache.FieldIndex:
         return fixed_index if fixed_index is not None else cache.get(store)
 
-    for batch in _batches(base, field, batch_size, mode, result, index):
-        current = index()
-        todo = [obj for obj in batch if _needs_work(field, obj, current, provider, mode)]
-        chosen = {id(obj) for obj in todo}
-        termless = _without_terms(field, [obj for obj in batch if id(obj) not in chosen], current)
-        result.selected += len(todo) + len(termless)
-        if todo and not dry_run:
-            result.embedded += writer.sync(field, todo, using=using, force=mode == "all")
-        if termless and not dry_run:
-            result.terms += writer.add_terms(field, termless, using=using)
-        result.seconds = time.monotonic() - started
-        if progress is not None:
-            progress(result)
+    # Compactions as the store grows geometrically, not every compact_threshold rows
+    # (quadratic in a large backfill); the closing one below folds the rest.
+    with store.bulk():
+        for batch in _batches(base, field, batch_size, mode, result, index):
+            current = index()
+            todo = [obj for obj in batch if _needs_work(field, obj, current, provider, mode)]
+            chosen = {id(obj) for obj in todo}
+            termless = _without_terms(
+                field, [obj for obj in batch if id(obj) not in chosen], current
+            )
+            result.selected += len(todo) + len(termless)
+            if todo and not dry_run:
+                result.embedded += writer.sync(field, todo, using=using, force=mode == "all")
+            if termless and not dry_run:
+                result.terms += writer.add_terms(field, termless, using=using)
+            result.seconds = time.monotonic() - started
+            if progress is not None:
+                progress(result)
     if result.embedded or result.terms:
         # A bulk load leaves a long journal: fold it now, so that cold starts map
         # one matrix instead of reading a file per row.

@@ -158,13 +158,14 @@ def copy_store(source: Store, target: Store) -> int:
     no provider call; returns how many. ``source`` is left as it was."""
     copied = 0
     rows = stored_rows(source)
-    while chunk := list(itertools.islice(rows, IMPORT_CHUNK)):
-        put_vectors(
-            target,
-            [(key, vector, digest, identity) for key, vector, digest, identity, _ in chunk],
-            terms=[bag for *_, bag in chunk],
-        )
-        copied += len(chunk)
+    with target.bulk():
+        while chunk := list(itertools.islice(rows, IMPORT_CHUNK)):
+            put_vectors(
+                target,
+                [(key, vector, digest, identity) for key, vector, digest, identity, _ in chunk],
+                terms=[bag for *_, bag in chunk],
+            )
+            copied += len(chunk)
     return copied
 
 
@@ -187,25 +188,26 @@ def import_file(path: Path, *, using: str = "default") -> ImportResult:
     result = ImportResult(field.label, total=len(keys))
     provider_identity = _provider_identity(field)
     store = field.store_for(using)
-    for start in range(0, len(keys), IMPORT_CHUNK):
-        chunk = keys[start : start + IMPORT_CHUNK]
-        live = existing_keys(field, chunk, using=using)
-        rows = [start + offset for offset, key in enumerate(chunk) if key in live]
-        result.skipped += len(chunk) - len(rows)
-        if not rows:
-            continue
-        identities = [data["identity_names"][data["identities"][row]] for row in rows]
-        put_vectors(
-            store,
-            [
-                (keys[row], vectors[row], data["hashes"][row], identity)
-                for row, identity in zip(rows, identities, strict=True)
-            ],
-            terms=None if data["terms"] is None else [data["terms"][row] for row in rows],
-        )
-        result.imported += len(rows)
-        if provider_identity is not None:
-            result.other_identity += sum(1 for i in identities if i != provider_identity)
+    with store.bulk():
+        for start in range(0, len(keys), IMPORT_CHUNK):
+            chunk = keys[start : start + IMPORT_CHUNK]
+            live = existing_keys(field, chunk, using=using)
+            rows = [start + offset for offset, key in enumerate(chunk) if key in live]
+            result.skipped += len(chunk) - len(rows)
+            if not rows:
+                continue
+            identities = [data["identity_names"][data["identities"][row]] for row in rows]
+            put_vectors(
+                store,
+                [
+                    (keys[row], vectors[row], data["hashes"][row], identity)
+                    for row, identity in zip(rows, identities, strict=True)
+                ],
+                terms=None if data["terms"] is None else [data["terms"][row] for row in rows],
+            )
+            result.imported += len(rows)
+            if provider_identity is not None:
+                result.other_identity += sum(1 for i in identities if i != provider_identity)
     return result
 
 

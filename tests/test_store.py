@@ -336,6 +336,34 @@ def test_compaction_runs_by_itself_past_the_threshold(tmp_path):
     assert set(live(store)) == {str(n) for n in range(12)}
 
 
+def test_a_bulk_load_compacts_as_the_store_grows_not_every_threshold(tmp_path, monkeypatch):
+    store = Store(tmp_path / "s", label="s", compact_threshold=10)
+    sizes: list[int] = []  # rows of each snapshot a compaction wrote
+    install = Store._install
+
+    def counted(self: Store, snap: snapshot.Snapshot) -> int:
+        sizes.append(len(snap))
+        return install(self, snap)
+
+    monkeypatch.setattr(Store, "_install", counted)
+    with store.bulk():
+        for start in range(0, 2000, 10):
+            store.put_many((str(n), vec(n), "00" * 16, "id") for n in range(start, start + 10))
+    # Each compaction waited for the threshold and a quarter of the snapshot's rows:
+    # past 40 rows the snapshot grew geometrically (200 compactions without bulk()).
+    assert 1 < len(sizes) < 30, sizes
+    *grown, last = sizes
+    pairs = zip(grown, grown[1:], strict=False)
+    assert all(later - earlier >= max(10, earlier / 4) for earlier, later in pairs), sizes
+    # Leaving the block applied the usual rule: the rest was folded in.
+    assert last == 2000 and not store.read_state().tail
+    assert set(live(store)) == {str(n) for n in range(2000)}
+    sizes.clear()
+    for n in range(2000, 2012):  # out of bulk(): every 10 writes again
+        store.put(str(n), vec(n), content_hash="00" * 16, identity="id")
+    assert len(sizes) == 1
+
+
 def test_torn_journal_tail_is_ignored_then_closed(store, caplog):
     store.put("a", vec(1), content_hash="00" * 16, identity="id")
     with open(store.path / journal.JOURNAL, "ab") as handle:

@@ -214,6 +214,9 @@ class Stats:
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _T = TypeVar("_T")
+# In a bulk() block, the journal is folded once it holds this share of the snapshot's rows.
+BULK_SHARE = 0.25
+
 _A = TypeVar("_A", bound=np.generic)
 
 
@@ -319,6 +322,8 @@ class Store:
         self.permissions = permissions  # the modes of the files and directories it creates
         # Snapshots keep an int8 copy of their rows (DJANGO_EMBEDDINGS_SCAN = "int8").
         self.int8 = int8
+        self._bulk = 0  # bulk() blocks open in this process (any thread)
+        self._bulk_lock = threading.Lock()
         self._lookup: _Lookup | None = None
         self._lookup_lock = threading.Lock()
 
@@ -825,8 +830,43 @@ class Store:
                 f"`manage.py embeddings_backfill {self.label} --all --reset`."
             )
 
+    @contextlib.contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Writes made meanwhile (by this process) compact the store only once the
+        journal holds a share of the snapshot's rows (:data:`BULK_SHARE`), and at
+        least ``compact_threshold``: a bulk load rewrites the snapshot a few times as
+        it grows geometrically, not once per ``compact_threshold`` writes, which made
+        a backfill's compactions quadratic in its rows. Leaving the last block folds
+        the journal if the usual rule says so."""
+        with self._bulk_lock:
+            self._bulk += 1
+        try:
+            yield
+        finally:
+            with self._bulk_lock:
+                self._bulk -= 1
+                done = not self._bulk
+            if done:
+                self._compact_if_due()
+
+    def _compact_if_due(self) -> None:
+        if not self.path.is_dir():
+            return
+        try:
+            if self.version() - snapshot.index_version(self.path) >= self.compact_threshold:
+                self.compact()
+        except Exception as exc:  # as after a write (a full disk, the database away): a
+            # later write retries; the bulk load itself is stored already.
+            logger.warning("%s: could not compact the store: %s", self.label, exc)
+
+    def _due(self, behind: int, threshold: int) -> bool:
+        """Is a compaction due, ``behind`` changes after the last one?"""
+        if behind < threshold:
+            return False
+        return not self._bulk or behind >= BULK_SHARE * snapshot.rows(self.path)
+
     def _maybe_compact(self, known: _Journal, version: int) -> None:
-        if version - known.index_version >= self.compact_threshold:
+        if self._due(version - known.index_version, self.compact_threshold):
             try:
                 self._compact_locked()
             except (OSError, StoreError) as exc:

@@ -208,7 +208,7 @@ class DatabaseStore(Store):
             # write now would report as lost a vector every machine will find.
             logger.warning("%s: could not copy a write to %s: %s", self.label, self.path, exc)
             copied = {}
-        if last - self._head[0] >= 2 * self.compact_threshold:
+        if self._due(last - self._head[0], 2 * self.compact_threshold):
             self._trim_quietly(last - self.compact_threshold)
         return [copied.get(change.version) or _entry(change) for change in numbered]
 

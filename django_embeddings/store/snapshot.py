@@ -135,6 +135,18 @@ def _newest_snapshot(directory: Path) -> dict[str, object]:
     return {"_version": max(versions), "snapshot": f"snapshot-{max(versions)}"}
 
 
+def rows(directory: Path) -> int:
+    """How many rows the current snapshot holds (0: none, or unreadable): its keys'
+    array header alone is read."""
+    name = read_index(directory).get("snapshot")
+    if not isinstance(name, str) or not name.startswith("snapshot-") or "/" in name:
+        return 0
+    try:
+        return len(np.load(directory / name / "keys.npy", mmap_mode="r", allow_pickle=False))
+    except (OSError, ValueError, EOFError):
+        return 0
+
+
 def index_version(directory: Path) -> int:
     version = read_index(directory)["_version"]
     return version if isinstance(version, int) else 0
