@@ -1,4 +1,4 @@
-"""How many rows a search's filter selected, remembered for a while by its SQL.
+"""How many rows a search's filter selected, remembered for a while per filter.
 
 A filtered semantic search first learns how many rows its filter selects: few
 enough and it reads their keys and scores only those rows; else it scores every
@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Hashable
 
-__all__ = ["ENTRIES", "SECONDS", "clear", "forget", "recall", "remember"]
+__all__ = ["ENTRIES", "SECONDS", "clear", "recall", "remember"]
 
 SECONDS = 30.0  # how long a count is trusted: rows come and go
 ENTRIES = 256  # filters remembered (the least recently used go first)
@@ -48,11 +48,6 @@ def remember(key: Hashable, count: int) -> None:
         _counts.move_to_end(key)
         while len(_counts) > ENTRIES:
             _counts.popitem(last=False)
-
-
-def forget(key: Hashable) -> None:
-    with _lock:
-        _counts.pop(key, None)
 
 
 def clear() -> None:

@@ -836,8 +836,9 @@ class Store:
         journal holds a share of the snapshot's rows (:data:`BULK_SHARE`), and at
         least ``compact_threshold``: a bulk load rewrites the snapshot a few times as
         it grows geometrically, not once per ``compact_threshold`` writes, which made
-        a backfill's compactions quadratic in its rows. Leaving the last block folds
-        the journal if the usual rule says so."""
+        a backfill's compactions quadratic in its rows. Leaving the last block without
+        an error folds the journal if the usual rule says so (after an interruption,
+        the next write does)."""
         with self._bulk_lock:
             self._bulk += 1
         try:
@@ -846,8 +847,8 @@ class Store:
             with self._bulk_lock:
                 self._bulk -= 1
                 done = not self._bulk
-            if done:
-                self._compact_if_due()
+        if done:
+            self._compact_if_due()
 
     def _compact_if_due(self) -> None:
         if not self.path.is_dir():
