@@ -138,13 +138,21 @@ def _newest_snapshot(directory: Path) -> dict[str, object]:
 def rows(directory: Path) -> int:
     """How many rows the current snapshot holds (0: none, or unreadable): its keys'
     array header alone is read."""
-    name = read_index(directory).get("snapshot")
-    if not isinstance(name, str) or not name.startswith("snapshot-") or "/" in name:
+    name = _snapshot_name(read_index(directory))
+    if name is None:
         return 0
     try:
         return len(np.load(directory / name / "keys.npy", mmap_mode="r", allow_pickle=False))
     except (OSError, ValueError, EOFError):
         return 0
+
+
+def _snapshot_name(index: dict[str, object]) -> str | None:
+    """The index's snapshot directory name, if it names one inside the store."""
+    name = index.get("snapshot")
+    if isinstance(name, str) and name.startswith("snapshot-") and "/" not in name:
+        return name
+    return None
 
 
 def index_version(directory: Path) -> int:
@@ -155,10 +163,10 @@ def index_version(directory: Path) -> int:
 def load(directory: Path) -> Snapshot:
     """Memory-map the current snapshot (an empty one when there is none)."""
     index = read_index(directory)
-    name = index.get("snapshot")
+    name = _snapshot_name(index)
     version = index["_version"]
     assert isinstance(version, int)  # read_index() returns an int _version or none at all
-    if not isinstance(name, str) or not name.startswith("snapshot-") or "/" in name:
+    if name is None:
         return Snapshot(version=version)
     path = directory / name
     with open(path / "meta.json", "rb") as handle:
@@ -190,15 +198,18 @@ def _load_int8(path: Path, meta: dict[str, Any], shape: tuple[int, ...]) -> Int8
     norm = meta.get("int8_norm")
     if norm is None:
         return None
-    codes = _optional(path, "int8_codes", shape, "i")
-    scales, errors, l1 = (_optional(path, f"int8_{name}", shape[:1], "f") for name in _INT8_ARRAYS)
+    codes = _optional(path, "int8_codes", shape, "i", missing_ok=False)
+    scales, errors, l1 = (
+        _optional(path, f"int8_{name}", shape[:1], "f", missing_ok=False) for name in _INT8_ARRAYS
+    )
+    if codes is None or scales is None or errors is None or l1 is None:
+        return None  # _optional said which array and why
     sound = (
         isinstance(norm, float)
         and math.isfinite(norm)
         and norm >= 0
-        and codes is not None
         and codes.dtype == np.int8
-        and all(a is not None and a.dtype == np.float32 for a in (scales, errors, l1))
+        and all(a.dtype == np.float32 for a in (scales, errors, l1))
     )
     if not sound:
         logger.warning("Ignoring the int8 copy of %s: it does not fit the snapshot", path)
@@ -241,11 +252,16 @@ def _terms_order(path: Path, postings: int) -> Any:
     return order
 
 
-def _optional(path: Path, array: str, shape: tuple[int, ...], kind: str) -> Any:
-    """An optional array, or ``None`` when it is absent or does not fit (searches need none)."""
+def _optional(
+    path: Path, array: str, shape: tuple[int, ...], kind: str, *, missing_ok: bool = True
+) -> Any:
+    """An optional array, or ``None`` when it is absent or does not fit (searches need none);
+    a warning says why, unless ``missing_ok`` and the file is simply not there."""
     try:
         loaded = np.load(path / f"{array}.npy", mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
+        if not missing_ok:
+            logger.warning("Ignoring the arrays beside %s/%s.npy: it is missing", path, array)
         return None
     except (OSError, ValueError, EOFError) as exc:  # np.load of an empty file: EOFError
         logger.warning("Ignoring %s/%s.npy: %s", path, array, exc)
