@@ -65,7 +65,12 @@ def check_settings(
         *_check_channel(),
         *_check_positive_int("DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH", conf.MAX_TEXT_LENGTH, "E014"),
         *_check_positive_int("DJANGO_EMBEDDINGS_COMPACT_THRESHOLD", conf.COMPACT_THRESHOLD, "E015"),
-        *_check_defer(),
+        *_check_bool("DJANGO_EMBEDDINGS_DEFER", conf.DEFER, "django_embeddings.E016"),
+        *_check_bool(
+            "DJANGO_EMBEDDINGS_MERGE_IN_BACKGROUND",
+            conf.MERGE_IN_BACKGROUND,
+            "django_embeddings.E023",
+        ),
         *_check_scan(),
         *_check_mode(
             "DJANGO_EMBEDDINGS_FILE_PERMISSIONS", conf.FILE_PERMISSIONS, _OWNER_FILE, "E018"
@@ -430,14 +435,7 @@ def _check_scan() -> list[CheckMessage]:
     return []
 
 
-def _check_defer() -> list[CheckMessage]:
-    defer: object = conf.DEFER
-    if not isinstance(defer, bool):
-        return [
-            Error(
-                f"DJANGO_EMBEDDINGS_DEFER should be True or False, not {defer!r}.",
-                hint=DOCS,
-                id="django_embeddings.E016",
-            )
-        ]
+def _check_bool(name: str, value: object, code: str) -> list[CheckMessage]:
+    if not isinstance(value, bool):
+        return [Error(f"{name} should be True or False, not {value!r}.", hint=DOCS, id=code)]
     return []

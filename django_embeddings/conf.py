@@ -116,6 +116,12 @@ class Settings:
         return _setting("DJANGO_EMBEDDINGS_COMPACT_THRESHOLD", 10_000)
 
     @property
+    def MERGE_IN_BACKGROUND(self) -> bool:
+        """Compact a files store in a background thread of the process whose save made it
+        due, rather than inside that save (which then waits for a rewrite of every row)."""
+        return _setting("DJANGO_EMBEDDINGS_MERGE_IN_BACKGROUND", True)
+
+    @property
     def DEFER(self) -> bool:
         """Embed after commit in a task (Django's tasks framework) instead of in the request.
 

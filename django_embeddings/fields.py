@@ -211,7 +211,7 @@ class EmbeddingField(models.CharField):  # type: ignore[type-arg]
             root = root / "_database"  # this machine's copy, apart from a files store's
         return _store(
             root, self.model._meta.label, self.name, label, conf.COMPACT_THRESHOLD, permissions,
-            table_using, int8=conf.SCAN == "int8",
+            table_using, int8=conf.SCAN == "int8", merge_in_background=conf.MERGE_IN_BACKGROUND,
         )  # fmt: skip
 
     @property
@@ -358,20 +358,24 @@ def _store(
     table_using: str | None = None,
     *,
     int8: bool = False,
+    merge_in_background: bool = False,
 ) -> Store:
     """One store object per directory; ``table_using`` makes it the local copy of
     the database store whose tables live in that database; ``int8``: its snapshots
-    keep an int8 copy of their rows."""
+    keep an int8 copy of their rows; ``merge_in_background``: a files store's saves
+    leave compactions to a thread (a database store's copy compacts as it syncs)."""
     from django_embeddings.store.database import DatabaseStore
 
-    make = Store if table_using is None else functools.partial(DatabaseStore, using=table_using)
-    return make(
-        Path(directory) / model_label / field_name,
-        label=label,
-        compact_threshold=compact_threshold,
-        permissions=permissions,
-        int8=int8,
-    )
+    path = Path(directory) / model_label / field_name
+    if table_using is not None:
+        return DatabaseStore(
+            path, using=table_using, label=label, compact_threshold=compact_threshold,
+            permissions=permissions, int8=int8,
+        )  # fmt: skip
+    return Store(
+        path, label=label, compact_threshold=compact_threshold, permissions=permissions,
+        int8=int8, merge_in_background=merge_in_background,
+    )  # fmt: skip
 
 
 def embedding_fields(model: type[models.Model]) -> tuple[EmbeddingField, ...]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from django.test import override_settings
 
+from django_embeddings.store import merging
 from tests.databases import mariadb_problem, vendor
 
 ON_CI = os.environ.get("CI", "").lower() == "true"
@@ -63,11 +64,13 @@ def session_store_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
 
 
 @pytest.fixture(autouse=True)
-def store_dir(tmp_path: Path, settings) -> Path:  # type: ignore[no-untyped-def]
-    """Every test gets an empty store directory (and fresh caches, via setting_changed)."""
+def store_dir(tmp_path: Path, settings) -> Iterator[Path]:  # type: ignore[no-untyped-def]
+    """Every test gets an empty store directory (and fresh caches, via setting_changed);
+    a merge it started in the background ends with it, not in the next test."""
     directory = tmp_path / "embeddings"
     settings.DJANGO_EMBEDDINGS_DIR = directory
-    return directory
+    yield directory
+    assert merging.wait(timeout=60), "a background merge did not finish"
 
 
 @pytest.fixture(params=[0o077, 0o022, 0o000], ids=["umask077", "umask022", "umask000"])

@@ -213,6 +213,12 @@ def test_hints_point_at_the_readme(settings):
             "DJANGO_EMBEDDINGS_DEFER should be True or False, not 1.",
         ),
         (
+            "DJANGO_EMBEDDINGS_MERGE_IN_BACKGROUND",
+            "no",
+            "E023",
+            "DJANGO_EMBEDDINGS_MERGE_IN_BACKGROUND should be True or False, not 'no'.",
+        ),
+        (
             "DJANGO_EMBEDDINGS_DIR",
             42,
             "E017",

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
@@ -33,7 +35,7 @@ import numpy.typing as npt
 from django_embeddings.exceptions import StoreError
 from django_embeddings.keywords.terms import Terms
 from django_embeddings.quantized import Int8Matrix
-from django_embeddings.store import files, journal, snapshot, vectorlog
+from django_embeddings.store import files, journal, merging, snapshot, vectorlog
 from django_embeddings.store import keys as row_keys
 from django_embeddings.store.journal import (
     NO_CHECKSUM,
@@ -315,6 +317,7 @@ class Store:
         compact_threshold: int = 10_000,
         permissions: Permissions = DEFAULT_PERMISSIONS,
         int8: bool = False,
+        merge_in_background: bool = False,
     ) -> None:
         self.path = Path(path)
         self.label = label or str(path)
@@ -322,6 +325,9 @@ class Store:
         self.permissions = permissions  # the modes of the files and directories it creates
         # Snapshots keep an int8 copy of their rows (DJANGO_EMBEDDINGS_SCAN = "int8").
         self.int8 = int8
+        # A save that makes a compaction due starts merge() in a thread rather than
+        # compacting itself (DJANGO_EMBEDDINGS_MERGE_IN_BACKGROUND).
+        self.merge_in_background = merge_in_background
         self._bulk = 0  # bulk() blocks open in this process (any thread)
         self._bulk_lock = threading.Lock()
         self._lookup: _Lookup | None = None
@@ -868,6 +874,9 @@ class Store:
 
     def _maybe_compact(self, known: _Journal, version: int) -> None:
         if self._due(version - known.index_version, self.compact_threshold):
+            if self.merge_in_background and not self._bulk:
+                merging.start(self)  # the save returns now; see merge()
+                return
             try:
                 self._compact_locked()
             except (OSError, StoreError) as exc:
@@ -882,6 +891,69 @@ class Store:
         if not len(state.records) and snap.name is not None and not legacy:
             return snap.version
         return self._install(self._merged(snap, state.rows(), state.version))
+
+    @_writes
+    def merge(self) -> int | None:
+        """Fold the journal into a new snapshot, holding the writer lock only to install
+        it and carry the entries written meanwhile over to its journal (see
+        :mod:`~django_embeddings.store.merging`). Returns the snapshot's version, or
+        ``None`` when another process is merging or another compaction came first."""
+        if not self.path.is_dir():
+            return None
+        with merging.exclusive(self.path, self.permissions) as mine:
+            if not mine:
+                return None
+            state = self._read_state()
+            if state.version - state.snapshot.version < self.compact_threshold:
+                return state.snapshot.version  # another process compacted meanwhile
+            merged = self._merged(state.snapshot, state.rows(), state.version)
+            staged = snapshot.stage(self.path, merged, self.permissions)
+            try:
+                with self._writing() as (_, known):
+                    tail = Store.read_tail(self, state.position)  # never a database's sync
+                    if tail is None or known.index_version >= merged.version:
+                        return None  # the journal was replaced: a compaction, clear()
+                    snapshot.install(self.path, staged, merged.version, self.permissions)
+                    self._carry_over(merged.version, tail)
+                    _journals.pop(self.path, None)
+                    vectorlog.remove_others(self.path, merged.version)
+                    snapshot.remove_unreferenced(self.path, f"snapshot-{merged.version}")
+            finally:
+                shutil.rmtree(staged, ignore_errors=True)  # gone already once installed
+        logger.debug("%s: merged %d rows at version %d", self.label, len(merged), merged.version)
+        return merged.version
+
+    def _carry_over(self, base: int, tail: Tail) -> None:
+        """Start the journal of snapshot ``base`` with ``tail`` (the entries written while
+        it was merged), their vectors copied to its log. The caller holds the lock.
+
+        Until the new journal is renamed into place, the old one holds every entry:
+        readers skip those the new snapshot holds, so a crash at any point loses nothing.
+        """
+        with contextlib.suppress(FileNotFoundError):  # a killed merge's, which nothing names
+            os.unlink(self.path / vectorlog.name_for(base))
+        entries, vectors = tail.entries, tail.vectors or [None] * len(tail.entries)
+        found = {n: v for n, v in enumerate(vectors) if v is not None and entries[n].op == "put"}
+        puts = list(found)
+        moved: dict[int, Entry] = {}
+        if puts:
+            matrix = np.ascontiguousarray(np.stack(list(found.values())), dtype="<f4")
+            offset = vectorlog.append(self.path, base, matrix, self.permissions)
+            sums = vectorlog.checksums(matrix).tolist()
+            stride = 4 * int(matrix.shape[1])
+            for row, n in enumerate(puts):
+                moved[n] = dataclasses.replace(
+                    entries[n],
+                    offset=offset + row * stride,
+                    dimensions=int(matrix.shape[1]),
+                    checksum=sums[row],
+                )
+        lines = []
+        for n, entry in enumerate(entries):
+            if entry.op == "put" and n not in moved:
+                entry = dataclasses.replace(entry, offset=None)  # unreadable before, and now
+            lines.append(moved.get(n, entry).to_line(tail.records.times[n]))
+        journal.create(self.path, base, self.permissions, b"".join(lines))
 
     def _install_rows(
         self, known: _Journal, rows: TailRows, version: int, dimensions: int | None

@@ -376,12 +376,16 @@ def locked(directory: str | Path, permissions: Permissions = DEFAULT) -> Iterato
         os.close(fd)  # closing releases the lock
 
 
-def create(directory: Path, base: int, permissions: Permissions = DEFAULT) -> None:
-    """Start a new journal continuing snapshot ``base``; the caller holds the lock."""
+def create(
+    directory: Path, base: int, permissions: Permissions = DEFAULT, lines: bytes = b""
+) -> None:
+    """Start a new journal continuing snapshot ``base``, holding ``lines`` (whole
+    journal lines) from the start; the caller holds the lock."""
     from django_embeddings.store.files import write_atomic
 
     first = {"base": base, "id": os.urandom(8).hex()}
-    write_atomic(directory / JOURNAL, json.dumps(first).encode("ascii") + b"\n", permissions)
+    header = json.dumps(first).encode("ascii") + b"\n"
+    write_atomic(directory / JOURNAL, header + lines, permissions)
 
 
 def open_for_append(directory: str | Path) -> int:

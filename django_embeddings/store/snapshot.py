@@ -291,11 +291,29 @@ def _check(snap: Snapshot) -> None:
 
 
 def write(directory: Path, snapshot: Snapshot, permissions: Permissions = DEFAULT) -> None:
-    """Write ``snapshot`` and point ``_index.json`` at it; the caller holds the lock.
+    """Write ``snapshot`` and point ``_index.json`` at it; the caller holds the lock."""
+    install(directory, stage(directory, snapshot, permissions), snapshot.version, permissions)
+
+
+def install(
+    directory: Path, staged: Path, version: int, permissions: Permissions = DEFAULT
+) -> None:
+    """Rename a :func:`stage`-d snapshot into place and point ``_index.json`` at it; the
+    caller holds the lock (and knows the index names an older snapshot)."""
+    name = f"snapshot-{version}"
+    target = directory / name
+    if target.exists():  # left by a merge killed between this rename and the index
+        shutil.rmtree(target)
+    os.replace(staged, target)
+    write_index(directory, version, name, permissions)
+
+
+def stage(directory: Path, snapshot: Snapshot, permissions: Permissions = DEFAULT) -> Path:
+    """Write ``snapshot``'s files, synced, into a new staging directory of ``directory``
+    (swept as a temp file if a crash leaves it); no lock needed.
 
     Its directory and files have their modes before it is renamed into place.
     """
-    name = f"snapshot-{snapshot.version}"
     staging = Path(tempfile.mkdtemp(dir=directory, prefix=TEMP_PREFIX))
     try:
         for array in _ARRAYS + _OPTIONAL:
@@ -321,14 +339,10 @@ def write(directory: Path, snapshot: Snapshot, permissions: Permissions = DEFAUL
             permissions.chmod_file(meta_file.fileno())
             meta_file.write(json.dumps(meta))
         permissions.chmod_directory(staging)
-        target = directory / name
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    write_index(directory, snapshot.version, name, permissions)
+    return staging
 
 
 def _save(path: Path, data: npt.ArrayLike | bytes, permissions: Permissions) -> None:

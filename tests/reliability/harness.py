@@ -576,8 +576,11 @@ def _tags_by_hash(ledger: Path) -> dict[str, str]:
     return tags
 
 
-def run_store_crashes(path: Path, ledger: Path, *, kills: int, seed: int) -> Outcome:
-    """A store writer (puts, deletes, compactions) SIGKILLed ``kills`` times at random."""
+def run_store_crashes(
+    path: Path, ledger: Path, *, kills: int, seed: int, background: bool = False
+) -> Outcome:
+    """A store writer (puts, deletes, compactions; ``background``: merges in a thread too)
+    SIGKILLed ``kills`` times at random."""
     import multiprocessing
 
     import numpy as np
@@ -594,7 +597,7 @@ def run_store_crashes(path: Path, ledger: Path, *, kills: int, seed: int) -> Out
     for kill in range(kills):
         process = context.Process(
             target=storeprocs.crash_store_writer,
-            args=(str(path), str(ledger), rng.randrange(10**6)),
+            args=(str(path), str(ledger), rng.randrange(10**6), background),
         )
         process.start()
         before = ledger.stat().st_size if ledger.exists() else 0

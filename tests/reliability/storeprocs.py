@@ -35,13 +35,16 @@ def same_key_writer(path: str, worker: int, rounds: int, start: Any, end: Any) -
         end.wait(timeout=60)
 
 
-def crash_store_writer(path: str, ledger: str, seed: int) -> None:
-    """Put, delete and compact until killed, logging each call before and after it."""
+def crash_store_writer(path: str, ledger: str, seed: int, background: bool = False) -> None:
+    """Put, delete and compact until killed, logging each call before and after it;
+    ``background``: saves leave compactions to a thread, and the writer merges too."""
     import json
     import random
 
     rng = random.Random(seed)
-    store = Store(Path(path), label="crash.Model.field", compact_threshold=400)
+    store = Store(
+        Path(path), label="crash.Model.field", compact_threshold=400, merge_in_background=background
+    )
     with open(ledger, "a", buffering=1) as log:
         step = 0
         while True:
@@ -59,5 +62,5 @@ def crash_store_writer(path: str, ledger: str, seed: int) -> None:
                 store.delete_many(keys)
             else:
                 log.write(json.dumps({"step": step, "compact": True}) + "\n")
-                store.compact()
+                store.merge() if background else store.compact()
             log.write(json.dumps({"done": step}) + "\n")

@@ -44,13 +44,18 @@ def test_writer_killed_at_every_point_and_at_random_instants(
     assert details["repairs"]["backfilled"] > 0
 
 
-def test_store_writer_killed_during_puts_deletes_and_compactions(tmp_path: Path) -> None:
-    """Store level: every acknowledged write survives a kill; only the call in flight may not."""
+@pytest.mark.parametrize("merges", ["in the save", "in the background"])
+def test_store_writer_killed_during_puts_deletes_and_compactions(
+    tmp_path: Path, merges: str
+) -> None:
+    """Store level: every acknowledged write survives a kill; only the call in flight may
+    not. A merge killed at any point loses nothing either."""
     outcome = run_store_crashes(
         tmp_path / "crash.Model" / "field",
         tmp_path / "ledger",
         kills=30 if SOAK else 8,
         seed=seed_for_run(),
+        background=merges == "in the background",
     )
     assert outcome.details["problems"] == []
     assert outcome.lost == 0 and outcome.stale == 0

@@ -1,0 +1,156 @@
+"""Compactions outside the save path (``Store.merge``): real files, threads and processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from django_embeddings import cache
+from django_embeddings.keywords.terms import bag_of
+from django_embeddings.store import Store, journal, merging, snapshot, vectorlog
+from django_embeddings.store.permissions import TEMP_PREFIX
+
+
+def vec(seed: int, dims: int = 8) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
+
+
+def put(store: Store, numbers: range | list[int], tag: int = 0) -> None:
+    store.put_many(
+        [(str(n), vec(n + 1000 * tag), f"{n + 1000 * tag:032x}", "id") for n in numbers],
+        terms=[bag_of(f"row {n} tag {tag}", 100) for n in numbers],
+    )
+
+
+def contents(store: Store) -> dict[str, tuple[str, bytes]]:
+    """key -> (hash, stored vector's bytes) of every live row, as a new reader sees them."""
+    fresh = Store(store.path, label=store.label)
+    state = fresh.read_state()
+    rows: dict[str, tuple[str, bytes]] = {}
+    for row, key in enumerate(state.snapshot.keys):
+        raw = state.snapshot.raw if state.snapshot.raw is not None else state.snapshot.vectors
+        rows[str(key)] = (bytes(state.snapshot.hashes[row]).hex(), np.asarray(raw[row]).tobytes())
+    last = {entry.key: entry for entry in state.tail}
+    for key, entry in last.items():
+        rows.pop(key, None)
+        if entry.op == "put":
+            vector = fresh.load_vector(key)
+            assert vector is not None, entry
+            rows[key] = (entry.hash, vector.tobytes())
+    return rows
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "app.Model" / "field", label="app.Model.field", compact_threshold=50)
+
+
+@pytest.fixture
+def other(store: Store) -> Store:
+    """Another writer of the same store (as another process would be) that never compacts."""
+    return Store(store.path, label=store.label, compact_threshold=10**9)
+
+
+def test_a_save_that_makes_a_compaction_due_leaves_it_to_a_thread(tmp_path):
+    store = Store(tmp_path / "s", compact_threshold=50, merge_in_background=True)
+    put(store, range(60))
+    assert merging.wait(timeout=30)
+    assert snapshot.index_version(store.path) >= 50
+    assert len(store.read_state().snapshot) >= 50
+    assert set(contents(store)) == {str(n) for n in range(60)}
+
+
+def test_writes_made_while_a_merge_runs_are_carried_over(store, other, monkeypatch):
+    put(other, range(100))
+    before = contents(store)
+    stage = snapshot.stage
+
+    def stage_while_others_write(*args: Any, **kwargs: Any) -> Path:
+        staged = stage(*args, **kwargs)
+        put(other, range(90, 130), tag=1)  # overwrites ten rows, adds thirty
+        other.delete_many(["5", "95", "125"])
+        return staged
+
+    monkeypatch.setattr(snapshot, "stage", stage_while_others_write)
+    version = store.merge()
+    assert version == 100
+    state = store.read_state()
+    assert state.snapshot.version == 100 and len(state.snapshot) == 100
+    assert [e.version for e in state.tail] == list(range(101, 144))
+    assert journal.read_base(journal.header(journal.open_for_append(store.path))) == 100
+    assert [p.name for p in store.path.glob(f"{vectorlog.PREFIX}*")] == [vectorlog.name_for(100)]
+    after = contents(store)
+    expected = {k: v for k, v in before.items() if k not in {"5", "95"}}
+    for n in range(90, 130):
+        if n not in (95, 125):
+            expected[str(n)] = (f"{n + 1000:032x}", vec(n + 1000).tobytes())
+    assert after == expected
+    # The carried-over rows keep their keyword terms, and the index reads it all.
+    assert {e.key: e.terms for e in state.tail if e.op == "put"}["100"] == bag_of(
+        "row 100 tag 1", 100
+    )
+    index = cache.FieldIndex(store, state)
+    assert index.meta("129") == (f"{1129:032x}", "id")
+    assert not list(store.path.glob(f"{TEMP_PREFIX}*"))
+
+
+def test_a_merge_that_another_compaction_beat_changes_nothing(store, other, monkeypatch):
+    put(other, range(80))
+    stage = snapshot.stage
+
+    def stage_then_compact(*args: Any, **kwargs: Any) -> Path:
+        monkeypatch.setattr(snapshot, "stage", stage)  # the compaction below stages too
+        staged = stage(*args, **kwargs)
+        put(other, range(80, 85))
+        other.compact()  # another process's compaction, installed first
+        return staged
+
+    monkeypatch.setattr(snapshot, "stage", stage_then_compact)
+    assert store.merge() is None
+    state = store.read_state()
+    assert state.snapshot.version == 85 and not state.tail
+    assert set(contents(store)) == {str(n) for n in range(85)}
+    assert not list(store.path.glob(f"{TEMP_PREFIX}*"))
+
+
+def test_one_process_merges_a_store_at_a_time(store, other):
+    put(other, range(60))
+    with merging.exclusive(store.path, store.permissions) as mine:
+        assert mine
+        assert store.merge() is None  # as another process would find it
+    assert store.merge() == 60
+
+
+def test_a_merge_that_is_not_due_any_more_returns_the_snapshot(store, other):
+    put(other, range(60))
+    other.compact()
+    assert store.merge() == 60
+    assert store.read_state().snapshot.version == 60
+
+
+def _writer(path: str, start: int, count: int) -> None:
+    store = Store(Path(path), compact_threshold=25, merge_in_background=True)
+    for n in range(start, start + count):
+        put(store, [n], tag=n % 3)
+    merging.wait(timeout=60)
+
+
+def test_writers_in_several_processes_keep_every_row(tmp_path):
+    path = tmp_path / "shared"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_writer, args=(str(path), 200 * w, 200)) for w in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    rows = contents(Store(path))
+    assert len(rows) == 800
+    for n in range(800):
+        tag = n % 3
+        assert rows[str(n)] == (f"{n + 1000 * tag:032x}", vec(n + 1000 * tag).tobytes())
+    assert snapshot.index_version(path) > 0
