@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import django_embeddings.store as store_module
 from django_embeddings import cache
 from django_embeddings.keywords.terms import bag_of
 from django_embeddings.store import Store, journal, merging, snapshot, vectorlog
@@ -154,3 +155,24 @@ def test_writers_in_several_processes_keep_every_row(tmp_path):
         tag = n % 3
         assert rows[str(n)] == (f"{n + 1000 * tag:032x}", vec(n + 1000 * tag).tobytes())
     assert snapshot.index_version(path) > 0
+
+
+def test_writes_made_while_the_tail_is_copied_are_carried_too(store, other, monkeypatch):
+    put(other, range(60))
+    add = store_module._CarriedOver.add
+    calls: list[int] = []
+
+    def add_then_write(self: Any, tail: Any) -> None:
+        add(self, tail)
+        calls.append(len(tail.entries))
+        if len(calls) == 1:  # between the copy without the lock and the one under it
+            put(other, range(55, 70), tag=2)
+            other.delete_many(["3"])
+
+    monkeypatch.setattr(store_module._CarriedOver, "add", add_then_write)
+    assert store.merge() == 60
+    assert calls == [0, 16]
+    expected = {str(n): (f"{n:032x}", vec(n).tobytes()) for n in range(60) if n != 3}
+    expected.update({str(n): (f"{n + 2000:032x}", vec(n + 2000).tobytes()) for n in range(55, 70)})
+    assert contents(store) == expected
+    assert not list(store.path.glob(f"{TEMP_PREFIX}*"))

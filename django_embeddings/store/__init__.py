@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
@@ -46,7 +47,7 @@ from django_embeddings.store.journal import (
     Tail,
 )
 from django_embeddings.store.permissions import DEFAULT as DEFAULT_PERMISSIONS
-from django_embeddings.store.permissions import Permissions
+from django_embeddings.store.permissions import TEMP_PREFIX, Permissions
 from django_embeddings.store.snapshot import Snapshot
 from django_embeddings.typing import Matrix, Vector
 
@@ -894,8 +895,8 @@ class Store:
 
     @_writes
     def merge(self) -> int | None:
-        """Fold the journal into a new snapshot, holding the writer lock only to install
-        it and carry the entries written meanwhile over to its journal (see
+        """Fold the journal into a new snapshot, holding the writer lock only to install it
+        and the journal that carries over the entries written meanwhile (see
         :mod:`~django_embeddings.store.merging`). Returns the snapshot's version, or
         ``None`` when another process is merging or another compaction came first."""
         if not self.path.is_dir():
@@ -908,52 +909,32 @@ class Store:
                 return state.snapshot.version  # another process compacted meanwhile
             merged = self._merged(state.snapshot, state.rows(), state.version)
             staged = snapshot.stage(self.path, merged, self.permissions)
+            carried = _CarriedOver(self)
+            retired: list[Path] = []
             try:
+                # What was written while the snapshot was staged, copied without the lock;
+                # under it, only what was written while that was copied.
+                tail = Store.read_tail(self, state.position)  # never a database's sync
+                if tail is None:
+                    return None  # the journal was replaced: a compaction, clear()
+                carried.add(tail)
                 with self._writing() as (_, known):
-                    tail = Store.read_tail(self, state.position)  # never a database's sync
-                    if tail is None or known.index_version >= merged.version:
-                        return None  # the journal was replaced: a compaction, clear()
+                    rest = Store.read_tail(self, tail.position)
+                    if rest is None or known.index_version >= merged.version:
+                        return None
+                    carried.add(rest)
                     snapshot.install(self.path, staged, merged.version, self.permissions)
-                    self._carry_over(merged.version, tail)
+                    carried.install(merged.version)
                     _journals.pop(self.path, None)
                     vectorlog.remove_others(self.path, merged.version)
-                    snapshot.remove_unreferenced(self.path, f"snapshot-{merged.version}")
+                    retired = snapshot.retire_unreferenced(self.path, f"snapshot-{merged.version}")
             finally:
                 shutil.rmtree(staged, ignore_errors=True)  # gone already once installed
+                carried.discard()
+                for directory in retired:
+                    shutil.rmtree(directory, ignore_errors=True)
         logger.debug("%s: merged %d rows at version %d", self.label, len(merged), merged.version)
         return merged.version
-
-    def _carry_over(self, base: int, tail: Tail) -> None:
-        """Start the journal of snapshot ``base`` with ``tail`` (the entries written while
-        it was merged), their vectors copied to its log. The caller holds the lock.
-
-        Until the new journal is renamed into place, the old one holds every entry:
-        readers skip those the new snapshot holds, so a crash at any point loses nothing.
-        """
-        with contextlib.suppress(FileNotFoundError):  # a killed merge's, which nothing names
-            os.unlink(self.path / vectorlog.name_for(base))
-        entries, vectors = tail.entries, tail.vectors or [None] * len(tail.entries)
-        found = {n: v for n, v in enumerate(vectors) if v is not None and entries[n].op == "put"}
-        puts = list(found)
-        moved: dict[int, Entry] = {}
-        if puts:
-            matrix = np.ascontiguousarray(np.stack(list(found.values())), dtype="<f4")
-            offset = vectorlog.append(self.path, base, matrix, self.permissions)
-            sums = vectorlog.checksums(matrix).tolist()
-            stride = 4 * int(matrix.shape[1])
-            for row, n in enumerate(puts):
-                moved[n] = dataclasses.replace(
-                    entries[n],
-                    offset=offset + row * stride,
-                    dimensions=int(matrix.shape[1]),
-                    checksum=sums[row],
-                )
-        lines = []
-        for n, entry in enumerate(entries):
-            if entry.op == "put" and n not in moved:
-                entry = dataclasses.replace(entry, offset=None)  # unreadable before, and now
-            lines.append(moved.get(n, entry).to_line(tail.records.times[n]))
-        journal.create(self.path, base, self.permissions, b"".join(lines))
 
     def _install_rows(
         self, known: _Journal, rows: TailRows, version: int, dimensions: int | None
@@ -1193,6 +1174,55 @@ class Store:
                 self.label,
             )
         return Snapshot(version=version)
+
+
+class _CarriedOver:
+    """The journal of a merged snapshot: the entries written while it was merged, their
+    vectors in a staged log, both installed (renamed) under the lock by ``Store.merge``.
+
+    Until then the old journal holds every entry, and readers skip those the new
+    snapshot holds: a crash at any point loses nothing.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        fd, self.log = tempfile.mkstemp(dir=store.path, prefix=TEMP_PREFIX)
+        try:
+            store.permissions.chmod_file(fd)
+        finally:
+            os.close(fd)
+        self.lines: list[bytes] = []
+
+    def add(self, tail: Tail) -> None:
+        entries = tail.entries
+        vectors = tail.vectors or [None] * len(entries)
+        found = {n: v for n, v in enumerate(vectors) if v is not None and entries[n].op == "put"}
+        moved: dict[int, Entry] = {}
+        if found:
+            matrix = np.ascontiguousarray(np.stack(list(found.values())), dtype="<f4")
+            offset = vectorlog.append_to(self.log, matrix, self.store.permissions)
+            sums = vectorlog.checksums(matrix).tolist()
+            dimensions = int(matrix.shape[1])
+            for row, n in enumerate(found):
+                moved[n] = dataclasses.replace(
+                    entries[n],
+                    offset=offset + row * 4 * dimensions,
+                    dimensions=dimensions,
+                    checksum=sums[row],
+                )
+        for n, entry in enumerate(entries):
+            if entry.op == "put" and n not in moved:
+                entry = dataclasses.replace(entry, offset=None)  # unreadable before, and now
+            self.lines.append(moved.get(n, entry).to_line(tail.records.times[n]))
+
+    def install(self, base: int) -> None:
+        """Make the staged log and these entries the journal of snapshot ``base``."""
+        os.replace(self.log, self.store.path / vectorlog.name_for(base))
+        journal.create(self.store.path, base, self.store.permissions, b"".join(self.lines))
+
+    def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.log)
 
 
 class _Source:

@@ -370,6 +370,19 @@ def _private(path: str, flags: int) -> int:
     return os.open(path, flags, 0o600)
 
 
+def retire_unreferenced(directory: Path, keep: str) -> list[Path]:
+    """Rename the snapshot directories but ``keep`` to temp names (under the lock: a
+    rename is quick), for the caller to delete after releasing it (a crash before
+    leaves temp directories, which ``embeddings_sweep`` removes)."""
+    retired = []
+    for entry in os.scandir(directory):
+        if entry.name.startswith("snapshot-") and entry.name != keep and entry.is_dir():
+            target = Path(tempfile.mkdtemp(dir=directory, prefix=TEMP_PREFIX))
+            os.replace(entry.path, target)  # a directory replaces an empty one
+            retired.append(target)
+    return retired
+
+
 def remove_unreferenced(directory: Path, keep: str | None) -> None:
     """Delete old snapshot directories. Processes that mapped them keep their pages."""
     for entry in os.scandir(directory):

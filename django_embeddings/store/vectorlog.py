@@ -67,8 +67,12 @@ def append(
     The caller holds the store's lock. On an error (a full disk) the file is cut
     back to its previous size, best effort: nothing names those bytes anyway.
     """
+    return append_to(os.path.join(directory, name_for(base)), matrix, permissions)
+
+
+def append_to(path: str | Path, matrix: Matrix, permissions: Permissions = DEFAULT) -> int:
+    """:func:`append` to the log file ``path`` (a staged one: see ``Store.merge``)."""
     data = np.ascontiguousarray(matrix, dtype=_DTYPE).data.cast("B")
-    path = os.path.join(directory, name_for(base))
     fd = permissions.open_or_create(path, os.O_RDWR)
     try:
         size = os.fstat(fd).st_size
