@@ -176,3 +176,14 @@ def test_writes_made_while_the_tail_is_copied_are_carried_too(store, other, monk
     expected.update({str(n): (f"{n + 2000:032x}", vec(n + 2000).tobytes()) for n in range(55, 70)})
     assert contents(store) == expected
     assert not list(store.path.glob(f"{TEMP_PREFIX}*"))
+
+
+def test_a_save_compacts_itself_when_merges_fall_far_behind(tmp_path, monkeypatch):
+    """Threads that never run (uWSGI without --enable-threads) leave no journal that only grows."""
+    monkeypatch.setattr(merging, "start", lambda store: None)
+    store = Store(tmp_path / "s", compact_threshold=10, merge_in_background=True)
+    for n in range(39):
+        put(store, [n])
+    assert snapshot.index_version(store.path) == 0
+    put(store, [39])  # four thresholds behind
+    assert snapshot.index_version(store.path) == 40

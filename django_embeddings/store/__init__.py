@@ -219,6 +219,10 @@ _R = TypeVar("_R")
 _T = TypeVar("_T")
 # In a bulk() block, the journal is folded once it holds this share of the snapshot's rows.
 BULK_SHARE = 0.25
+# Thresholds behind at which a save compacts itself even when merges run in the background:
+# they are not keeping up, or threads do not run in this process (uWSGI without
+# --enable-threads), and a journal that only grows would slow every cold start.
+MERGE_BACKLOG = 4
 
 _A = TypeVar("_A", bound=np.generic)
 
@@ -874,8 +878,13 @@ class Store:
         return not self._bulk or behind >= BULK_SHARE * snapshot.rows(self.path)
 
     def _maybe_compact(self, known: _Journal, version: int) -> None:
-        if self._due(version - known.index_version, self.compact_threshold):
-            if self.merge_in_background and not self._bulk:
+        behind = version - known.index_version
+        if self._due(behind, self.compact_threshold):
+            if (
+                self.merge_in_background
+                and not self._bulk
+                and behind < MERGE_BACKLOG * self.compact_threshold
+            ):
                 merging.start(self)  # the save returns now; see merge()
                 return
             try:
