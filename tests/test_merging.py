@@ -187,3 +187,19 @@ def test_a_save_compacts_itself_when_merges_fall_far_behind(tmp_path, monkeypatc
     assert snapshot.index_version(store.path) == 0
     put(store, [39])  # four thresholds behind
     assert snapshot.index_version(store.path) == 40
+
+
+@pytest.mark.django_db(transaction=True)
+def test_saves_through_the_orm_merge_in_the_background_and_search_every_row(settings):
+    from tests.testapp.models import Article
+
+    settings.DJANGO_EMBEDDINGS_COMPACT_THRESHOLD = 20
+    articles = [Article.objects.create(title=f"t{n}", body=f"text number {n}") for n in range(50)]
+    store = Article._meta.get_field("embedding").store
+    assert store.merge_in_background
+    assert merging.wait(timeout=30)
+    assert snapshot.index_version(store.path) >= 20
+    for article in articles[::7]:
+        found = list(Article.objects.semantic_search(article.body, k=1))
+        assert [row.pk for row in found] == [article.pk]
+    assert Article.objects.semantic_search("text", k=100).count() == 50
