@@ -14,6 +14,8 @@ from django_embeddings import cache
 from django_embeddings.keywords.terms import bag_of
 from django_embeddings.store import Store, journal, merging, snapshot, vectorlog
 from django_embeddings.store.permissions import TEMP_PREFIX
+from tests.conftest import skip_or_fail
+from tests.reliability.disks import Tmpfs, mount_problem
 
 
 def vec(seed: int, dims: int = 8) -> np.ndarray:
@@ -203,3 +205,32 @@ def test_saves_through_the_orm_merge_in_the_background_and_search_every_row(sett
         found = list(Article.objects.semantic_search(article.body, k=1))
         assert [row.pk for row in found] == [article.pk]
     assert Article.objects.semantic_search("text", k=100).count() == 50
+
+
+def test_a_merge_that_fills_the_disk_is_abandoned_and_saves_go_on(tmp_path, caplog):
+    problem = mount_problem()
+    if problem is not None:
+        skip_or_fail(problem)
+    disk = Tmpfs(tmp_path / "disk", size_kb=768).mount()
+    try:
+        store = Store(disk.path / "s", compact_threshold=200, merge_in_background=True)
+        rows = np.random.default_rng(5).standard_normal((300, 384)).astype(np.float32)
+
+        def put_rows(numbers: range) -> None:
+            for n in numbers:
+                store.put_many([(str(n), rows[n], f"{n:032x}", "id")])
+
+        put_rows(range(200))  # the snapshot of these (raw and normalized) does not fit
+        assert merging.wait(timeout=30)
+        assert "could not compact the store in the background" in caplog.text
+        assert snapshot.index_version(store.path) == 0
+        assert not list(store.path.glob(f"{TEMP_PREFIX}*"))
+        put_rows(range(200, 260))  # saves go on; the next try waits a minute
+        assert not merging.running(store.path)
+        state = Store(store.path).read_state()
+        assert [entry.key for entry in state.tail] == [str(n) for n in range(260)]
+        for n in (0, 199, 259):
+            assert np.array_equal(store.load_vector(str(n)), rows[n])
+    finally:
+        merging.wait(timeout=30)
+        disk.unmount()

@@ -918,9 +918,10 @@ class Store:
                 return state.snapshot.version  # another process compacted meanwhile
             merged = self._merged(state.snapshot, state.rows(), state.version)
             staged = snapshot.stage(self.path, merged, self.permissions)
-            carried = _CarriedOver(self)
+            carried: _CarriedOver | None = None
             retired: list[Path] = []
             try:
+                carried = _CarriedOver(self)
                 # What was written while the snapshot was staged, copied without the lock;
                 # under it, only what was written while that was copied.
                 tail = Store.read_tail(self, state.position)  # never a database's sync
@@ -939,7 +940,8 @@ class Store:
                     retired = snapshot.retire_unreferenced(self.path, f"snapshot-{merged.version}")
             finally:
                 shutil.rmtree(staged, ignore_errors=True)  # gone already once installed
-                carried.discard()
+                if carried is not None:
+                    carried.discard()
                 for directory in retired:
                     shutil.rmtree(directory, ignore_errors=True)
         logger.debug("%s: merged %d rows at version %d", self.label, len(merged), merged.version)

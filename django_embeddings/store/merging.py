@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 LOCK = "_merge_lock"  # held by the process that merges, apart from the writer lock
 RETRY_AFTER = 1.0  # seconds before a process tries again after another one held the merge
+RETRY_AFTER_FAILURE = 60.0  # after a merge failed (a full disk): saves go on meanwhile
 
 _threads: dict[Path, threading.Thread] = {}
 _not_before: dict[Path, float] = {}
@@ -70,11 +71,17 @@ def wait(timeout: float | None = None) -> bool:
 
 def _run(store: Store) -> None:
     try:
-        if store.merge() is None:
-            with _guard:
-                _not_before[store.path] = time.monotonic() + RETRY_AFTER
+        pause = RETRY_AFTER if store.merge() is None else 0.0
     except Exception as exc:  # a full or read-only disk: the journal still holds every write
-        logger.warning("%s: could not compact the store in the background: %s", store.label, exc)
+        logger.warning(
+            "%s: could not compact the store in the background (trying again in %.0f s): %s",
+            store.label,
+            RETRY_AFTER_FAILURE,
+            exc,
+        )
+        pause = RETRY_AFTER_FAILURE
+    with _guard:
+        _not_before[store.path] = time.monotonic() + pause
 
 
 @contextlib.contextmanager
