@@ -140,9 +140,6 @@ def _run(directory: Path, rows: int, saves: int, mode: str) -> dict[str, Any]:
             done = ends[installed] if installed is not None else time.perf_counter()
             merge_seconds = done - ends[due]
             overlapped = (installed if installed is not None else saves) - due - 1
-    slowest = sorted(range(len(times)), key=times.__getitem__)[-8:]
-    if os.environ.get("BENCH_MERGES_DEBUG"):
-        print([(i, round(1000 * times[i], 1)) for i in slowest], due, installed, file=sys.stderr)
     ordered = sorted(times)
     return {
         "max": 1000 * ordered[-1],
