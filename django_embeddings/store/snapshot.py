@@ -261,7 +261,9 @@ def _optional(
         loaded = np.load(path / f"{array}.npy", mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         if not missing_ok:
-            logger.warning("Ignoring the arrays beside %s/%s.npy: it is missing", path, array)
+            logger.warning(
+                "Ignoring %s/%s.npy and the arrays that go with it: it is missing", path, array
+            )
         return None
     except (OSError, ValueError, EOFError) as exc:  # np.load of an empty file: EOFError
         logger.warning("Ignoring %s/%s.npy: %s", path, array, exc)
@@ -292,7 +294,11 @@ def _check(snap: Snapshot) -> None:
 
 def write(directory: Path, snapshot: Snapshot, permissions: Permissions = DEFAULT) -> None:
     """Write ``snapshot`` and point ``_index.json`` at it; the caller holds the lock."""
-    install(directory, stage(directory, snapshot, permissions), snapshot.version, permissions)
+    staged = stage(directory, snapshot, permissions)
+    try:
+        install(directory, staged, snapshot.version, permissions)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)  # gone already once installed
 
 
 def install(
