@@ -362,15 +362,15 @@ def _store(
 ) -> Store:
     """One store object per directory; ``table_using`` makes it the local copy of
     the database store whose tables live in that database; ``int8``: its snapshots
-    keep an int8 copy of their rows; ``merge_in_background``: a files store's saves
-    leave compactions to a thread (a database store's copy compacts as it syncs)."""
+    keep an int8 copy of their rows; ``merge_in_background``: saves leave compactions
+    (of a database store's local copy too) to a thread."""
     from django_embeddings.store.database import DatabaseStore
 
     path = Path(directory) / model_label / field_name
     if table_using is not None:
         return DatabaseStore(
             path, using=table_using, label=label, compact_threshold=compact_threshold,
-            permissions=permissions, int8=int8,
+            permissions=permissions, int8=int8, merge_in_background=merge_in_background,
         )  # fmt: skip
     return Store(
         path, label=label, compact_threshold=compact_threshold, permissions=permissions,

@@ -257,6 +257,14 @@ def test_min_max_fusion() -> None:
     np.testing.assert_allclose(fusion.min_max([[1.0, 1.0], [0.0, 2.0]]), [0.0, 1.0])
 
 
+def test_scores_apart_by_float_noise_count_as_equal() -> None:
+    """The same similarity read from a snapshot or a journal row may differ in its last
+    bits; fusion must not stretch that to the whole range."""
+    noisy = [0.39510, 0.39510 + 3e-8, 0.39510, 0.39510 + 3e-8]
+    np.testing.assert_allclose(fusion.min_max([noisy, [0.0, 0.0, 1.0, 0.0]]), [0, 0, 1, 0])
+    np.testing.assert_allclose(fusion.z_score([noisy, [2.0, 2.0, 2.0, 2.0]]), [0, 0, 0, 0])
+
+
 def test_z_score_fusion() -> None:
     fused = fusion.z_score([[1.0, 2.0, 3.0], [3.0, 3.0, 3.0]], [0.5, 0.5])
     np.testing.assert_allclose(fused, 0.5 * np.array([-1.0, 0.0, 1.0]) * math.sqrt(1.5))

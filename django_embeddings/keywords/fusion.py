@@ -69,19 +69,30 @@ def _weighted(
     return fused
 
 
+# Scores closer than this (relative to their size) are equal: similarities are float32 dot
+# products, and the same row's can differ in the last bits depending on whether it was
+# normalized in a snapshot or is scaled as a journal row. Stretching such a difference to
+# the whole unit range would make the ranking depend on when the store was compacted.
+_RESOLUTION = 1e-6
+
+
 def _unit_range(column: Scores) -> Scores:
     if not len(column):
         return column
     low, high = column.min(), column.max()
     # All equal: the ranker cannot tell the candidates apart, so it adds nothing.
-    return np.zeros_like(column) if high <= low else (column - low) / (high - low)
+    if high - low <= _RESOLUTION * max(1.0, abs(high), abs(low)):
+        return np.zeros_like(column)
+    return (column - low) / (high - low)
 
 
 def _standard(column: Scores) -> Scores:
     if not len(column):
         return column
     std = column.std()
-    return np.zeros_like(column) if std <= 0 else (column - column.mean()) / std
+    if std <= _RESOLUTION * max(1.0, float(np.abs(column).max())):
+        return np.zeros_like(column)
+    return (column - column.mean()) / std
 
 
 def _weights(weights: Sequence[float] | None, count: int) -> list[float]:

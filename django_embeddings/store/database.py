@@ -109,6 +109,7 @@ class DatabaseStore(Store):
         compact_threshold: int = 10_000,
         permissions: Permissions = DEFAULT_PERMISSIONS,
         int8: bool = False,
+        merge_in_background: bool = False,
     ) -> None:
         super().__init__(
             path,
@@ -116,6 +117,7 @@ class DatabaseStore(Store):
             compact_threshold=compact_threshold,
             permissions=permissions,
             int8=int8,
+            merge_in_background=merge_in_background,
         )
         self.using = using
         self._unreachable = False  # logged once per outage
