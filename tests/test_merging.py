@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +59,26 @@ def other(store: Store) -> Store:
     return Store(store.path, label=store.label, compact_threshold=10**9)
 
 
-def test_a_save_that_makes_a_compaction_due_leaves_it_to_a_thread(tmp_path):
+def test_a_save_that_makes_a_compaction_due_leaves_it_to_a_thread(tmp_path, monkeypatch):
     store = Store(tmp_path / "s", compact_threshold=50, merge_in_background=True)
-    put(store, range(60))
-    assert merging.wait(timeout=30)
+    go = threading.Event()
+    merge = Store.merge
+    merges: list[Store] = []
+
+    def merge_when_told(self: Store) -> int | None:
+        merges.append(self)
+        assert go.wait(timeout=30)
+        return merge(self)
+
+    monkeypatch.setattr(Store, "merge", merge_when_told)
+    put(store, range(60))  # returns while the merge waits
+    assert merging.running(store.path) and snapshot.index_version(store.path) == 0
+    put(store, range(60, 70))  # a second save starts no second merge
+    go.set()
+    assert merging.wait(timeout=30) and len(merges) == 1
     assert snapshot.index_version(store.path) >= 50
     assert len(store.read_state().snapshot) >= 50
-    assert set(contents(store)) == {str(n) for n in range(60)}
+    assert set(contents(store)) == {str(n) for n in range(70)}
 
 
 def test_writes_made_while_a_merge_runs_are_carried_over(store, other, monkeypatch):
