@@ -83,7 +83,7 @@ def _unit_range(column: Scores) -> Scores:
     # All equal: the ranker cannot tell the candidates apart, so it adds nothing.
     if high - low <= _RESOLUTION * max(1.0, abs(high), abs(low)):
         return np.zeros_like(column)
-    return (column - low) / (high - low)
+    return np.asarray((column - low) / (high - low), dtype=np.float64)
 
 
 def _standard(column: Scores) -> Scores:
@@ -92,7 +92,7 @@ def _standard(column: Scores) -> Scores:
     std = column.std()
     if std <= _RESOLUTION * max(1.0, float(np.abs(column).max())):
         return np.zeros_like(column)
-    return (column - column.mean()) / std
+    return np.asarray((column - column.mean()) / std, dtype=np.float64)
 
 
 def _weights(weights: Sequence[float] | None, count: int) -> list[float]:
