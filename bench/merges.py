@@ -7,9 +7,9 @@ with ``DJANGO_EMBEDDINGS_COMPACT_THRESHOLD`` set so that one compaction falls du
 them (at 60 % of them), three ways, in one process each:
 
 - ``no compaction``: a threshold above ``S``, the baseline;
-- ``in the save``: ``DJANGO_EMBEDDINGS_MERGE_IN_BACKGROUND = False``, as before 0.3: the
+- ``in the save``: ``DJANGO_EMBEDDINGS_MERGE_IN_BACKGROUND = False`` (the default): the
   save that makes it due rewrites the snapshot, holding the store's lock;
-- ``in the background``: the default, that save starts a thread and returns.
+- ``in the background``: ``True``, that save starts a thread and returns.
 
 Printed: the slowest save, p99, p50 and the ratio of each p99 to the baseline's, how
 long the compaction took, how many saves it overlapped, and the bytes each run wrote

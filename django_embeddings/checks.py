@@ -65,12 +65,8 @@ def check_settings(
         *_check_channel(),
         *_check_positive_int("DJANGO_EMBEDDINGS_MAX_TEXT_LENGTH", conf.MAX_TEXT_LENGTH, "E014"),
         *_check_positive_int("DJANGO_EMBEDDINGS_COMPACT_THRESHOLD", conf.COMPACT_THRESHOLD, "E015"),
-        *_check_bool("DJANGO_EMBEDDINGS_DEFER", conf.DEFER, "django_embeddings.E016"),
-        *_check_bool(
-            "DJANGO_EMBEDDINGS_MERGE_IN_BACKGROUND",
-            conf.MERGE_IN_BACKGROUND,
-            "django_embeddings.E023",
-        ),
+        *_check_bool("DJANGO_EMBEDDINGS_DEFER", conf.DEFER, "E016"),
+        *_check_bool("DJANGO_EMBEDDINGS_MERGE_IN_BACKGROUND", conf.MERGE_IN_BACKGROUND, "E023"),
         *_check_scan(),
         *_check_mode(
             "DJANGO_EMBEDDINGS_FILE_PERMISSIONS", conf.FILE_PERMISSIONS, _OWNER_FILE, "E018"
@@ -436,6 +432,13 @@ def _check_scan() -> list[CheckMessage]:
 
 
 def _check_bool(name: str, value: object, code: str) -> list[CheckMessage]:
+    # "False" from an environment variable would read as true.
     if not isinstance(value, bool):
-        return [Error(f"{name} should be True or False, not {value!r}.", hint=DOCS, id=code)]
+        return [
+            Error(
+                f"{name} should be True or False, not {value!r}.",
+                hint=DOCS,
+                id=f"django_embeddings.{code}",
+            )
+        ]
     return []

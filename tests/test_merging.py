@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,7 @@ def test_saves_through_the_orm_merge_in_the_background_and_search_every_row(sett
     from tests.testapp.models import Article
 
     settings.DJANGO_EMBEDDINGS_COMPACT_THRESHOLD = 20
+    settings.DJANGO_EMBEDDINGS_MERGE_IN_BACKGROUND = True
     articles = [Article.objects.create(title=f"t{n}", body=f"text number {n}") for n in range(50)]
     store = Article._meta.get_field("embedding").store
     assert store.merge_in_background
@@ -248,3 +250,15 @@ def test_a_merge_that_fills_the_disk_is_abandoned_and_saves_go_on(tmp_path, capl
     finally:
         merging.wait(timeout=30)
         disk.unmount()
+
+
+def test_a_sweep_leaves_a_running_merge_its_temp_files(store, other):
+    put(other, range(5))
+    staged = store.path / f"{TEMP_PREFIX}staged-snapshot"
+    staged.mkdir()
+    os.utime(staged, (0, 0))  # old enough for any max_age
+    with merging.exclusive(store.path, store.permissions) as mine:  # as a merge holds it
+        assert mine
+        assert store.sweep_tempfiles(max_age=0) == []
+        assert staged.is_dir()
+    assert store.sweep_tempfiles(max_age=0) == [staged.name]

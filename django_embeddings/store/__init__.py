@@ -626,7 +626,18 @@ class Store:
         return report
 
     def sweep_tempfiles(self, max_age: float = 3600) -> list[str]:
-        return files.sweep_tempfiles(self.path, max_age)
+        """Remove leftovers of interrupted writes; none while a merge runs, whose staged
+        snapshot and log are temp files too (removing them would install a damaged one)."""
+        if not self.path.is_dir():
+            return []
+        try:
+            with merging.exclusive(self.path, self.permissions) as mine:
+                if mine:
+                    return files.sweep_tempfiles(self.path, max_age)
+        except OSError:  # a read-only store: nothing merges there
+            return files.sweep_tempfiles(self.path, max_age)
+        logger.info("%s: a merge is running; its temp files stay", self.label)
+        return []
 
     @_writes
     def clear(self) -> None:
