@@ -7,9 +7,9 @@ with ``DJANGO_EMBEDDINGS_COMPACT_THRESHOLD`` set so that one compaction falls du
 them (at 60 % of them), three ways, in one process each:
 
 - ``no compaction``: a threshold above ``S``, the baseline;
-- ``in the save``: ``DJANGO_EMBEDDINGS_MERGE_IN_BACKGROUND = False`` (the default): the
-  save that makes it due rewrites the snapshot, holding the store's lock;
-- ``in the background``: ``True``, that save starts a thread and returns.
+- ``in the save``: ``DJANGO_EMBEDDINGS_MERGE_IN_BACKGROUND = False``: the save that makes
+  it due rewrites the snapshot, holding the store's lock;
+- ``in the background``: ``True`` (the default), that save starts a thread and returns.
 
 Printed: the slowest save, p99, p50 and the ratio of each p99 to the baseline's, how
 long the compaction took, how many saves it overlapped, and the bytes each run wrote
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         work = args.dir / "work"
         shutil.rmtree(work, ignore_errors=True)
         shutil.copytree(corpus_store, work / "store")
+        os.sync()  # its write-back would otherwise stall the first saves' commits
         output = subprocess.run(
             [sys.executable, "-m", "bench.merges", "--run", mode, "--dir", str(args.dir),
              "--rows", str(args.rows), "--saves", str(args.saves)],

@@ -25,8 +25,9 @@ from django_embeddings.keywords.terms import Terms
 from django_embeddings.keywords.terms import decode as decode_terms
 from django_embeddings.quantized import Int8Matrix
 from django_embeddings.ranking import Ranking
-from django_embeddings.store import Entry, State, Store, normalize
+from django_embeddings.store import Entry, State, Store, merging, normalize
 from django_embeddings.store import keys as row_keys
+from django_embeddings.store.journal import Tail
 from django_embeddings.typing import Matrix, Vector
 
 logger = logging.getLogger(__name__)
@@ -551,11 +552,24 @@ def catch_up(index: FieldIndex, *, force: bool = False) -> FieldIndex:
         return index
     with index.lock:
         tail = index.store.read_tail(index.position)
+        if tail is None and merging.running(index.store.path):
+            tail = _rebased(index)
         if tail is not None and index.apply(tail.entries, tail.vectors):
             index.position = tail.position
             index.journal_stat = stat
             return index
     return reload(index.store)
+
+
+def _rebased(index: FieldIndex) -> Tail | None:
+    """The new journal of a merge this process has just installed, if ``index`` holds
+    every row its snapshot does: then it reads on from there, keeping its old snapshot
+    for the moment, and the merging thread loads the new one (``writer.merged``), so the
+    save or search that got here does not wait for a load of every row."""
+    tail = index.store.read_tail(None, after=index.version)
+    if tail is None or tail.base > index.version:
+        return None  # the index lacks rows the new snapshot folded in
+    return tail
 
 
 def reload(store: Store) -> FieldIndex:
@@ -565,6 +579,15 @@ def reload(store: Store) -> FieldIndex:
         _indexes[str(store.path)] = index
     logger.debug("%s: reloaded %d rows", store.label, len(index))
     return index
+
+
+def refresh(store: Store) -> None:
+    """Reload the index of ``store`` if this process has one (after a compaction), then
+    read what was written while it loaded: a write applied meanwhile may have gone to
+    the index it replaces."""
+    if _indexes.get(str(store.path)) is None:
+        return
+    catch_up(reload(store), force=True)
 
 
 def apply_delta(

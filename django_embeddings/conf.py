@@ -119,7 +119,7 @@ class Settings:
     def MERGE_IN_BACKGROUND(self) -> bool:
         """Compact a files store in a background thread of the process whose save made it
         due, rather than inside that save (which then waits for a rewrite of every row)."""
-        return _setting("DJANGO_EMBEDDINGS_MERGE_IN_BACKGROUND", False)
+        return _setting("DJANGO_EMBEDDINGS_MERGE_IN_BACKGROUND", True)
 
     @property
     def DEFER(self) -> bool:

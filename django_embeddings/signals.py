@@ -16,6 +16,7 @@ from django.dispatch import Signal
 
 from django_embeddings import writer
 from django_embeddings.fields import SAVED, EmbeddingField, content_hash, embedding_fields
+from django_embeddings.store import merging
 
 __all__ = ["connect", "embedding_failed"]
 
@@ -31,6 +32,7 @@ def connect() -> None:
     # proxy models and multi-table children are embedded too.
     post_save.connect(_on_post_save, dispatch_uid="django_embeddings.post_save")
     post_delete.connect(_on_post_delete, dispatch_uid="django_embeddings.post_delete")
+    merging.after_merge(writer.merged)
 
 
 def _on_post_save(

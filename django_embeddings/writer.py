@@ -44,6 +44,7 @@ __all__ = [
     "Batch",
     "announce",
     "clear_vectors",
+    "merged",
     "add_terms",
     "collect_garbage",
     "delete_vectors",
@@ -106,6 +107,14 @@ def clear_vectors(store: Store) -> None:
     """Delete every vector of ``store`` (``embeddings_backfill --all --reset``)."""
     store.clear()
     cache.reload(store)
+    invalidation.announce(store)
+
+
+def merged(store: Store) -> None:
+    """After a background merge, in its thread: load the new snapshot into this process's
+    index here rather than in the next save or search, and have the peers do the same
+    in their listeners."""
+    cache.refresh(store)
     invalidation.announce(store)
 
 

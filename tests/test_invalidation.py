@@ -952,6 +952,23 @@ def test_another_process_keeps_its_keyword_index_in_step(deployment):
 
 
 @pytest.mark.slow
+def test_a_peer_loads_another_process_merge_in_its_listener(deployment):
+    """A merge in the background is announced: the peer loads the new snapshot in its
+    listener thread, not in its next search."""
+    a = deployment.peer(MP_COMPACT_THRESHOLD="5")
+    b = deployment.peer(MP_COMPACT_THRESHOLD="5", MP_SWEEP_SECONDS="3600")  # no periodic sweep
+    assert a("wait_healthy") and b("wait_healthy")
+    first = a("create", body="alpha beta gamma")
+    assert b("top", text="alpha beta gamma")[0] == first  # B loads the store
+    assert b("index")["snapshot_rows"] == 0
+    for n in range(5):
+        a("create", body=f"row number {n}")  # the fifth write makes a merge due in A
+    assert wait_until(lambda: b("index")["snapshot_rows"] >= 5)  # B runs no search
+    assert b("index")["rows"] == 6
+    assert b("top", text="row number 4")[1] > 0.999
+
+
+@pytest.mark.slow
 def test_a_forked_child_gets_its_own_listener(deployment):
     a, b = deployment.peer(), deployment.peer()
     assert b("wait_healthy")

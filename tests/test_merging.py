@@ -223,6 +223,66 @@ def test_saves_through_the_orm_merge_in_the_background_and_search_every_row(sett
     assert Article.objects.semantic_search("text", k=100).count() == 50
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_merging_thread_loads_the_new_snapshot_into_its_process(settings):
+    """The save or search after a merge does not pay for loading its snapshot."""
+    from tests.testapp.models import Article
+
+    settings.DJANGO_EMBEDDINGS_COMPACT_THRESHOLD = 20
+    settings.DJANGO_EMBEDDINGS_MERGE_IN_BACKGROUND = True
+    Article.objects.create(title="first", body="the first text")
+    assert len(Article.objects.semantic_search("text", k=1)) == 1  # loads the index
+    store = Article._meta.get_field("embedding").store
+    before = cache.loaded(store.label)
+    assert before is not None and len(before.base_keys) == 0
+    for n in range(25):
+        Article.objects.create(title=f"t{n}", body=f"text number {n}")
+    assert merging.wait(timeout=30)
+    after = cache.loaded(store.label)
+    assert after is not None and after is not before
+    assert len(after.base_keys) == snapshot.rows(store.path) >= 20
+    assert after.version == store.version() == 26
+    assert len(Article.objects.semantic_search("text", k=100)) == 26
+
+
+@pytest.mark.django_db(transaction=True)
+def test_saves_right_after_a_merge_read_on_without_loading_its_snapshot(settings, monkeypatch):
+    """Between the install and the merging thread's load, this process's index reads the
+    new journal on from where its version is; it does not load the snapshot itself."""
+    from tests.testapp.models import Article
+
+    settings.DJANGO_EMBEDDINGS_COMPACT_THRESHOLD = 20
+    settings.DJANGO_EMBEDDINGS_MERGE_IN_BACKGROUND = True
+    settings.DJANGO_EMBEDDINGS_INVALIDATION = "mtime"  # every search checks the journal
+    installed, go = threading.Event(), threading.Event()
+    refresh = cache.refresh
+
+    def refresh_when_told(store: Store) -> None:
+        installed.set()
+        assert go.wait(timeout=30)
+        refresh(store)
+
+    monkeypatch.setattr(cache, "refresh", refresh_when_told)
+    Article.objects.create(title="first", body="the first text")
+    assert len(Article.objects.semantic_search("text", k=1)) == 1  # loads the index
+    store = Article._meta.get_field("embedding").store
+    loaded = cache.loaded(store.label)
+    articles = [Article.objects.create(title=f"t{n}", body=f"text number {n}") for n in range(20)]
+    assert installed.wait(timeout=30)
+    assert snapshot.index_version(store.path) == 21
+    articles += [Article.objects.create(title=f"u{n}", body=f"more text {n}") for n in range(3)]
+    for article in articles[::4]:
+        assert [row.pk for row in Article.objects.semantic_search(article.body, k=1)] == [
+            article.pk
+        ]
+    assert cache.loaded(store.label) is loaded  # read on, not reloaded
+    assert loaded.version == 24
+    go.set()
+    assert merging.wait(timeout=30)
+    assert cache.loaded(store.label) is not loaded
+    assert len(Article.objects.semantic_search("text", k=100)) == 24
+
+
 def test_a_merge_that_fills_the_disk_is_abandoned_and_saves_go_on(tmp_path, caplog):
     problem = mount_problem()
     if problem is not None:
@@ -252,13 +312,61 @@ def test_a_merge_that_fills_the_disk_is_abandoned_and_saves_go_on(tmp_path, capl
         disk.unmount()
 
 
-def test_a_sweep_leaves_a_running_merge_its_temp_files(store, other):
+def test_a_sweep_and_status_leave_a_running_merge_its_temp_files(store, other):
     put(other, range(5))
-    staged = store.path / f"{TEMP_PREFIX}staged-snapshot"
+    staged = store.path / f"{merging.TEMP_PREFIX}staged-snapshot"
     staged.mkdir()
-    os.utime(staged, (0, 0))  # old enough for any max_age
+    crashed = store.path / f"{TEMP_PREFIX}of-a-crashed-write"
+    crashed.touch()
+    for path in (staged, crashed):
+        os.utime(path, (0, 0))  # old enough for any max_age
+    assert sorted(store.temp_files()) == sorted([staged.name, crashed.name])
     with merging.exclusive(store.path, store.permissions) as mine:  # as a merge holds it
         assert mine
-        assert store.sweep_tempfiles(max_age=0) == []
+        assert store.temp_files() == [crashed.name]
+        assert store.stats().temp_files == 1
+        assert store.sweep_tempfiles(max_age=0) == [crashed.name]
         assert staged.is_dir()
+    assert store.stats().temp_files == 1  # no merge: a leftover of one that was killed
     assert store.sweep_tempfiles(max_age=0) == [staged.name]
+
+
+def test_a_merge_removes_what_a_killed_merge_left(store, other):
+    put(other, range(60))
+    left = store.path / f"{merging.TEMP_PREFIX}of-a-killed-merge"
+    left.mkdir()
+    (left / "vectors.npy").write_bytes(b"half written")
+    assert store.merge() == 60
+    assert store.temp_files() == []
+
+
+_EXITS_WHILE_MERGING = """
+import sys, time
+import numpy as np
+from pathlib import Path
+from django_embeddings.store import Store, merging
+store = Store(Path(sys.argv[1]), compact_threshold=50, merge_in_background=True)
+merge = Store.merge
+def slow_merge(self):
+    time.sleep(1.0)  # still merging when the main thread returns
+    return merge(self)
+Store.merge = slow_merge
+rng = np.random.default_rng(0)
+store.put_many([(str(n), rng.standard_normal(8).astype(np.float32), f"{n:032x}", "id")
+                for n in range(60)])
+assert merging.running(store.path)
+"""
+
+
+def test_a_process_that_exits_finishes_its_merge_first(tmp_path):
+    """A management command (or a worker told to stop) does not abandon a merge half-written."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "s"
+    done = subprocess.run(
+        [sys.executable, "-c", _EXITS_WHILE_MERGING, str(path)], capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert snapshot.index_version(path) == 60
+    assert Store(path).temp_files() == []

@@ -47,7 +47,7 @@ from django_embeddings.store.journal import (
     Tail,
 )
 from django_embeddings.store.permissions import DEFAULT as DEFAULT_PERMISSIONS
-from django_embeddings.store.permissions import TEMP_PREFIX, Permissions
+from django_embeddings.store.permissions import Permissions
 from django_embeddings.store.snapshot import Snapshot
 from django_embeddings.typing import Matrix, Vector
 
@@ -490,8 +490,10 @@ class Store:
         known = _journals.get(self.path)
         return known.appended if known is not None else None
 
-    def read_tail(self, position: Position) -> Tail | None:
-        """Entries appended since ``position``, with their vectors; ``None`` after a compaction.
+    def read_tail(self, position: Position | None, *, after: int = 0) -> Tail | None:
+        """Entries appended since ``position`` (``None``: the journal's whole tail) and newer
+        than version ``after``, with their vectors; ``None`` when a compaction replaced the
+        journal since ``position``.
 
         ``Tail.vectors`` is aligned with ``Tail.entries``: a put's vector as stored
         (``None`` for a delete, or a vector that cannot be read).
@@ -499,7 +501,7 @@ class Store:
         tail = journal.read(self.path, position)
         if tail is None:
             return None
-        records = tail.records
+        records = tail.records = tail.records.since(after)
         vectors: list[Vector | None] = [None] * len(records)
         puts = [row for row, op in enumerate(records.ops) if op == "put"]
         if puts:
@@ -568,9 +570,24 @@ class Store:
             journal_entries=len(records),
             dimensions=self._stored_dimensions(),
             identities=identities,
-            temp_files=sum(1 for name in names if files.TEMP_NAME.match(name)),
+            temp_files=len(self._temp_files(names)),
             unindexed_files=len(_unneeded(names, state)),
         )
+
+    def temp_files(self) -> list[str]:
+        """Leftovers of interrupted writes (``embeddings_sweep`` removes them): the temp
+        files in the store's directory, but a running merge's, which it still needs."""
+        if not self.path.is_dir():
+            return []
+        return self._temp_files(os.listdir(self.path))
+
+    def _temp_files(self, names: list[str]) -> list[str]:
+        found = [name for name in names if files.TEMP_NAME.match(name)]
+        if any(name.startswith(merging.TEMP_PREFIX) for name in found) and (
+            merging.held_elsewhere(self.path)
+        ):
+            found = [name for name in found if not name.startswith(merging.TEMP_PREFIX)]
+        return found
 
     # -- maintenance ---------------------------------------------------------------
 
@@ -626,8 +643,8 @@ class Store:
         return report
 
     def sweep_tempfiles(self, max_age: float = 3600) -> list[str]:
-        """Remove leftovers of interrupted writes; none while a merge runs, whose staged
-        snapshot and log are temp files too (removing them would install a damaged one)."""
+        """Remove leftovers of interrupted writes; not a running merge's staged snapshot
+        and log, temp files too (removing them would install a damaged snapshot)."""
         if not self.path.is_dir():
             return []
         try:
@@ -637,7 +654,7 @@ class Store:
         except OSError:  # a read-only store: nothing merges there
             return files.sweep_tempfiles(self.path, max_age)
         logger.info("%s: a merge is running; its temp files stay", self.label)
-        return []
+        return files.sweep_tempfiles(self.path, max_age, keep_prefix=merging.TEMP_PREFIX)
 
     @_writes
     def clear(self) -> None:
@@ -928,7 +945,10 @@ class Store:
             if state.version - state.snapshot.version < self.compact_threshold:
                 return state.snapshot.version  # another process compacted meanwhile
             merged = self._merged(state.snapshot, state.rows(), state.version)
-            staged = snapshot.stage(self.path, merged, self.permissions)
+            for name in merging.leftovers(self.path):  # of a merge that was killed
+                with contextlib.suppress(FileNotFoundError):
+                    files.remove_temp(self.path / name)
+            staged = snapshot.stage(self.path, merged, self.permissions, prefix=merging.TEMP_PREFIX)
             carried: _CarriedOver | None = None
             retired: list[Path] = []
             try:
@@ -948,7 +968,9 @@ class Store:
                     carried.install(merged.version)
                     _journals.pop(self.path, None)
                     vectorlog.remove_others(self.path, merged.version)
-                    retired = snapshot.retire_unreferenced(self.path, f"snapshot-{merged.version}")
+                    retired = snapshot.retire_unreferenced(
+                        self.path, f"snapshot-{merged.version}", prefix=merging.TEMP_PREFIX
+                    )
             finally:
                 shutil.rmtree(staged, ignore_errors=True)  # gone already once installed
                 if carried is not None:
@@ -1208,7 +1230,7 @@ class _CarriedOver:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        fd, self.log = tempfile.mkstemp(dir=store.path, prefix=TEMP_PREFIX)
+        fd, self.log = tempfile.mkstemp(dir=store.path, prefix=merging.TEMP_PREFIX)
         try:
             store.permissions.chmod_file(fd)
         finally:

@@ -333,9 +333,9 @@ class DatabaseStore(Store):
         self._damaged = True
         return True  # the rebuild says so
 
-    def read_tail(self, position: Position) -> Tail | None:
+    def read_tail(self, position: Position | None, *, after: int = 0) -> Tail | None:
         self._sync_quietly()
-        return super().read_tail(position)
+        return super().read_tail(position, after=after)
 
     def version(self) -> int:
         self._sync_quietly()

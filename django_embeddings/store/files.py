@@ -117,23 +117,21 @@ def delete_vector(directory: Path, name: str) -> bool:
     return True
 
 
-def sweep_tempfiles(directory: Path, max_age: float) -> list[str]:
-    """Remove ``tmp*`` leftovers of crashed writes older than ``max_age`` seconds."""
+def sweep_tempfiles(
+    directory: Path, max_age: float, *, keep_prefix: str | None = None
+) -> list[str]:
+    """Remove ``tmp*`` leftovers of crashed writes older than ``max_age`` seconds (but
+    those named ``keep_prefix*``)."""
     removed = []
     cutoff = time.time() - max_age
     for name in _listdir(directory):
-        if not TEMP_NAME.match(name):
+        if not TEMP_NAME.match(name) or (keep_prefix and name.startswith(keep_prefix)):
             continue
         path = directory / name
         try:
             if path.stat().st_mtime >= cutoff:
                 continue
-            if path.is_dir():
-                for child in path.iterdir():
-                    child.unlink()
-                path.rmdir()
-            else:
-                path.unlink()
+            remove_temp(path)
         except FileNotFoundError:
             continue
         except OSError as exc:
@@ -141,6 +139,16 @@ def sweep_tempfiles(directory: Path, max_age: float) -> list[str]:
             continue
         removed.append(name)
     return removed
+
+
+def remove_temp(path: Path) -> None:
+    """Remove a temp file, or a staging directory and its files."""
+    if path.is_dir():
+        for child in path.iterdir():
+            child.unlink()
+        path.rmdir()
+    else:
+        path.unlink()
 
 
 def _listdir(directory: Path) -> list[str]:

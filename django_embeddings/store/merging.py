@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,10 +29,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LOCK = "_merge_lock"  # held by the process that merges, apart from the writer lock
+# A merge's staged snapshot and log: temp files (swept after a crash) that a running
+# merge is still using, so neither the sweep nor a status report counts them meanwhile.
+TEMP_PREFIX = "tmp-merge-"
 RETRY_AFTER = 1.0  # seconds before a process tries again after another one held the merge
 RETRY_AFTER_FAILURE = 60.0  # after a merge failed (a full disk): saves go on meanwhile
 
 _threads: dict[Path, threading.Thread] = {}
+# Called, in the merging thread, after each merge it installed: the app reloads this
+# process's index there (not in the next save or search) and tells its peers.
+_after_merge: list[Callable[[Store], None]] = []
 _not_before: dict[Path, float] = {}
 _guard = threading.Lock()
 
@@ -45,16 +51,26 @@ def start(store: Store) -> None:
             return
         if time.monotonic() < _not_before.get(store.path, 0.0):
             return
+        # Not a daemon: a process that exits (a management command, a worker told to stop)
+        # finishes its merge first instead of abandoning it half-written.
         thread = threading.Thread(
-            target=_run, args=(store,), name=f"django-embeddings merge {store.label}", daemon=True
+            target=_run, args=(store,), name=f"django-embeddings merge {store.label}", daemon=False
         )
         _threads[store.path] = thread
         thread.start()
 
 
+def after_merge(callback: Callable[[Store], None]) -> None:
+    """Call ``callback(store)`` in the merging thread after each merge it installs."""
+    with _guard:
+        if callback not in _after_merge:
+            _after_merge.append(callback)
+
+
 def running(path: Path) -> bool:
     """Is this process merging the store at ``path``?"""
-    thread = _threads.get(Path(path))
+    with _guard:
+        thread = _threads.get(Path(path))
     return thread is not None and thread.is_alive()
 
 
@@ -71,7 +87,8 @@ def wait(timeout: float | None = None) -> bool:
 
 def _run(store: Store) -> None:
     try:
-        pause = RETRY_AFTER if store.merge() is None else 0.0
+        installed = store.merge() is not None
+        pause = 0.0 if installed else RETRY_AFTER
     except Exception as exc:  # a full or read-only disk: the journal still holds every write
         logger.warning(
             "%s: could not compact the store in the background (trying again in %.0f s): %s",
@@ -79,9 +96,44 @@ def _run(store: Store) -> None:
             RETRY_AFTER_FAILURE,
             exc,
         )
-        pause = RETRY_AFTER_FAILURE
+        installed, pause = False, RETRY_AFTER_FAILURE
     with _guard:
-        _not_before[store.path] = time.monotonic() + pause
+        callbacks = list(_after_merge) if installed else []
+    for callback in callbacks:
+        try:
+            callback(store)
+        except Exception:  # the merge is installed; the indexes catch up on their own
+            logger.exception("%s: after merging the store", store.label)
+    with _guard:  # forget this store unless the next try must wait
+        if pause:
+            _not_before[store.path] = time.monotonic() + pause
+        else:
+            _not_before.pop(store.path, None)
+        if _threads.get(store.path) is threading.current_thread():
+            del _threads[store.path]
+
+
+def held_elsewhere(directory: Path) -> bool:
+    """Is a merge of the store at ``directory`` running (in this process or another)?
+    Reads only: creates no lock file."""
+    try:
+        fd = os.open(os.path.join(directory, LOCK), os.O_RDONLY)
+    except FileNotFoundError:
+        return False  # no merge ever ran there
+    try:
+        # flock() locks belong to the open file: a merge of this very process holds
+        # its lock through another descriptor, so it conflicts too.
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def leftovers(directory: Path) -> list[str]:
+    """The staged files of merges that were killed; call while holding :func:`exclusive`."""
+    return [name for name in os.listdir(directory) if name.startswith(TEMP_PREFIX)]
 
 
 @contextlib.contextmanager

@@ -23,8 +23,11 @@ django.setup()
 from django.core.management import call_command  # noqa: E402
 
 from django_embeddings import cache, invalidation  # noqa: E402
-from django_embeddings.coherence import process  # noqa: E402
+from django_embeddings.coherence import listener, process  # noqa: E402
 from tests.testapp.models import Article  # noqa: E402
+
+if "MP_SWEEP_SECONDS" in os.environ:  # a test that must tell messages from the sweep
+    listener.SWEEP_SECONDS = float(os.environ["MP_SWEEP_SECONDS"])
 
 
 def field() -> Any:
@@ -47,7 +50,12 @@ def index_info() -> dict[str, Any] | None:
     index = cache.loaded(field().store.label)
     if index is None:
         return None
-    return {"id": id(index), "version": index.version, "rows": len(index)}
+    return {
+        "id": id(index),
+        "version": index.version,
+        "rows": len(index),
+        "snapshot_rows": len(index.base_keys),
+    }
 
 
 def wait_healthy(timeout: float) -> bool:

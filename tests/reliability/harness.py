@@ -649,7 +649,7 @@ def run_store_crashes(
         garbage = store.collect_garbage(lambda keys: set(keys), min_age=0)
         if garbage.entries:
             problems.append(f"kill {kill}: gc wanted to drop live entries {garbage.entries}")
-        leftovers = [name for name in os.listdir(path) if name.startswith("tmp")]
+        leftovers = store.temp_files()
         if leftovers:
             problems.append(f"kill {kill}: sweep left {leftovers}")
     outcome.details = {"problems": problems}

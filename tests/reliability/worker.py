@@ -171,7 +171,7 @@ def audit(*, searches: int = 40) -> dict[str, Any]:
         for n in names
         if files.VECTOR_NAME.match(n) or vectorlog.base_of(n) not in (None, current)
     )
-    report["temp_files"] = sorted(n for n in names if files.TEMP_NAME.match(n))
+    report["temp_files"] = sorted(store.temp_files())  # as embeddings_status counts them
     garbage = store.collect_garbage(_is_live, min_age=0, dry_run=True)
     report["gc_entries"] = garbage.entries
     report["gc_files"] = garbage.files
