@@ -552,7 +552,7 @@ def catch_up(index: FieldIndex, *, force: bool = False) -> FieldIndex:
         return index
     with index.lock:
         tail = index.store.read_tail(index.position)
-        if tail is None and merging.running(index.store.path):
+        if tail is None and merging.just_installed(index.store.path):
             tail = _rebased(index)
         if tail is not None and index.apply(tail.entries, tail.vectors):
             index.position = tail.position

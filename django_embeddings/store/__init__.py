@@ -584,7 +584,7 @@ class Store:
     def _temp_files(self, names: list[str]) -> list[str]:
         found = [name for name in names if files.TEMP_NAME.match(name)]
         if any(name.startswith(merging.TEMP_PREFIX) for name in found) and (
-            merging.held_elsewhere(self.path)
+            merging.in_progress(self.path)
         ):
             found = [name for name in found if not name.startswith(merging.TEMP_PREFIX)]
         return found
@@ -931,11 +931,12 @@ class Store:
         return self._install(self._merged(snap, state.rows(), state.version))
 
     @_writes
-    def merge(self) -> int | None:
+    def merge(self, *, on_install: Callable[[Path], None] | None = None) -> int | None:
         """Fold the journal into a new snapshot, holding the writer lock only to install it
         and the journal that carries over the entries written meanwhile (see
         :mod:`~django_embeddings.store.merging`). Returns the snapshot's version, or
-        ``None`` when another process is merging or another compaction came first."""
+        ``None`` when another process is merging or another compaction came first;
+        ``on_install(path)`` is called under the lock once the new snapshot is in place."""
         if not self.path.is_dir():
             return None
         with merging.exclusive(self.path, self.permissions) as mine:
@@ -966,6 +967,8 @@ class Store:
                     carried.add(rest)
                     snapshot.install(self.path, staged, merged.version, self.permissions)
                     carried.install(merged.version)
+                    if on_install is not None:
+                        on_install(self.path)
                     _journals.pop(self.path, None)
                     vectorlog.remove_others(self.path, merged.version)
                     retired = snapshot.retire_unreferenced(

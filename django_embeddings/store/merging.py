@@ -40,6 +40,10 @@ _threads: dict[Path, threading.Thread] = {}
 # process's index there (not in the next save or search) and tells its peers.
 _after_merge: list[Callable[[Store], None]] = []
 _not_before: dict[Path, float] = {}
+# Stores whose merge, run by this process's thread, has installed its snapshot and not
+# yet loaded it into the process's index: meanwhile the index may read on from the new
+# journal instead of loading the snapshot (see ``cache.catch_up``).
+_installed: set[Path] = set()
 _guard = threading.Lock()
 
 
@@ -67,6 +71,17 @@ def after_merge(callback: Callable[[Store], None]) -> None:
             _after_merge.append(callback)
 
 
+def just_installed(path: Path) -> bool:
+    """Has this process's merge of ``path`` installed a snapshot it has yet to load?"""
+    with _guard:
+        return Path(path) in _installed
+
+
+def _note_installed(path: Path) -> None:
+    with _guard:
+        _installed.add(path)
+
+
 def running(path: Path) -> bool:
     """Is this process merging the store at ``path``?"""
     with _guard:
@@ -87,7 +102,7 @@ def wait(timeout: float | None = None) -> bool:
 
 def _run(store: Store) -> None:
     try:
-        installed = store.merge() is not None
+        installed = store.merge(on_install=_note_installed) is not None
         pause = 0.0 if installed else RETRY_AFTER
     except Exception as exc:  # a full or read-only disk: the journal still holds every write
         logger.warning(
@@ -105,6 +120,7 @@ def _run(store: Store) -> None:
         except Exception:  # the merge is installed; the indexes catch up on their own
             logger.exception("%s: after merging the store", store.label)
     with _guard:  # forget this store unless the next try must wait
+        _installed.discard(store.path)
         if pause:
             _not_before[store.path] = time.monotonic() + pause
         else:
@@ -113,7 +129,7 @@ def _run(store: Store) -> None:
             del _threads[store.path]
 
 
-def held_elsewhere(directory: Path) -> bool:
+def in_progress(directory: Path) -> bool:
     """Is a merge of the store at ``directory`` running (in this process or another)?
     Reads only: creates no lock file."""
     try:
