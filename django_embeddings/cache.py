@@ -582,12 +582,24 @@ def reload(store: Store) -> FieldIndex:
 
 
 def refresh(store: Store) -> None:
-    """Reload the index of ``store`` if this process has one (after a compaction), then
-    read what was written while it loaded: a write applied meanwhile may have gone to
-    the index it replaces."""
+    """Load the snapshot a merge of this process just installed into its index of
+    ``store``, if it has one, then read what was written while it loaded (a write
+    applied meanwhile may have gone to the index it replaces).
+
+    Runs in the merging thread and reads only the store's files: a ``database`` store's
+    local copy is not synced from the table here (that thread opens no connection to
+    the database); the next check of the index does that, as usual.
+    """
     if _indexes.get(str(store.path)) is None:
         return
-    catch_up(reload(store), force=True)
+    index = FieldIndex(store, Store.read_state(store))
+    with _registry_lock:
+        _indexes[str(store.path)] = index
+    with index.lock:
+        tail = Store.read_tail(store, index.position)
+        if tail is not None and index.apply(tail.entries, tail.vectors):
+            index.position = tail.position
+    logger.debug("%s: loaded the merged snapshot, %d rows", store.label, len(index))
 
 
 def apply_delta(

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from io import StringIO
@@ -322,6 +323,36 @@ def test_writes_trim_the_table_past_twice_the_threshold(settings, tmp_path) -> N
     expected = results()
     settings.DJANGO_EMBEDDINGS_DIR = tmp_path / "machine-b"  # a new machine
     assert results() == expected
+
+
+def test_the_copy_merges_and_loads_in_the_background_without_the_database(
+    settings, monkeypatch
+) -> None:
+    """The merging thread works on this machine's copy only: it queries no table (it
+    would leave a connection open behind it), and its process's index has the new
+    snapshot when it is done."""
+    from django_embeddings.store import merging
+    from django_embeddings.store.database import DatabaseStore
+
+    settings.DJANGO_EMBEDDINGS_COMPACT_THRESHOLD = 10
+    settings.DJANGO_EMBEDDINGS_MERGE_IN_BACKGROUND = True
+    syncing: set[str] = set()
+    sync = DatabaseStore.sync
+
+    def sync_noting_the_thread(self: DatabaseStore) -> None:
+        syncing.add(threading.current_thread().name)
+        sync(self)
+
+    monkeypatch.setattr(DatabaseStore, "sync", sync_noting_the_thread)
+    articles = [Article.objects.create(title="first", body="apple banana")]
+    assert [a.pk for a in Article.objects.semantic_search("apple banana", k=1)] == [articles[0].pk]
+    articles += [Article.objects.create(title=f"t{n}", body=f"cherry {WORDS[n]}") for n in range(9)]
+    articles.append(Article.objects.create(title="last", body="delta echo"))
+    assert merging.wait(timeout=30)
+    index = cache.loaded(LABEL)
+    assert index is not None and len(index.base_keys) >= 10
+    assert syncing == {threading.main_thread().name}
+    assert len(Article.objects.semantic_search("apple", k=100)) == len(articles)
 
 
 def test_a_trim_removes_a_row_that_an_earlier_trim_kept(settings) -> None:
