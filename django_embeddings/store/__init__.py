@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
@@ -1241,26 +1240,40 @@ class _CarriedOver:
         self.lines: list[bytes] = []
 
     def add(self, tail: Tail) -> None:
-        entries = tail.entries
-        vectors = tail.vectors or [None] * len(entries)
-        found = {n: v for n, v in enumerate(vectors) if v is not None and entries[n].op == "put"}
-        moved: dict[int, Entry] = {}
+        """Carry ``tail`` over: its puts' readable vectors into the staged log, and its
+        lines, each naming where its vector now is (column by column: thousands of
+        entries, in a thread that shares the GIL with the saves)."""
+        records = tail.records
+        vectors = tail.vectors or [None] * len(records)
+        found = {n: v for n, v in enumerate(vectors) if v is not None and records.ops[n] == "put"}
+        offsets = [journal.NO_OFFSET] * len(records)
+        dimensions = [0] * len(records)
+        sums = list(records.checksums)
         if found:
             matrix = np.ascontiguousarray(np.stack(list(found.values())), dtype="<f4")
             offset = vectorlog.append_to(self.log, matrix, self.store.permissions)
-            sums = vectorlog.checksums(matrix).tolist()
-            dimensions = int(matrix.shape[1])
-            for row, n in enumerate(found):
-                moved[n] = dataclasses.replace(
-                    entries[n],
-                    offset=offset + row * 4 * dimensions,
-                    dimensions=dimensions,
-                    checksum=sums[row],
-                )
-        for n, entry in enumerate(entries):
-            if entry.op == "put" and n not in moved:
-                entry = dataclasses.replace(entry, offset=None)  # unreadable before, and now
-            self.lines.append(moved.get(n, entry).to_line(tail.records.times[n]))
+            width = int(matrix.shape[1])
+            for row, (n, checksum) in enumerate(
+                zip(found, vectorlog.checksums(matrix).tolist(), strict=True)
+            ):
+                offsets[n], dimensions[n], sums[n] = offset + row * 4 * width, width, checksum
+        # A put whose vector could not be read keeps no offset: unreadable before, and now.
+        self.lines.extend(
+            journal.line(*fields)
+            for fields in zip(
+                records.versions,
+                records.ops,
+                records.keys,
+                records.hashes,
+                records.identities,
+                offsets,
+                dimensions,
+                sums,
+                records.times,
+                records.terms,
+                strict=True,
+            )
+        )
 
     def install(self, base: int) -> None:
         """Make the staged log and these entries the journal of snapshot ``base``."""

@@ -83,18 +83,43 @@ class Entry:
 
     def to_line(self, stamp: int = 0) -> bytes:
         """The journal line; ``stamp`` (seconds since the epoch) dates a put for GC's age guard."""
-        record: list[object]
-        if self.op == "put":
-            offset = NO_OFFSET if self.offset is None else self.offset
-            checksum = NO_CHECKSUM if self.checksum is None else self.checksum
-            record = [self.version, "put", self.key, self.hash, self.identity]
-            record += [offset, self.dimensions if offset != NO_OFFSET else 0, checksum, stamp]
-            if self.terms is not None:
-                # Only then: a store without keywords writes the lines it always wrote.
-                record.append(self.terms)
-        else:
-            record = [self.version, self.op, self.key, "", "", NO_OFFSET, 0, NO_CHECKSUM, 0]
-        return json.dumps(record, separators=(",", ":")).encode("ascii") + b"\n"
+        return line(
+            self.version,
+            self.op,
+            self.key,
+            self.hash,
+            self.identity,
+            NO_OFFSET if self.offset is None else self.offset,
+            self.dimensions,
+            NO_CHECKSUM if self.checksum is None else self.checksum,
+            stamp,
+            self.terms,
+        )
+
+
+def line(
+    version: int,
+    op: str,
+    key: str,
+    content_hash: str,
+    identity: str,
+    offset: int,
+    dimensions: int,
+    checksum: int,
+    stamp: int,
+    terms: str | None,
+) -> bytes:
+    """One journal line from its fields (:data:`NO_OFFSET`, :data:`NO_CHECKSUM`: none)."""
+    record: list[object]
+    if op == "put":
+        record = [version, "put", key, content_hash, identity]
+        record += [offset, dimensions if offset != NO_OFFSET else 0, checksum, stamp]
+        if terms is not None:
+            # Only then: a store without keywords writes the lines it always wrote.
+            record.append(terms)
+    else:
+        record = [version, op, key, "", "", NO_OFFSET, 0, NO_CHECKSUM, 0]
+    return json.dumps(record, separators=(",", ":")).encode("ascii") + b"\n"
 
 
 def is_bag(bag: str) -> bool:
