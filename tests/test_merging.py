@@ -331,6 +331,32 @@ def test_a_sweep_and_status_leave_a_running_merge_its_temp_files(store, other):
     assert store.sweep_tempfiles(max_age=0) == [staged.name]
 
 
+def test_a_forked_child_does_not_hold_the_merge_lock_of_its_parent(store):
+    """A pre-fork server's master that forks while it merges: once the merge ends, the
+    lock is free, however long the child lives."""
+    store.path.mkdir(parents=True)
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    with merging.exclusive(store.path, store.permissions) as mine:
+        assert mine
+        pid = os.fork()
+        if pid == 0:  # the child: says whether it believes a merge runs, then waits
+            try:
+                os.write(ready_w, b"1" if merging.running(store.path) else b"0")
+                os.read(done_r, 1)
+            finally:
+                os._exit(0)
+        assert os.read(ready_r, 1) == b"0"
+    try:
+        with merging.exclusive(store.path, store.permissions) as mine:
+            assert mine  # the child still lives
+    finally:
+        os.write(done_w, b"x")
+        os.waitpid(pid, 0)
+        for fd in (ready_r, ready_w, done_r, done_w):
+            os.close(fd)
+
+
 def test_a_merge_removes_what_a_killed_merge_left(store, other):
     put(other, range(60))
     left = store.path / f"{merging.TEMP_PREFIX}of-a-killed-merge"

@@ -162,6 +162,29 @@ def exclusive(directory: Path, permissions: Permissions) -> Iterator[bool]:
         except BlockingIOError:
             yield False
             return
+        _held.add(fd)
         yield True
     finally:
+        _held.discard(fd)
         os.close(fd)  # closing releases the lock
+
+
+_held: set[int] = set()  # descriptors of the merge locks this process holds
+
+
+def _after_fork_in_child() -> None:
+    """A child forked while this process merged (a pre-fork server's master) has no
+    merging thread: it forgets them, and closes its copies of their lock descriptors,
+    which would otherwise hold the lock for as long as it lives."""
+    global _guard
+    _guard = threading.Lock()  # a thread that no longer exists may have held it
+    _threads.clear()
+    _not_before.clear()
+    _installed.clear()
+    for fd in _held:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
