@@ -113,9 +113,17 @@ def clear_vectors(store: Store) -> None:
 def merged(store: Store) -> None:
     """After a background merge, in its thread: load the new snapshot into this process's
     index here rather than in the next save or search, and have the peers do the same
-    in their listeners."""
-    cache.refresh(store)
-    invalidation.announce(store)
+    in their listeners.
+
+    Only the store's files are read here: a ``database`` store's table is not (a
+    connection opened by this short-lived thread would be left open), and any the
+    thread did open is closed when it is done.
+    """
+    try:
+        cache.refresh(store)
+        invalidation.announce(store, Store.version(store))
+    finally:
+        connections.close_all()  # this thread's connections only
 
 
 # -- collecting a transaction's saves and deletes ------------------------------------------

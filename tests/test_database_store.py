@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
@@ -325,17 +326,24 @@ def test_writes_trim_the_table_past_twice_the_threshold(settings, tmp_path) -> N
     assert results() == expected
 
 
+@pytest.mark.parametrize("mode", ["mtime", "pubsub"])
 def test_the_copy_merges_and_loads_in_the_background_without_the_database(
-    settings, monkeypatch
+    settings, monkeypatch, redis_url, mode
 ) -> None:
     """The merging thread works on this machine's copy only: it queries no table (it
-    would leave a connection open behind it), and its process's index has the new
-    snapshot when it is done."""
+    would leave a connection open behind it), its process's index has the new snapshot
+    when it is done, and (``pubsub``) the peers are told without asking the table."""
+    from django_embeddings import invalidation
     from django_embeddings.store import merging
     from django_embeddings.store.database import DatabaseStore
 
     settings.DJANGO_EMBEDDINGS_COMPACT_THRESHOLD = 10
     settings.DJANGO_EMBEDDINGS_MERGE_IN_BACKGROUND = True
+    if mode == "pubsub":
+        settings.DJANGO_EMBEDDINGS_REDIS = redis_url
+        settings.DJANGO_EMBEDDINGS_CHANNEL = f"django_embeddings_test_{uuid.uuid4().hex[:12]}"
+        settings.DJANGO_EMBEDDINGS_INVALIDATION = "pubsub"
+        monkeypatch.setattr(invalidation, "announce", announced := _Calls(invalidation.announce))
     syncing: set[str] = set()
     sync = DatabaseStore.sync
 
@@ -353,6 +361,21 @@ def test_the_copy_merges_and_loads_in_the_background_without_the_database(
     assert index is not None and len(index.base_keys) >= 10
     assert syncing == {threading.main_thread().name}
     assert len(Article.objects.semantic_search("apple", k=100)) == len(articles)
+    if mode == "pubsub":
+        assert len(announced.calls) == 1
+        invalidation.stop_invalidation_listeners()
+
+
+class _Calls:
+    """A function that notes the threads that call it."""
+
+    def __init__(self, function: Any) -> None:
+        self.function = function
+        self.calls: list[str] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append(threading.current_thread().name)
+        return self.function(*args, **kwargs)
 
 
 def test_a_trim_removes_a_row_that_an_earlier_trim_kept(settings) -> None:

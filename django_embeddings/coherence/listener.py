@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from django.db import connections
+
 from django_embeddings.coherence import LOGGER_NAME, handling, process, publisher
 from django_embeddings.conf import conf
 from django_embeddings.store import Store
@@ -58,6 +60,14 @@ class Listener(threading.Thread):
         self.healthy = False
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            # Catching up a database store reads its table from this thread: its
+            # connection ends with it (Django closes only request threads' connections).
+            connections.close_all()
+
+    def _run(self) -> None:
         delay = BACKOFF_SECONDS[0]
         while not self._stop_event.is_set():
             pubsub = None

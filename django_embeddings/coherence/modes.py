@@ -53,7 +53,7 @@ class Mode:
     ) -> None:
         """Tell peers about a committed write."""
 
-    def announce(self, store: Store) -> None:
+    def announce(self, store: Store, version: int | None = None) -> None:
         """Tell peers that ``store`` changed in a way no journal entries describe."""
 
     def start(self, *, now: bool = False) -> None:
@@ -101,9 +101,10 @@ class PubSubMode(Mode):
         current_listener()  # a forked child starts its own listener on first use
         publisher.send(store, publisher.message(store, entries[-1].version, entries, vectors))
 
-    def announce(self, store: Store) -> None:
+    def announce(self, store: Store, version: int | None = None) -> None:
         current_listener()
-        publisher.send(store, publisher.message(store, store.version(), [], None))
+        version = store.version() if version is None else version
+        publisher.send(store, publisher.message(store, version, [], None))
 
     def start(self, *, now: bool = False) -> None:
         with process.state.lock:
@@ -156,10 +157,11 @@ def publish(
     current().publish(store, entries, vectors)
 
 
-def announce(store: Store) -> None:
+def announce(store: Store, version: int | None = None) -> None:
     """Tell peers that ``store`` changed in a way no journal entries describe
-    (``Store.clear()``, an import): they re-read it. ``pubsub`` mode only."""
-    current().announce(store)
+    (``Store.clear()``, an import, a compaction): they re-read it. ``pubsub`` mode only.
+    ``version``: the store's, when the caller knows it (else it is read)."""
+    current().announce(store, version)
 
 
 def start(*, now: bool = False) -> None:
