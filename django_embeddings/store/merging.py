@@ -36,8 +36,9 @@ RETRY_AFTER = 1.0  # seconds before a process tries again after another one held
 RETRY_AFTER_FAILURE = 60.0  # after a merge failed (a full disk): saves go on meanwhile
 
 _threads: dict[Path, threading.Thread] = {}
-# Called, in the merging thread, after each merge it installed: the app reloads this
-# process's index there (not in the next save or search) and tells its peers.
+# Called, in the merging thread, after each merge that found a snapshot to load (its own,
+# or one another process installed first): the app reloads this process's index there
+# (not in the next save or search) and tells its peers.
 _after_merge: list[Callable[[Store], None]] = []
 _not_before: dict[Path, float] = {}
 # Stores whose merge, run by this process's thread, has installed its snapshot and not
@@ -65,7 +66,7 @@ def start(store: Store) -> None:
 
 
 def after_merge(callback: Callable[[Store], None]) -> None:
-    """Call ``callback(store)`` in the merging thread after each merge it installs."""
+    """Call ``callback(store)`` in the merging thread after each merge (see ``_run``)."""
     with _guard:
         if callback not in _after_merge:
             _after_merge.append(callback)
@@ -102,8 +103,9 @@ def wait(timeout: float | None = None) -> bool:
 
 def _run(store: Store) -> None:
     try:
-        installed = store.merge(on_install=_note_installed) is not None
-        pause = 0.0 if installed else RETRY_AFTER
+        # A snapshot, ours or one another process installed meanwhile, for the index to load.
+        merged = store.merge(on_install=_note_installed) is not None
+        pause = 0.0 if merged else RETRY_AFTER
     except Exception as exc:  # a full or read-only disk: the journal still holds every write
         logger.warning(
             "%s: could not compact the store in the background (trying again in %.0f s): %s",
@@ -111,9 +113,9 @@ def _run(store: Store) -> None:
             RETRY_AFTER_FAILURE,
             exc,
         )
-        installed, pause = False, RETRY_AFTER_FAILURE
+        merged, pause = False, RETRY_AFTER_FAILURE
     with _guard:
-        callbacks = list(_after_merge) if installed else []
+        callbacks = list(_after_merge) if merged else []
     for callback in callbacks:
         try:
             callback(store)
